@@ -1,0 +1,125 @@
+"""Command-line entry points: `tuneterm train`, `tuneterm demo`.
+
+Each command parses its arguments, builds a run config and hands it to the engine; nothing here knows how
+training works. Importing this module (and `tuneterm --help`) must stay free of torch and the Hugging Face
+libraries, so the engine is imported inside the commands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+from tuneterm import __version__
+from tuneterm.config import ConfigError, RunConfig, load_config
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "command"):
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        return args.command(args)
+    except ConfigError as exc:
+        print("Config problems:\n" + "\n".join(f"  {p}" for p in exc.problems), file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tuneterm", description="LoRA / QLoRA fine-tuning from a terminal.")
+    parser.add_argument("--version", action="version", version=f"tuneterm {__version__}")
+    commands = parser.add_subparsers(metavar="COMMAND")
+
+    train = commands.add_parser("train", help="train headless from a config file",
+                                description="Train from CONFIG.yaml without the TUI, printing progress.")
+    train.add_argument("config", nargs="?", type=Path, help="the run config (YAML)")
+    train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override one config value, e.g. --set training.learning_rate=1e-4 (repeatable)")
+    train.add_argument("--resume", type=Path, metavar="RUN_DIR",
+                       help="continue a stopped or interrupted run from its last complete checkpoint")
+    train.add_argument("--runs-dir", type=Path, default=Path("runs"), metavar="DIR",
+                       help="where new run directories are created (default: ./runs)")
+    train.set_defaults(command=_train)
+
+    demo = commands.add_parser("demo", help="fine-tune the built-in tiny model (offline, CPU, a few minutes)",
+                               description="Build (once) a tiny model and chat dataset and fine-tune a LoRA "
+                                           "adapter on them. Works offline and on a CPU.")
+    demo.add_argument("--headless", action="store_true", help="print progress as text (no TUI)")
+    demo.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                      help="override one value of the demo config")
+    demo.add_argument("--runs-dir", type=Path, default=Path("runs"), metavar="DIR",
+                      help="where the run directory is created (default: ./runs)")
+    demo.set_defaults(command=_demo)
+    return parser
+
+
+def _train(args: argparse.Namespace) -> int:
+    from tuneterm.engine.rundir import RunDirError
+    from tuneterm.engine.runner import new_run, resume_run
+
+    try:
+        if args.resume:
+            if args.config or args.overrides:
+                print("tuneterm train --resume takes only the run directory: a resumed run keeps its own "
+                      "config.yaml", file=sys.stderr)
+                return EXIT_USAGE
+            plan = resume_run(args.resume)
+        else:
+            if args.config is None:
+                print("tuneterm train: give a CONFIG.yaml, or --resume RUN_DIR", file=sys.stderr)
+                return EXIT_USAGE
+            plan = new_run(load_config(args.config, overrides=args.overrides), args.runs_dir)
+    except RunDirError as exc:
+        print(str(exc), file=sys.stderr)
+        return EXIT_USAGE
+    return _run_headless(plan)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from tuneterm.demo import demo_config, demo_dir
+    from tuneterm.engine.runner import new_run
+
+    print("Preparing the demo model and data (built once, then cached)...", flush=True)
+    directory = demo_dir()
+    config: RunConfig = load_config(overrides=args.overrides, base=demo_config(directory), base_source="demo")
+    print(f"Demo model and data: {directory}", flush=True)
+    return _run_headless(new_run(config, args.runs_dir))
+
+
+def _run_headless(plan: Any) -> int:
+    from tuneterm.engine import RunControl, run
+    from tuneterm.engine.events import RunFinished
+    from tuneterm.progress import ConsoleProgress
+
+    print(f"Run directory: {plan.run_dir}", flush=True)
+    control = RunControl()
+    with _first_interrupt_stops(control):
+        result = run(plan, ConsoleProgress(), control)
+    return EXIT_OK if isinstance(result, RunFinished) else EXIT_FAILED
+
+
+class _first_interrupt_stops:
+    """Ctrl-C once: stop after the current step and save. Ctrl-C again: abort now."""
+
+    def __init__(self, control: Any):
+        self.control = control
+        self.previous: Callable[..., Any] | int | None = None
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.control.stop_requested:
+            raise KeyboardInterrupt
+        print("\nStopping after the current step (Ctrl-C again to abort)...", file=sys.stderr, flush=True)
+        self.control.request_stop("Ctrl-C")
+
+    def __enter__(self) -> None:
+        self.previous = signal.signal(signal.SIGINT, self._handle)
+
+    def __exit__(self, *exc: object) -> None:
+        signal.signal(signal.SIGINT, self.previous)

@@ -1,0 +1,676 @@
+"""The run config: one YAML shape for config files, presets, `--set` overrides and saved runs.
+
+A run is described by six top-level keys: `method` (lora | qlora | full), `model`, `data`, `lora`,
+`quantization` and `training`. Inside `lora`, `quantization` and `training` the names are Hugging Face's own
+(LoraConfig, BitsAndBytesConfig, SFTConfig / TrainingArguments), so a person who knows those libraries can write
+a config without reading ours; any valid SFTConfig / LoraConfig / BitsAndBytesConfig field passes through.
+
+Defaults are the recommendations of the guides tuneterm is built from, each with its reason, and the resolved
+config remembers which values were defaulted. Validation names the file, the line and the key, and suggests the
+likely intended name for a misspelling.
+
+Pure: this module imports no torch and no Hugging Face library at import time. It imports trl, peft or
+transformers only to check a key it does not know itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import functools
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping
+
+import yaml
+
+METHODS = ("lora", "qlora", "full")
+SECTIONS = ("model", "data", "lora", "quantization", "training")
+AUTO = "auto"
+
+# The guides the defaults come from, as they are cited in comments and advice.
+GUIDE_HYPERPARAMS = "'The LoRA Hyperparameters No One Explains'"
+GUIDE_UNSLOTH = "Unsloth's LoRA hyperparameters guide"
+GUIDE_RANK = "'Which Rank, Alpha, and Layers Actually Matter'"
+GUIDE_COMPLETE = "'LoRA Fine-Tuning Complete Guide'"
+
+
+class ConfigError(ValueError):
+    """A config that cannot be used. `problems` holds one line per mistake, each naming where it is."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Checks used by the option table
+
+
+def _positive(value: Any) -> str | None:
+    return None if value > 0 else "must be greater than 0"
+
+
+def _non_negative(value: Any) -> str | None:
+    return None if value >= 0 else "must be 0 or more"
+
+
+def _unit_interval(value: float) -> str | None:
+    return None if 0 <= value < 1 else "must be at least 0 and below 1"
+
+
+def _warmup(value: float | int) -> str | None:
+    if isinstance(value, float) and not 0 <= value < 1:
+        return "a float is a fraction of the total steps and must be at least 0 and below 1; an integer is a step count"
+    return _non_negative(value)
+
+
+def _val_size(value: float | int) -> str | None:
+    if isinstance(value, float) and not 0 <= value < 1:
+        return "a float is the fraction of the training data held out and must be at least 0 and below 1"
+    return _non_negative(value)
+
+
+def _auto_or(check: Callable[[Any], str | None]) -> Callable[[Any], str | None]:
+    return lambda value: None if value == AUTO else check(value)
+
+
+def _interval(value: float) -> str | None:
+    return None if 0 < value <= 1 else "is a fraction of an epoch: above 0 and at most 1"
+
+
+@dataclass(frozen=True)
+class Option:
+    """One key tuneterm knows, with its type, its default and the reason for that default."""
+
+    key: str
+    """Dotted name: "training.learning_rate"."""
+    types: tuple[type, ...]
+    """Accepted Python types after loading YAML; a value of another type is rejected."""
+    default: Any = None
+    """The default value, or a function of the method ("lora", "qlora", "full") returning it."""
+    why: str = ""
+    """One or two sentences: why this default, with the guide or measurement it comes from."""
+    choices: tuple[Any, ...] = ()
+    check: Callable[[Any], str | None] | None = None
+    """Returns what is wrong with a value of the right type, or None."""
+    required: bool = False
+    nullable: bool = False
+    """None (YAML `null`) is a valid value."""
+    methods: tuple[str, ...] = METHODS
+    """The methods this key applies to; setting it under another method is an error."""
+
+    def default_for(self, method: str) -> Any:
+        return self.default(method) if callable(self.default) else self.default
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("method", (str,), "lora", choices=METHODS,
+           why="LoRA in 16 bits is slightly faster and more accurate than QLoRA when the model fits "
+               f"({GUIDE_UNSLOTH}); choose qlora when memory is short."),
+    # model -------------------------------------------------------------------------------------------------
+    Option("model.path", (str,), required=True,
+           why="A local directory with config.json and tokenizer files, or a Hugging Face hub id."),
+    Option("model.revision", (str,), nullable=True, why="The hub's default branch unless you pin one."),
+    Option("model.trust_remote_code", (bool,), False,
+           why="Running code from a model repository is opt-in."),
+    Option("model.attn_implementation", (str,), "sdpa",
+           choices=("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention"),
+           why="SDPA never materialises the seq x seq attention scores that make long sequences run out of "
+               f"memory ({GUIDE_HYPERPARAMS}, chapter 2), and needs no extra package."),
+    Option("model.chat_template", (str,), nullable=True,
+           why="The tokenizer's own chat template; set a .jinja file or a template string to replace it."),
+    # data --------------------------------------------------------------------------------------------------
+    Option("data.train", (str,), required=True, why="The training file or directory."),
+    Option("data.eval", (str,), nullable=True,
+           why="A separate evaluation file is better than a split when you have one "
+               f"({GUIDE_COMPLETE}, section 3)."),
+    Option("data.val_size", (float, int), 0.1, check=_val_size,
+           why="Holding out 10% gives the eval loss that early stopping needs; without it overfitting is "
+               f"invisible ({GUIDE_COMPLETE}, section 3; {GUIDE_HYPERPARAMS}, chapter 4)."),
+    Option("data.format", (str,), AUTO, choices=(AUTO, "messages", "alpaca"),
+           why="Detected from the records' fields."),
+    Option("data.max_samples", (int,), nullable=True, check=_positive,
+           why="All examples; set a number for a quick experiment."),
+    Option("data.train_on", (str,), "responses", choices=("responses", "all"),
+           why="Loss on the responses only spends every gradient on what the model must learn to write; use "
+               f"'all' for knowledge injection from plain text ({GUIDE_HYPERPARAMS}, chapter 5)."),
+    # lora --------------------------------------------------------------------------------------------------
+    Option("lora.r", (int,), 16, check=_positive, methods=("lora", "qlora"),
+           why=f"16 is the suggested start for most tasks ({GUIDE_UNSLOTH}; {GUIDE_RANK})."),
+    Option("lora.lora_alpha", (int, float), 16, check=_positive, methods=("lora", "qlora"),
+           why="alpha = r gives a scaling of 1.0, the conservative choice that keeps the base model's "
+               f"residual stream intact; 2r learns more aggressively ({GUIDE_HYPERPARAMS}, chapter 1)."),
+    Option("lora.lora_dropout", (float, int), 0.0, check=_unit_interval, methods=("lora", "qlora"),
+           why=f"Dropout is an unreliable regulariser for short fine-tuning runs ({GUIDE_UNSLOTH})."),
+    Option("lora.target_modules", (str, list), "all-linear", methods=("lora", "qlora"),
+           why="Adapting every linear layer of attention and MLP is what matches full fine-tuning quality "
+               f"({GUIDE_UNSLOTH}; {GUIDE_RANK})."),
+    Option("lora.bias", (str,), "none", choices=("none", "all", "lora_only"), methods=("lora", "qlora"),
+           why=f"Training biases adds parameters for little gain ({GUIDE_UNSLOTH})."),
+    Option("lora.use_rslora", (bool,), False, methods=("lora", "qlora"),
+           why="Plain alpha/r scaling; rank-stabilised alpha/sqrt(r) helps at high ranks "
+               f"({GUIDE_UNSLOTH})."),
+    Option("lora.use_dora", (bool,), False, methods=("lora", "qlora"),
+           why=f"DoRA is newer and sometimes better but slower ({GUIDE_COMPLETE}, section 1)."),
+    Option("lora.init_lora_weights", (bool, str), True, methods=("lora", "qlora"),
+           why="PEFT's standard initialisation (B = 0, so training starts from the base model); 'pissa', "
+               f"'loftq' and others are available ({GUIDE_UNSLOTH}; {GUIDE_COMPLETE})."),
+    # quantization ------------------------------------------------------------------------------------------
+    Option("quantization.load_in_4bit", (bool,), True, methods=("qlora",),
+           why="QLoRA keeps the frozen base model in 4 bits."),
+    Option("quantization.bnb_4bit_quant_type", (str,), "nf4", choices=("nf4", "fp4"), methods=("qlora",),
+           why=f"NF4 loses less information than plain 4-bit on normally distributed weights ({GUIDE_COMPLETE}, "
+               "section 2)."),
+    Option("quantization.bnb_4bit_use_double_quant", (bool,), True, methods=("qlora",),
+           why="Quantising the quantisation constants saves about 0.4 bits per parameter "
+               f"({GUIDE_COMPLETE}, section 2)."),
+    Option("quantization.bnb_4bit_compute_dtype", (str,), AUTO,
+           choices=(AUTO, "bfloat16", "float16", "float32"), methods=("qlora",),
+           why="Follows training.precision."),
+    # training ----------------------------------------------------------------------------------------------
+    Option("training.learning_rate", (float,), lambda m: 2e-5 if m == "full" else 2e-4, check=_positive,
+           why=f"2e-4 is the recommended start for LoRA and QLoRA ({GUIDE_HYPERPARAMS}, chapter 1; "
+               f"{GUIDE_UNSLOTH}); full fine-tuning wants a rate about ten times lower ({GUIDE_UNSLOTH})."),
+    Option("training.num_train_epochs", (float, int), 3, check=_positive,
+           why="Three epochs is the outer bound of the safe zone; early stopping finds the optimum inside it "
+               f"({GUIDE_HYPERPARAMS}, chapter 4; {GUIDE_UNSLOTH})."),
+    Option("training.per_device_train_batch_size", (int,), 2, check=_positive,
+           why="A micro-batch of 2 fits on 16-24 GB cards; accumulation makes up the effective batch "
+               f"({GUIDE_HYPERPARAMS}, chapter 2; {GUIDE_UNSLOTH})."),
+    Option("training.gradient_accumulation_steps", (int,), 8, check=_positive,
+           why=f"2 x 8 gives the recommended effective batch of 16 ({GUIDE_UNSLOTH})."),
+    Option("training.per_device_eval_batch_size", (int,), AUTO, check=_auto_or(_positive),
+           why="The training micro-batch, so that evaluation, which can peak above training, does not run out "
+               "of memory late in a run."),
+    Option("training.lr_scheduler_type", (str,), "cosine",
+           why="Cosine holds the rate high early, when the model moves most, and settles at the end "
+               f"({GUIDE_HYPERPARAMS}, chapter 3)."),
+    Option("training.warmup_steps", (float, int), 0.1, check=_warmup,
+           why="Warming up over the first 10% of steps protects the freshly initialised adapter from violent "
+               f"early updates ({GUIDE_HYPERPARAMS}, chapter 3; {GUIDE_UNSLOTH}: 5-10%)."),
+    Option("training.weight_decay", (float, int), 0.01, check=_non_negative,
+           why=f"0.01 regularises without fighting the learning signal ({GUIDE_UNSLOTH}; {GUIDE_HYPERPARAMS}, "
+               "chapter 4)."),
+    Option("training.optim", (str,), lambda m: "paged_adamw_8bit" if m == "qlora" else "adamw_torch",
+           why="AdamW's per-parameter rates suit LoRA; the paged 8-bit variant cuts optimizer memory by 75% "
+               f"for QLoRA ({GUIDE_HYPERPARAMS}, chapter 3)."),
+    Option("training.seed", (int,), 3407, why=f"A fixed seed for shuffling and adapter initialisation ({GUIDE_UNSLOTH})."),
+    Option("training.precision", (str,), AUTO, choices=(AUTO, "bf16", "fp16", "fp32"),
+           why="bf16 where the GPU supports it, else fp16 with loss scaling; fp16's narrow range silently "
+               f"underflows gradients ({GUIDE_HYPERPARAMS}, chapter 6). fp32 on a CPU."),
+    Option("training.gradient_checkpointing", (bool,), True,
+           why=f"Recomputing activations trades about 20% speed for much less memory ({GUIDE_UNSLOTH})."),
+    Option("training.max_length", (int,), AUTO, check=_auto_or(_positive),
+           why="The 99th percentile of the data's token lengths rounded up to a multiple of 64: longer wastes "
+               f"memory on padding, shorter truncates ({GUIDE_HYPERPARAMS}, chapter 2)."),
+    Option("training.eval_interval_epochs", (float,), 0.2, check=_interval,
+           why="Evaluating every 10-20% of an epoch catches the eval-loss turn without slowing the run "
+               f"({GUIDE_HYPERPARAMS}, chapter 4); at 20% with a 10% split, evaluation costs about a sixth "
+               "of training."),
+    Option("training.eval_steps", (int,), AUTO, check=_auto_or(_positive),
+           why="Derived from eval_interval_epochs and the steps per epoch."),
+    Option("training.save_steps", (int,), AUTO, check=_auto_or(_positive),
+           why="Same as eval_steps, so that every evaluated step has a checkpoint to return to."),
+    Option("training.save_total_limit", (int,), 3, check=_positive,
+           why="Keeps disk use bounded; the best checkpoint is always kept besides."),
+    Option("training.load_best_model_at_end", (bool,), True,
+           why="The best checkpoint is often not the last one; the saved adapter is the best one "
+               f"({GUIDE_COMPLETE}, section 8)."),
+    Option("training.metric_for_best_model", (str,), "eval_loss", why="Lower eval loss is better."),
+    Option("training.early_stopping_patience", (int,), 3, check=_positive,
+           why="Stop after 3 evaluations without improvement: 3-5 tolerates noise without running far past "
+               f"the optimum ({GUIDE_HYPERPARAMS}, chapter 4)."),
+    Option("training.early_stopping_threshold", (float,), 0.0, check=_non_negative,
+           why="Any improvement of the eval loss counts."),
+    Option("training.eval_on_start", (bool,), True,
+           why="The eval loss before any training is the baseline that shows whether the run helps."),
+    Option("training.logging_steps", (int,), 1, check=_positive,
+           why="Every optimizer step is logged, so the loss chart misses nothing."),
+    Option("training.output_dir", (str,), nullable=True,
+           why="A new directory under ./runs named after the time, model and method."),
+)
+
+OPTION_BY_KEY: dict[str, Option] = {o.key: o for o in OPTIONS}
+
+# Keys that people carry over from other tools or older library versions, with what to write instead.
+RENAMED = {
+    "training.warmup_ratio": "transformers 5 folded warmup_ratio into warmup_steps: write warmup_steps: 0.1 "
+                             "(a float below 1 is a fraction of the total steps)",
+    "training.max_seq_length": "TRL calls it max_length: write training.max_length",
+    "training.cutoff_len": "write training.max_length",
+    "training.activation_checkpointing": "write training.gradient_checkpointing",
+    "training.gradient_checkpointing_kwargs": "tuneterm sets the checkpointing mode itself",
+    "training.assistant_only_loss": "tuneterm masks the data itself: write data.train_on: responses (or all)",
+    "training.completion_only_loss": "tuneterm masks the data itself: write data.train_on: responses (or all)",
+    "training.dataset_text_field": "tuneterm reads the data itself: set data.format",
+    "training.dataset_kwargs": "tuneterm prepares the dataset itself",
+    "training.eval_strategy": "tuneterm evaluates whenever there is an eval split: set data.val_size or data.eval, "
+                             "and training.eval_steps or training.eval_interval_epochs",
+    "training.save_strategy": "tuneterm saves at every evaluation: set training.save_steps",
+    "training.num_epochs": "write training.num_train_epochs",
+    "training.epochs": "write training.num_train_epochs",
+    "training.batch_size": "write training.per_device_train_batch_size",
+    "training.lr": "write training.learning_rate",
+    "lora.rank": "write lora.r",
+    "lora.alpha": "write lora.lora_alpha",
+    "lora.dropout": "write lora.lora_dropout",
+    "lora.task_type": "tuneterm trains causal language models (CAUSAL_LM) only",
+    "quantization.load_in_8bit": "tuneterm's qlora loads the base model in 4 bits",
+    "data.cutoff_len": "write training.max_length",
+}
+
+# HF boolean precision flags, accepted as another spelling of training.precision.
+PRECISION_FLAGS = {"training.bf16": "bf16", "training.fp16": "fp16"}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Where each value came from
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where a value was written: a file and line, or a --set argument."""
+
+    source: str
+    line: int | None = None
+
+    def __str__(self) -> str:
+        return f"{self.source}:{self.line}" if self.line else self.source
+
+
+def _yaml_with_lines(text: str, source: str) -> tuple[dict[str, Any], dict[str, Origin]]:
+    """Parse a YAML mapping and note the line of every key (dotted, one level of sections deep)."""
+    try:
+        root = yaml.compose(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = Origin(source, mark.line + 1 if mark else None)
+        raise ConfigError([f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}"]) from None
+    if root is None:
+        return {}, {}
+    if not isinstance(root, yaml.MappingNode):
+        raise ConfigError([f"{Origin(source, root.start_mark.line + 1)}: the config must be a mapping of keys "
+                           f"(method, model, data, lora, quantization, training)"])
+    data = yaml.safe_load(text)
+    lines: dict[str, Origin] = {}
+    for key_node, value_node in root.value:
+        lines[str(key_node.value)] = Origin(source, key_node.start_mark.line + 1)
+        if isinstance(value_node, yaml.MappingNode):
+            for sub_key, _ in value_node.value:
+                lines[f"{key_node.value}.{sub_key.value}"] = Origin(source, sub_key.start_mark.line + 1)
+    return data, lines
+
+
+def _flatten(data: Mapping[str, Any], lines: Mapping[str, Origin], source: str,
+             problems: list[str]) -> dict[str, tuple[Any, Origin]]:
+    """{"training": {"seed": 1}} -> {"training.seed": (1, origin)}; structural mistakes go to `problems`."""
+    flat: dict[str, tuple[Any, Origin]] = {}
+    for top, value in data.items():
+        where = lines.get(str(top), Origin(source))
+        if top == "method":
+            flat["method"] = (value, where)
+        elif top in SECTIONS:
+            if value is None:
+                continue
+            if not isinstance(value, Mapping):
+                problems.append(f"{where}: {top}: must be a mapping of keys, got {value!r}")
+                continue
+            for key, sub_value in value.items():
+                dotted = f"{top}.{key}"
+                flat[dotted] = (sub_value, lines.get(dotted, where))
+        else:
+            problems.append(f"{where}: {top}: unknown top-level key{_suggest(str(top), ('method', *SECTIONS))}; "
+                            f"a config has method, {', '.join(SECTIONS)}")
+    return flat
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`training.learning_rate=1e-4` -> ("training.learning_rate", 1e-4). The value is read as YAML."""
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError([f"--set {text}: expected KEY=VALUE, for example --set training.learning_rate=1e-4"])
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The config itself
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """A validated run config: every key has a value (possibly "auto" until the run resolves it)."""
+
+    values: dict[str, Any]
+    """Flat dotted keys -> values, including pass-through Hugging Face fields."""
+    defaulted: frozenset[str] = frozenset()
+    """Keys whose value is tuneterm's default rather than the user's."""
+    notes: dict[str, str] = field(default_factory=dict)
+    """Why a key has its value, for values derived when the run was resolved (e.g. max_length from the data)."""
+
+    @property
+    def method(self) -> str:
+        return self.values["method"]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.values.get(key, default)
+
+    def section(self, name: str) -> dict[str, Any]:
+        """The keys of one section, without the section prefix."""
+        prefix = name + "."
+        return {k[len(prefix):]: v for k, v in self.values.items() if k.startswith(prefix)}
+
+    def resolved(self, changes: Mapping[str, tuple[Any, str]]) -> "RunConfig":
+        """A copy with derived values filled in: {key: (value, why)}."""
+        values = dict(self.values)
+        notes = dict(self.notes)
+        for key, (value, why) in changes.items():
+            values[key] = value
+            notes[key] = why
+        return RunConfig(values, self.defaulted, notes)
+
+    def unresolved(self) -> list[str]:
+        return [k for k, v in self.values.items() if v == AUTO]
+
+    def why(self, key: str) -> str:
+        if key in self.notes:
+            return self.notes[key]
+        option = OPTION_BY_KEY.get(key)
+        return option.why if option else ""
+
+    def to_nested(self) -> dict[str, Any]:
+        nested: dict[str, Any] = {"method": self.method}
+        for key, value in self.values.items():
+            if key == "method":
+                continue
+            section, name = key.split(".", 1)
+            nested.setdefault(section, {})[name] = value
+        return nested
+
+    def to_yaml(self) -> str:
+        """YAML that reproduces the run, each defaulted or derived value commented with its reason."""
+        lines = ["# tuneterm run config. Values marked 'default' or 'derived' were not set by hand.", ""]
+        nested = self.to_nested()
+        lines.append(_yaml_line("method", nested["method"], self._comment("method"), indent=""))
+        for section in SECTIONS:
+            if section not in nested:
+                continue
+            lines.append(f"{section}:")
+            for name, value in nested[section].items():
+                lines.append(_yaml_line(name, value, self._comment(f"{section}.{name}"), indent="  "))
+        return "\n".join(lines) + "\n"
+
+    def _comment(self, key: str) -> str:
+        if key in self.notes:
+            return f"derived: {self.notes[key]}"
+        if key in self.defaulted:
+            return f"default: {self.why(key)}"
+        return ""
+
+    def save(self, path: Path) -> None:
+        path.write_text(self.to_yaml(), encoding="utf-8")
+
+
+def _yaml_line(name: str, value: Any, comment: str, indent: str) -> str:
+    rendered = yaml.safe_dump(value, default_flow_style=True, width=10_000).strip().removesuffix("...").strip()
+    line = f"{indent}{name}: {rendered}"
+    return f"{line}  # {comment}" if comment else line
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Loading and validation
+
+
+def load_config(path: str | Path | None = None, *, overrides: Iterable[str] = (),
+                base: Mapping[str, Any] | None = None, base_source: str = "preset") -> RunConfig:
+    """Read a config file (optional), layer `--set` overrides on top, validate, and fill defaults.
+
+    `base` is a lower layer (a preset or a built-in config) that the file and the overrides override.
+    Raises ConfigError listing every problem, each naming its file and line or its --set argument.
+    """
+    problems: list[str] = []
+    layers: list[dict[str, tuple[Any, Origin]]] = []
+    if base is not None:
+        layers.append(_flatten(base, {}, base_source, problems))
+    if path is not None:
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise ConfigError([f"{path}: no such config file"]) from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError([f"{path}: cannot read the config: {exc}"]) from None
+        data, lines = _yaml_with_lines(text, str(path))
+        layers.append(_flatten(data, lines, str(path), problems))
+    override_layer: dict[str, tuple[Any, Origin]] = {}
+    for text in overrides:
+        key, value = parse_override(text)
+        override_layer[key] = (value, Origin(f"--set {text}"))
+    layers.append(override_layer)
+
+    given: dict[str, tuple[Any, Origin]] = {}
+    for layer in layers:
+        given.update(layer)
+    config = _validate(given, problems)
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def config_from_mapping(data: Mapping[str, Any], source: str = "config") -> RunConfig:
+    """Validate an in-memory nested config (the same shape as the YAML)."""
+    return load_config(base=data, base_source=source)
+
+
+def _validate(given: dict[str, tuple[Any, Origin]], problems: list[str]) -> RunConfig:
+    method_value, method_origin = given.get("method", ("lora", None))
+    if method_value not in METHODS:
+        problems.append(f"{method_origin}: method: {method_value!r} is not one of {', '.join(METHODS)}")
+        method_value = "lora"
+    method: str = method_value
+
+    values: dict[str, Any] = {"method": method}
+    defaulted: set[str] = set() if "method" in given else {"method"}
+    unknown: dict[str, tuple[Any, Origin]] = {}
+
+    for key, (value, origin) in given.items():
+        if key == "method":
+            continue
+        if key in RENAMED:
+            problems.append(f"{origin}: {key}: {RENAMED[key]}")
+            continue
+        if key in PRECISION_FLAGS:
+            _precision_flag(key, value, origin, given, values, problems)
+            continue
+        option = OPTION_BY_KEY.get(key)
+        if option is None:
+            unknown[key] = (value, origin)
+            continue
+        if method not in option.methods:
+            problems.append(f"{origin}: {key}: applies to method {' or '.join(option.methods)}, "
+                            f"but method is {method}")
+            continue
+        checked = _check_value(option, value, origin, problems)
+        if checked is not _INVALID:
+            values[key] = checked
+
+    _check_pass_through(unknown, method, values, problems)
+
+    for option in OPTIONS:
+        if option.key == "method" or method not in option.methods or option.key in values:
+            continue
+        if option.required:
+            problems.append(f"{option.key}: required ({option.why})")
+            continue
+        values[option.key] = option.default_for(method)
+        defaulted.add(option.key)
+
+    notes = _check_combinations(values, defaulted, given, problems)
+    return RunConfig(values, frozenset(defaulted), notes)
+
+
+_INVALID = object()
+
+
+def _check_value(option: Option, value: Any, origin: Origin, problems: list[str]) -> Any:
+    if value is None:
+        if option.nullable:
+            return None
+        problems.append(f"{origin}: {option.key}: needs a value ({option.why})")
+        return _INVALID
+    if value == AUTO and option.default_for("lora") == AUTO:
+        return AUTO
+    value = _coerce(value, option.types)
+    if not isinstance(value, option.types) or (isinstance(value, bool) and bool not in option.types):
+        expected = " or ".join(_type_name(t) for t in option.types)
+        problems.append(f"{origin}: {option.key}: expected {expected}, got {value!r}")
+        return _INVALID
+    if option.choices and value not in option.choices:
+        problems.append(f"{origin}: {option.key}: {value!r} is not one of "
+                        f"{', '.join(map(str, option.choices))}{_suggest(str(value), map(str, option.choices))}")
+        return _INVALID
+    if option.check is not None:
+        problem = option.check(value)
+        if problem:
+            problems.append(f"{origin}: {option.key}: {value!r} {problem}")
+            return _INVALID
+    return value
+
+
+def _coerce(value: Any, types: tuple[type, ...]) -> Any:
+    """YAML 1.1 reads `2e-4` as a string and `1` as an int: accept both where a float is expected."""
+    if float in types and isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            return value
+        return number if math.isfinite(number) else value
+    if float in types and int not in types and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def _type_name(t: type) -> str:
+    return {bool: "true/false", int: "an integer", float: "a number", str: "a string", list: "a list"}.get(
+        t, t.__name__)
+
+
+def _precision_flag(key: str, value: Any, origin: Origin, given: Mapping[str, tuple[Any, Origin]],
+                    values: dict[str, Any], problems: list[str]) -> None:
+    if not isinstance(value, bool):
+        problems.append(f"{origin}: {key}: expected true/false, got {value!r}")
+        return
+    if not value:
+        return
+    precision = PRECISION_FLAGS[key]
+    explicit = given.get("training.precision", (None, None))[0]
+    if explicit not in (None, AUTO, precision):
+        problems.append(f"{origin}: {key}: true contradicts training.precision: {explicit}; keep one of them")
+        return
+    if values.get("training.precision", precision) != precision:
+        problems.append(f"{origin}: {key}: bf16 and fp16 cannot both be true")
+        return
+    values["training.precision"] = precision
+
+
+def _check_combinations(values: dict[str, Any], defaulted: set[str], given: Mapping[str, tuple[Any, Origin]],
+                        problems: list[str]) -> dict[str, str]:
+    """Checks that involve several keys; returns notes for values that follow from other keys."""
+    notes = {}
+
+    def origin(key: str) -> Origin | str:
+        return given[key][1] if key in given else key
+
+    if values.get("data.eval") and "data.val_size" in given and values.get("data.val_size"):
+        problems.append(f"{origin('data.val_size')}: data.val_size: an eval file is given (data.eval); "
+                        "set one of them, not both")
+    if values.get("data.eval"):
+        values["data.val_size"] = 0
+        notes["data.val_size"] = "data.eval is given, so nothing is held out of the training data"
+    if "training.eval_steps" in given and "training.eval_interval_epochs" in given:
+        problems.append(f"{origin('training.eval_steps')}: training.eval_steps: set either eval_steps or "
+                        "eval_interval_epochs, not both")
+    eval_steps, save_steps = values.get("training.eval_steps"), values.get("training.save_steps")
+    if (values.get("training.load_best_model_at_end") and isinstance(eval_steps, int)
+            and isinstance(save_steps, int) and save_steps % eval_steps):
+        problems.append(f"{origin('training.save_steps')}: training.save_steps: {save_steps} must be a multiple of "
+                        f"eval_steps ({eval_steps}) when load_best_model_at_end is true, so that the best "
+                        "evaluated step has a checkpoint")
+    return notes
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Hugging Face fields tuneterm passes through
+
+
+_PASS_THROUGH_CLASSES = {
+    "training": ("trl", "SFTConfig"),
+    "lora": ("peft", "LoraConfig"),
+    "quantization": ("transformers", "BitsAndBytesConfig"),
+}
+
+
+@functools.lru_cache(maxsize=None)
+def _hf_fields(section: str) -> dict[str, str]:
+    """Field name -> type annotation text of the Hugging Face class behind a section (imported lazily)."""
+    module_name, class_name = _PASS_THROUGH_CLASSES[section]
+    module = __import__(module_name, fromlist=[class_name])
+    cls = getattr(module, class_name)
+    if dataclasses.is_dataclass(cls):
+        return {f.name: str(f.type) for f in dataclasses.fields(cls)}
+    import inspect
+
+    params = inspect.signature(cls.__init__).parameters
+    return {name: str(p.annotation) for name, p in params.items() if name not in ("self", "kwargs")}
+
+
+def _check_pass_through(unknown: Mapping[str, tuple[Any, Origin]], method: str, values: dict[str, Any],
+                        problems: list[str]) -> None:
+    by_section: dict[str, dict[str, tuple[Any, Origin]]] = {}
+    for key, item in unknown.items():
+        section, name = key.split(".", 1)
+        by_section.setdefault(section, {})[name] = item
+    for section, items in by_section.items():
+        known_here = [o.key.split(".", 1)[1] for o in OPTIONS if o.key.startswith(section + ".")]
+        hf = _hf_fields(section) if section in _PASS_THROUGH_CLASSES else {}
+        for name, (value, origin) in items.items():
+            key = f"{section}.{name}"
+            if name not in hf:
+                problems.append(f"{origin}: {key}: unknown key{_suggest(name, [*known_here, *hf])}")
+                continue
+            if section == "lora" and method == "full" or section == "quantization" and method != "qlora":
+                problems.append(f"{origin}: {key}: the {section} section does not apply to method {method}")
+                continue
+            problem = _annotation_problem(value, hf[name])
+            if problem:
+                problems.append(f"{origin}: {key}: {problem}")
+                continue
+            values[key] = _coerce(value, (float,)) if "float" in hf[name] and "str" not in hf[name] else value
+
+
+def _annotation_problem(value: Any, annotation: str) -> str | None:
+    """A light type check against a dataclass annotation such as 'float | None' or 'Union[str, int]'."""
+    if value is None:
+        return None if "None" in annotation or "Optional" in annotation else "needs a value"
+    accepted = [t for name, t in (("bool", bool), ("int", int), ("float", float), ("str", str), ("list", list),
+                                  ("dict", dict)) if name in annotation]
+    if not accepted or any(t is str for t in accepted) or "Any" in annotation:
+        return None
+    if isinstance(value, bool) and bool not in accepted:
+        return f"expected {' or '.join(_type_name(t) for t in accepted)}, got {value!r}"
+    if float in accepted:
+        value = _coerce(value, (float,))
+    if isinstance(value, tuple(accepted)):
+        return None
+    return f"expected {' or '.join(_type_name(t) for t in accepted)}, got {value!r}"
+
+
+def _suggest(name: str, candidates: Iterable[str]) -> str:
+    match = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
+    return f"; did you mean {match[0]}?" if match else ""

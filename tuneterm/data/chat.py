@@ -1,0 +1,151 @@
+"""Which characters of a rendered conversation the model is trained to write.
+
+Training "on responses only" is fragile when it matches delimiter strings: templates differ, add default system
+prompts, fold the system prompt into a user turn, rename roles, trim content. Here the template itself tells us
+the structure: the conversation is rendered once as it is and once with every message's content replaced by a
+unique marker. The marked rendering is the template's skeleton; walking the real rendering along it gives the
+exact character span of every message's content, whatever text the template puts around it.
+
+A trained span is an assistant message's content plus the end-of-turn token the template writes right after it
+(<|im_end|>, <|eot_id|>, <end_of_turn>, </s>...), so the model learns to stop. Spans are characters, not
+tokens: the tokenizer's offsets turn them into labels (see tokenize.py), so BPE merges across the boundary
+between template text and content do not matter.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from tuneterm.data.formats import Conversation
+
+# For base models that ship without a chat template: the Alpaca layout, each reply closed by the EOS token so
+# that the model learns to stop.
+DEFAULT_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' %}{{ message['content'] }}\n\n"
+    "{% elif message['role'] == 'user' %}### Instruction:\n{{ message['content'] }}\n\n"
+    "{% else %}### Response:\n{{ message['content'] }}{{ eos_token }}\n\n{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}### Response:\n{% endif %}"
+)
+
+_MARK = "\ue000{}\ue001"
+_MARK_RE = re.compile("\ue000(\\d+)\ue001")
+
+
+class TemplateError(ValueError):
+    """The chat template cannot render this conversation, or its output cannot be aligned with the messages."""
+
+
+@dataclass(frozen=True)
+class RenderedConversation:
+    text: str
+    trained: list[tuple[int, int]]
+    """Character spans the loss is computed on."""
+    end_of_turn_trained: bool
+    """Every assistant span ends with an end-of-turn token (so the model learns to stop)."""
+
+
+def render(tokenizer: Any, conversation: Conversation) -> str:
+    try:
+        return tokenizer.apply_chat_template(conversation, tokenize=False)
+    except Exception as exc:  # jinja raises its own errors, and templates call raise_exception()
+        raise TemplateError(f"the chat template cannot render this conversation: {exc}") from None
+
+
+def render_for_training(tokenizer: Any, conversation: Conversation, train_on: str) -> RenderedConversation:
+    text = render(tokenizer, conversation)
+    if train_on == "all":
+        return RenderedConversation(text, [(0, len(text))], True)
+    spans = _content_spans(tokenizer, conversation, text)
+    special = _special_tokens(tokenizer)
+    trained = []
+    all_ended = True
+    for index, message in enumerate(conversation):
+        if message["role"] != "assistant" or index not in spans:
+            continue
+        start, end = spans[index]
+        eot_end = _end_of_turn(text, end, special)
+        all_ended &= eot_end is not None
+        trained.append((start, eot_end if eot_end is not None else end))
+    if not trained:
+        raise TemplateError("the chat template does not render any assistant message of this conversation")
+    return RenderedConversation(text, trained, all_ended)
+
+
+def _content_spans(tokenizer: Any, conversation: Conversation, text: str) -> dict[int, tuple[int, int]]:
+    """Message index -> (start, end) of its content in `text`."""
+    marked = [{**message, "content": _MARK.format(i)} for i, message in enumerate(conversation)]
+    skeleton = render(tokenizer, marked)
+    spans = _align(skeleton, text, conversation)
+    if spans is None:
+        spans = _search(text, conversation)
+    if spans is None:
+        raise TemplateError("cannot find the messages in the rendered chat template: the template changes its "
+                            "text depending on the content; set model.chat_template to a simpler template")
+    return spans
+
+
+def _align(skeleton: str, text: str, conversation: Conversation) -> dict[int, tuple[int, int]] | None:
+    """Walk `text` along the skeleton: literal pieces must match exactly, markers take the content between."""
+    pieces = _MARK_RE.split(skeleton)  # literal, index, literal, index, ..., literal
+    literals, indices = pieces[0::2], [int(i) for i in pieces[1::2]]
+    if not text.startswith(literals[0]):
+        return None
+    position = len(literals[0])
+    spans: dict[int, tuple[int, int]] = {}
+    for index, following in zip(indices, literals[1:]):
+        content = conversation[index]["content"]
+        length = _rendered_length(text, position, content, following)
+        if length is None:
+            return None
+        spans.setdefault(index, (position, position + length))
+        position += length + len(following)
+    return spans if position == len(text) else None
+
+
+def _rendered_length(text: str, position: int, content: str, following: str) -> int | None:
+    """How many characters of `text` at `position` the template made out of `content` (as is, or trimmed)."""
+    for candidate in dict.fromkeys((content, content.strip(), content.rstrip(), content.lstrip())):
+        if text.startswith(candidate + following, position):
+            return len(candidate)
+    if following:
+        found = text.find(following, position)
+        return found - position if found >= 0 else None
+    return None
+
+
+def _search(text: str, conversation: Conversation) -> dict[int, tuple[int, int]] | None:
+    """Fallback: find each message's (stripped) content in order."""
+    spans: dict[int, tuple[int, int]] = {}
+    position = 0
+    for index, message in enumerate(conversation):
+        content = message["content"].strip()
+        found = text.find(content, position)
+        if found < 0:
+            if message["role"] == "assistant":
+                return None
+            continue  # a system prompt the template dropped or moved
+        spans[index] = (found, found + len(content))
+        position = found + len(content)
+    return spans
+
+
+def _special_tokens(tokenizer: Any) -> list[str]:
+    """Special token strings, longest first, so that "<|im_end|>" wins over "<".""" 
+    tokens = set(tokenizer.all_special_tokens)
+    tokens.update(str(t) for t in getattr(tokenizer, "added_tokens_decoder", {}).values() if getattr(t, "special", False))
+    return sorted((t for t in tokens if t), key=len, reverse=True)
+
+
+def _end_of_turn(text: str, content_end: int, special: list[str]) -> int | None:
+    """End of the special token that closes the turn right after the content (after optional whitespace)."""
+    start = content_end
+    while start < len(text) and text[start].isspace():
+        start += 1
+    for token in special:
+        if text.startswith(token, start):
+            return start + len(token)
+    return None

@@ -1,0 +1,58 @@
+"""Token ids and labels for rendered conversations, in batches.
+
+A token is trained when its characters overlap a trained span (see chat.py); every other token gets the label
+-100, which the loss ignores. Working from the tokenizer's character offsets makes the mask right even where a
+token straddles the boundary between template text and content. The same function feeds training and the
+preview a person looks at, so what they see is what the model is trained on.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from tuneterm.data.chat import RenderedConversation
+
+IGNORE_INDEX = -100
+
+
+@dataclass(frozen=True)
+class Encoded:
+    input_ids: list[int]
+    labels: list[int]
+
+    @property
+    def trained_tokens(self) -> int:
+        return sum(label != IGNORE_INDEX for label in self.labels)
+
+
+def encode_batch(tokenizer: Any, rendered: Sequence[RenderedConversation]) -> list[Encoded]:
+    if not getattr(tokenizer, "is_fast", False):
+        raise ValueError("tuneterm needs a fast (Rust) tokenizer to map characters to tokens; this model's "
+                         "tokenizer has no tokenizer.json")
+    batch = tokenizer([r.text for r in rendered], add_special_tokens=False, return_offsets_mapping=True)
+    encoded = []
+    for item, ids, offsets in zip(rendered, batch["input_ids"], batch["offset_mapping"]):
+        trained = _trained_mask(np.asarray(offsets, dtype=np.int64).reshape(-1, 2), item.trained)
+        labels = np.where(trained, np.asarray(ids, dtype=np.int64), IGNORE_INDEX)
+        encoded.append(Encoded(list(ids), labels.tolist()))
+    return encoded
+
+
+def _trained_mask(offsets: np.ndarray, spans: list[tuple[int, int]]) -> np.ndarray:
+    starts, ends = offsets[:, 0], offsets[:, 1]
+    mask = np.zeros(len(offsets), dtype=bool)
+    for span_start, span_end in spans:
+        overlaps = (starts < span_end) & (ends > span_start)
+        empty_inside = (starts == ends) & (starts >= span_start) & (starts < span_end)
+        mask |= overlaps | empty_inside
+    return mask
+
+
+def truncate(encoded: Encoded, max_length: int) -> Encoded:
+    """Keep the start (the prompt and the first replies), as TRL's default truncation does."""
+    if len(encoded.input_ids) <= max_length:
+        return encoded
+    return Encoded(encoded.input_ids[:max_length], encoded.labels[:max_length])

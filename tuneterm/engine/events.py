@@ -1,0 +1,176 @@
+"""What happens during a run, as small immutable events.
+
+The engine reports everything through these: the TUI turns them into messages, `tuneterm train` prints them, and
+every run appends them to RUN_DIR/events.jsonl (one JSON object per line, flushed as it happens), so any
+terminal can replay or follow a run while it is live. Names are in the past tense: each says what happened.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, Callable, Iterator
+
+EVENTS_FILE = "events.jsonl"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Event:
+    time: float = field(default_factory=time.time)
+
+    def to_json(self) -> str:
+        return json.dumps({"event": type(self).__name__, **dataclasses.asdict(self)}, default=str)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PhaseStarted(Event):
+    """The run moved to a new phase before or after training: loading, preparing data, saving..."""
+
+    phase: str
+    detail: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class WarningIssued(Event):
+    """Something the user should know that does not stop the run."""
+
+    message: str
+    source: str = "tuneterm"
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunStarted(Event):
+    """Training is about to begin; carries the resolved plan."""
+
+    run_dir: str
+    config: dict[str, Any]
+    defaulted: list[str]
+    notes: dict[str, str]
+    train_examples: int
+    eval_examples: int
+    steps_per_epoch: int
+    total_steps: int
+    trainable_params: int
+    total_params: int
+    device: str
+    resumed_from: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class StepLogged(Event):
+    """One optimizer step's training metrics (or the average since the last log)."""
+
+    step: int
+    max_steps: int
+    epoch: float
+    loss: float
+    learning_rate: float
+    grad_norm: float | None = None
+    tokens_per_second: float | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvalFinished(Event):
+    """An evaluation pass, with the early-stopping state it leaves behind."""
+
+    step: int
+    epoch: float
+    eval_loss: float
+    best_eval_loss: float
+    best_step: int
+    evals_since_improvement: int
+    patience: int | None
+
+
+@dataclass(frozen=True, kw_only=True)
+class CheckpointSaved(Event):
+    step: int
+    path: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class StopRequested(Event):
+    """Someone asked the run to stop; it finishes the current step and saves first."""
+
+    reason: str = "requested"
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunFinished(Event):
+    """The run ended on its own terms: completed, stopped early by patience, or stopped on request."""
+
+    status: str
+    """"completed", "early_stopped" or "stopped"."""
+    run_dir: str
+    global_step: int
+    adapter_dir: str | None = None
+    best_checkpoint: str | None = None
+    best_eval_loss: float | None = None
+    adapter_changed: bool | None = None
+    adapter_check: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunFailed(Event):
+    """The run could not go on; `reason` is one line a person can act on."""
+
+    reason: str
+    error_type: str = ""
+    log_path: str | None = None
+
+
+EVENT_TYPES: dict[str, type[Event]] = {
+    cls.__name__: cls for cls in (PhaseStarted, WarningIssued, RunStarted, StepLogged, EvalFinished, CheckpointSaved,
+                                  StopRequested, RunFinished, RunFailed)
+}
+
+EventSink = Callable[[Event], None]
+
+
+def event_from_json(line: str) -> Event:
+    data = json.loads(line)
+    cls = EVENT_TYPES[data.pop("event")]
+    return cls(**data)
+
+
+def read_events(path: Path) -> list[Event]:
+    """Every complete event in an events.jsonl; a half-written last line (a live run) is skipped."""
+    return list(iter_events(path))
+
+
+def iter_events(path: Path) -> Iterator[Event]:
+    with open(path, encoding="utf-8") as handle:
+        for line in handle:
+            if line.endswith("\n"):
+                yield event_from_json(line)
+
+
+class EventLog:
+    """Appends events to events.jsonl as they happen and passes each on to a sink (the UI or the console)."""
+
+    def __init__(self, path: Path, sink: EventSink | None = None):
+        self.path = path
+        self._sink = sink
+        self._lock = threading.Lock()
+        self._handle: IO[str] = open(path, "a", encoding="utf-8")
+
+    def __call__(self, event: Event) -> None:
+        with self._lock:
+            self._handle.write(event.to_json() + "\n")
+            self._handle.flush()
+        if self._sink is not None:
+            self._sink(event)
+
+    def close(self) -> None:
+        with self._lock:
+            self._handle.close()
+
+    def __enter__(self) -> "EventLog":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,87 @@
+"""Run directories: one per run, never reused, holding everything needed to reproduce or resume it.
+
+Layout of RUN_DIR:
+  config.yaml                  the resolved config (defaulted and derived values commented)
+  events.jsonl                 every event of the run, one JSON object per line, appended live
+  checkpoint-N/                Trainer checkpoints (adapter, optimizer, scheduler, RNG, trainer_state.json)
+  adapter_model.safetensors    the final (best, when evaluating) adapter, with adapter_config.json
+  tokenizer files              so the adapter directory loads on its own
+  trainer_state.json           the Trainer's log history
+  training_loss.png, training_eval_loss.png
+  adapter_check.json           proof that the adapter weights changed
+  error.log                    the traceback, when a run failed
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+from tuneterm.config import RunConfig
+
+CONFIG_FILE = "config.yaml"
+DEFAULT_RUNS_ROOT = Path("runs")
+
+# Files without which a checkpoint cannot be resumed from (weights are checked separately).
+_CHECKPOINT_FILES = ("trainer_state.json", "optimizer.pt", "scheduler.pt")
+_WEIGHT_FILES = ("adapter_model.safetensors", "model.safetensors", "model.safetensors.index.json")
+
+
+class RunDirError(RuntimeError):
+    """A run directory that cannot be created or resumed; the message says what to do."""
+
+
+def create_run_dir(config: RunConfig, runs_root: Path = DEFAULT_RUNS_ROOT) -> Path:
+    """A new, empty directory for this run. An existing non-empty directory is never used."""
+    explicit = config.get("training.output_dir")
+    if explicit:
+        path = Path(explicit).expanduser()
+        if path.exists() and (not path.is_dir() or any(path.iterdir())):
+            raise RunDirError(f"training.output_dir: {path} already exists and is not empty; tuneterm never "
+                              "writes into an existing run. Choose a new directory, or leave output_dir unset to "
+                              f"get a fresh one under {runs_root}/")
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+    runs_root.mkdir(parents=True, exist_ok=True)
+    stem = f"{time.strftime('%Y%m%d-%H%M%S')}-{_slug(config.get('model.path'))}-{config.method}"
+    for attempt in range(1, 1000):
+        path = runs_root / (stem if attempt == 1 else f"{stem}-{attempt}")
+        try:
+            path.mkdir()
+        except FileExistsError:
+            continue
+        return path
+    raise RunDirError(f"{runs_root}: cannot find a free run directory name for {stem}")
+
+
+def _slug(model_path: str) -> str:
+    name = Path(str(model_path).rstrip("/")).name or "model"
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name)[:40]
+
+
+def checkpoints(run_dir: Path) -> list[Path]:
+    """checkpoint-N directories, by step."""
+    found = [p for p in run_dir.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()]
+    return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
+
+
+def is_complete_checkpoint(path: Path) -> bool:
+    return all((path / name).is_file() for name in _CHECKPOINT_FILES) and \
+        any((path / name).is_file() for name in _WEIGHT_FILES)
+
+
+def last_complete_checkpoint(run_dir: Path) -> Path | None:
+    complete = [p for p in checkpoints(run_dir) if is_complete_checkpoint(p)]
+    return complete[-1] if complete else None
+
+
+def resume_point(run_dir: Path) -> Path:
+    """The checkpoint a stopped or interrupted run continues from, or a RunDirError saying why there is none."""
+    if not (run_dir / CONFIG_FILE).is_file():
+        raise RunDirError(f"{run_dir}: not a tuneterm run directory (no {CONFIG_FILE})")
+    checkpoint = last_complete_checkpoint(run_dir)
+    if checkpoint is None:
+        raise RunDirError(f"{run_dir}: no complete checkpoint to resume from; start it again with "
+                          f"tuneterm train {run_dir / CONFIG_FILE}")
+    return checkpoint

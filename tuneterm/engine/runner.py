@@ -1,0 +1,285 @@
+"""run(plan, sink, control): one fine-tuning run from config to saved, verified adapter.
+
+The TUI's worker thread, the headless `tuneterm train`, a detached run and a run under `accelerate launch` all
+call this function. It knows nothing of who is watching: it reports through the event sink (and always to
+RUN_DIR/events.jsonl) and listens to the control object between optimizer steps. It may run in any thread.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tuneterm.config import RunConfig, load_config
+from tuneterm.data.prepare import PreparedData, prepare
+from tuneterm.engine.capture import library_output_as_events
+from tuneterm.engine.control import RunControl
+from tuneterm.engine.events import (EVENTS_FILE, Event, EventLog, EventSink, PhaseStarted, RunFailed, RunFinished,
+                                    RunStarted, WarningIssued, read_events)
+from tuneterm.engine.loading import (Device, context_length, detect_device, load_model, load_tokenizer,
+                                     resolve_precision)
+from tuneterm.engine.rundir import CONFIG_FILE, DEFAULT_RUNS_ROOT, RunDirError, create_run_dir, resume_point
+from tuneterm.plan import schedule
+
+ADAPTER_CHECK_FILE = "adapter_check.json"
+ERROR_LOG = "error.log"
+
+# Keys of the training section that are tuneterm's own rather than SFTConfig fields.
+_TUNETERM_TRAINING_KEYS = ("precision", "gradient_checkpointing", "eval_interval_epochs", "early_stopping_patience",
+                           "early_stopping_threshold")
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    config: RunConfig
+    run_dir: Path
+    resume_from: Path | None = None
+
+
+def new_run(config: RunConfig, runs_root: Path = DEFAULT_RUNS_ROOT) -> RunPlan:
+    return RunPlan(config, create_run_dir(config, runs_root))
+
+
+def resume_run(run_dir: Path) -> RunPlan:
+    """Continue a stopped or interrupted run from its last complete checkpoint, with its saved config."""
+    checkpoint = resume_point(run_dir)
+    events_path = run_dir / EVENTS_FILE
+    if events_path.exists():
+        finished = [e for e in read_events(events_path) if isinstance(e, RunFinished)]
+        if finished and finished[-1].status in ("completed", "early_stopped"):
+            raise RunDirError(f"{run_dir}: this run already {finished[-1].status.replace('_', ' ')}; "
+                              f"start a new one with tuneterm train {run_dir / CONFIG_FILE}")
+    return RunPlan(load_config(run_dir / CONFIG_FILE), run_dir, checkpoint)
+
+
+class _Stopped(Exception):
+    """A stop was requested before training started."""
+
+
+def run(plan: RunPlan, sink: EventSink | None = None, control: RunControl | None = None) -> Event:
+    """Run to the end and return the last event: RunFinished or RunFailed."""
+    control = control or RunControl()
+    with EventLog(plan.run_dir / EVENTS_FILE, sink) as emit, library_output_as_events(emit):
+        try:
+            result: Event = _Run(plan, emit, control).execute()
+        except _Stopped:
+            result = RunFinished(status="stopped", run_dir=str(plan.run_dir), global_step=0)
+        except KeyboardInterrupt:
+            emit(RunFailed(reason=f"interrupted; continue with: tuneterm train --resume {plan.run_dir}",
+                           error_type="KeyboardInterrupt"))
+            raise
+        except Exception as exc:  # the one place a run's failure is turned into an event
+            log_path = plan.run_dir / ERROR_LOG
+            log_path.write_text(traceback.format_exc(), encoding="utf-8")
+            result = RunFailed(reason=_one_line(exc), error_type=type(exc).__name__, log_path=str(log_path))
+        emit(result)
+        return result
+
+
+def _one_line(exc: Exception) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    lines = text.splitlines()
+    return lines[0] + (f" (+{len(lines) - 1} more lines in the error log)" if len(lines) > 1 else "")
+
+
+class _Run:
+    """The steps of one run, sharing what they load."""
+
+    def __init__(self, plan: RunPlan, emit: EventSink, control: RunControl):
+        self.plan, self.emit, self.control = plan, emit, control
+        self.run_dir = plan.run_dir
+
+    def phase(self, name: str, detail: str = "") -> None:
+        if self.control.stop_requested:
+            raise _Stopped
+        self.emit(PhaseStarted(phase=name, detail=detail))
+
+    def warn(self, messages: list[str]) -> None:
+        for message in messages:
+            self.emit(WarningIssued(message=message))
+
+    def execute(self) -> Event:
+        config = self.plan.config
+        self.phase("loading tokenizer", config.get("model.path"))
+        tokenizer, warnings = load_tokenizer(config)
+        self.warn(warnings)
+        self.phase("preparing data", config.get("data.train"))
+        data = prepare(config, tokenizer, context_length(config))
+        self.warn(data.warnings)
+        device = detect_device() if not config.get("training.use_cpu") else Device("cpu", "CPU", False)
+        config = resolve(config, data, device, self.run_dir)
+        if self.plan.resume_from is None:
+            config.save(self.run_dir / CONFIG_FILE)
+        if data.eval is None:
+            self.warn(["no eval split (data.val_size is 0 and no data.eval): overfitting is invisible, and early "
+                       "stopping and best-checkpoint selection are off"])
+
+        self.phase("loading model", f"{config.get('model.path')} ({config.method}, {device.name})")
+        model = load_model(config, config.get("training.precision"), device)
+        self.phase("building trainer")
+        trainer, callback = self.build_trainer(config, model, tokenizer, data, device)
+        before = fingerprint_trainable(trainer.model)
+        total, trainable = _parameter_counts(trainer.model)
+        steps_per_epoch = schedule.steps_per_epoch(len(data.train.examples),
+                                                   config.get("training.per_device_train_batch_size"),
+                                                   config.get("training.gradient_accumulation_steps"),
+                                                   _world_size())
+        self.emit(RunStarted(
+            run_dir=str(self.run_dir), config=config.to_nested(), defaulted=sorted(config.defaulted),
+            notes=config.notes, train_examples=len(data.train.examples),
+            eval_examples=len(data.eval.examples) if data.eval else 0, steps_per_epoch=steps_per_epoch,
+            total_steps=schedule.total_steps(steps_per_epoch, config.get("training.num_train_epochs")),
+            trainable_params=trainable, total_params=total, device=device.name,
+            resumed_from=str(self.plan.resume_from) if self.plan.resume_from else None))
+        if self.control.stop_requested:
+            raise _Stopped
+        self.emit(PhaseStarted(phase="training"))
+        trainer.train(resume_from_checkpoint=str(self.plan.resume_from) if self.plan.resume_from else None)
+
+        self.emit(PhaseStarted(phase="saving", detail=str(self.run_dir)))
+        trainer.save_model(str(self.run_dir))
+        tokenizer.save_pretrained(str(self.run_dir))
+        trainer.state.save_to_json(str(self.run_dir / "trainer_state.json"))
+        check = compare_saved(before, trainer.model, self.run_dir)
+        (self.run_dir / ADAPTER_CHECK_FILE).write_text(json.dumps(check, indent=2) + "\n", encoding="utf-8")
+        if not check["all_changed"]:
+            self.warn([f"training left {len(check['unchanged'])} of {check['tensors']} trainable tensors exactly "
+                       f"unchanged (see {ADAPTER_CHECK_FILE})"])
+        from tuneterm.engine.plots import save_loss_plots
+
+        save_loss_plots(read_events(self.run_dir / EVENTS_FILE), self.run_dir)
+        status = ("stopped" if self.control.stop_requested
+                  else "early_stopped" if callback.early_stopped else "completed")
+        best = callback.best_eval_loss
+        return RunFinished(status=status, run_dir=str(self.run_dir), global_step=trainer.state.global_step,
+                           adapter_dir=str(self.run_dir), best_checkpoint=trainer.state.best_model_checkpoint,
+                           best_eval_loss=best if best != float("inf") else None,
+                           adapter_changed=check["all_changed"], adapter_check=check)
+
+    def build_trainer(self, config: RunConfig, model: Any, tokenizer: Any, data: PreparedData,
+                      device: Device) -> tuple[Any, Any]:
+        from transformers import EarlyStoppingCallback, PrinterCallback
+        from trl import SFTConfig, SFTTrainer
+
+        from tuneterm.engine.callback import EventCallback
+
+        train_dataset, eval_dataset = data.to_datasets()
+        training = config.section("training")
+        has_eval = eval_dataset is not None
+        arguments = {k: v for k, v in training.items() if k not in _TUNETERM_TRAINING_KEYS}
+        arguments.update(
+            output_dir=str(self.run_dir),
+            bf16=training["precision"] == "bf16",
+            fp16=training["precision"] == "fp16",
+            use_cpu=device.kind == "cpu",
+            activation_checkpointing=training["gradient_checkpointing"],
+            eval_strategy="steps" if has_eval else "no",
+            save_strategy="steps",
+            load_best_model_at_end=training["load_best_model_at_end"] and has_eval,
+            # A resumed run has its baseline already; evaluating again would count against patience.
+            eval_on_start=training["eval_on_start"] and has_eval and self.plan.resume_from is None,
+            report_to="none",
+            disable_tqdm=True,
+            include_num_input_tokens_seen="non_padding",
+        )
+        early_stopping = None
+        callbacks: list[Any] = []
+        if has_eval:
+            early_stopping = EarlyStoppingCallback(training["early_stopping_patience"],
+                                                   training["early_stopping_threshold"])
+            callbacks.append(early_stopping)
+        callback = EventCallback(self.emit, self.control, early_stopping)
+        callbacks.append(callback)
+        trainer = SFTTrainer(model=model, args=SFTConfig(**arguments), train_dataset=train_dataset,
+                             eval_dataset=eval_dataset, processing_class=tokenizer, callbacks=callbacks,
+                             peft_config=lora_config(config) if config.method != "full" else None)
+        trainer.remove_callback(PrinterCallback)  # progress goes through events, not print()
+        return trainer, callback
+
+
+def resolve(config: RunConfig, data: PreparedData, device: Device, run_dir: Path) -> RunConfig:
+    """Fill every "auto" with the value this run will use, and say why."""
+    changes: dict[str, tuple[Any, str]] = {}
+    if config.get("training.max_length") == "auto":
+        changes["training.max_length"] = (data.max_length, data.max_length_why)
+    if config.get("training.precision") == "auto":
+        changes["training.precision"] = resolve_precision("auto", device)
+    else:
+        resolve_precision(config.get("training.precision"), device)  # raises when the device cannot
+    precision = changes.get("training.precision", (config.get("training.precision"),))[0]
+    if config.get("quantization.bnb_4bit_compute_dtype") == "auto":
+        dtype = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}[precision]
+        changes["quantization.bnb_4bit_compute_dtype"] = (dtype, f"follows training.precision ({precision})")
+    micro_batch = config.get("training.per_device_train_batch_size")
+    if config.get("training.per_device_eval_batch_size") == "auto":
+        changes["training.per_device_eval_batch_size"] = (micro_batch, "the training micro-batch")
+    epoch_steps = schedule.steps_per_epoch(len(data.train.examples), micro_batch,
+                                           config.get("training.gradient_accumulation_steps"), _world_size())
+    fraction = config.get("training.eval_interval_epochs")
+    interval = schedule.interval_steps(epoch_steps, fraction)
+    interval_why = f"{fraction:.0%} of an epoch of {epoch_steps} steps"
+    eval_steps = config.get("training.eval_steps")
+    if eval_steps == "auto":
+        eval_steps = interval
+        changes["training.eval_steps"] = (eval_steps, interval_why)
+    if config.get("training.save_steps") == "auto":
+        changes["training.save_steps"] = ((eval_steps, "same as eval_steps") if data.eval else
+                                          (interval, interval_why))
+    changes["training.output_dir"] = (str(run_dir), "this run's directory")
+    return config.resolved(changes)
+
+
+def _world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def lora_config(config: RunConfig) -> Any:
+    from peft import LoftQConfig, LoraConfig
+
+    fields = config.section("lora")
+    if isinstance(fields.get("loftq_config"), dict):
+        fields["loftq_config"] = LoftQConfig(**fields["loftq_config"])
+    return LoraConfig(task_type="CAUSAL_LM", **fields)
+
+
+def _is_peft(model: Any) -> bool:
+    return hasattr(model, "peft_config")
+
+
+def _trainable_tensors(model: Any) -> dict[str, Any]:
+    """What training is meant to change, named as it will be saved."""
+    if _is_peft(model):
+        from peft import get_peft_model_state_dict
+
+        return get_peft_model_state_dict(model)
+    return {name: p for name, p in model.named_parameters() if p.requires_grad}
+
+
+def fingerprint_trainable(model: Any) -> dict[str, str]:
+    from tuneterm.engine.verify import fingerprint
+
+    return fingerprint(_trainable_tensors(model))
+
+
+def compare_saved(before: dict[str, str], model: Any, run_dir: Path) -> dict[str, Any]:
+    """Compare with the adapter file as written (full fine-tuning: with the weights in memory)."""
+    from tuneterm.engine.verify import compare
+
+    if _is_peft(model):
+        from safetensors.torch import load_file
+
+        return compare(before, load_file(str(run_dir / "adapter_model.safetensors")))
+    return compare(before, _trainable_tensors(model))
+
+
+def _parameter_counts(model: Any) -> tuple[int, int]:
+    """(total, trainable), counting 4-bit packed weights at their real size, as PEFT reports them."""
+    if _is_peft(model):
+        trainable, total = model.get_nb_trainable_parameters()
+        return total, trainable
+    return (sum(p.numel() for p in model.parameters()),
+            sum(p.numel() for p in model.parameters() if p.requires_grad))

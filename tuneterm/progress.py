@@ -1,0 +1,84 @@
+"""Plain-text progress for headless runs: one readable line per thing that happened.
+
+Used by `tuneterm train` and `tuneterm demo --headless`, where output goes to a terminal, a log file or CI.
+Step lines are throttled (the first, the last, and at most one every few seconds); evaluations, checkpoints,
+warnings and the end of the run are always printed.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TextIO
+
+from tuneterm.engine.events import (CheckpointSaved, EvalFinished, Event, PhaseStarted, RunFailed, RunFinished,
+                                    RunStarted, StepLogged, StopRequested, WarningIssued)
+
+
+class ConsoleProgress:
+    def __init__(self, out: TextIO = sys.stdout, step_interval: float = 2.0):
+        self.out = out
+        self.step_interval = step_interval
+        self._last_step_print = 0.0
+
+    def __call__(self, event: Event) -> None:
+        line = self.format(event)
+        if line is not None:
+            print(line, file=self.out, flush=True)
+
+    def format(self, event: Event) -> str | None:
+        if isinstance(event, PhaseStarted):
+            return f"[{event.phase}] {event.detail}".rstrip()
+        if isinstance(event, WarningIssued):
+            return f"warning ({event.source}): {event.message}"
+        if isinstance(event, RunStarted):
+            share = event.trainable_params / event.total_params if event.total_params else 0
+            resumed = f", resuming from {event.resumed_from}" if event.resumed_from else ""
+            return (f"Training on {event.train_examples:,} examples (eval {event.eval_examples:,}) for "
+                    f"{event.total_steps:,} steps ({event.steps_per_epoch:,} per epoch) on {event.device}; "
+                    f"{event.trainable_params:,} of {event.total_params:,} parameters trainable ({share:.2%})"
+                    f"{resumed}")
+        if isinstance(event, StepLogged):
+            return self._step(event)
+        if isinstance(event, EvalFinished):
+            patience = f"  no improvement {event.evals_since_improvement}/{event.patience}" \
+                if event.patience else ""
+            return (f"eval  step {event.step:>6,}  loss {event.eval_loss:.4f}  best {event.best_eval_loss:.4f} "
+                    f"at step {event.best_step:,}{patience}")
+        if isinstance(event, CheckpointSaved):
+            return f"checkpoint saved: {event.path}"
+        if isinstance(event, StopRequested):
+            return f"stop requested ({event.reason}): finishing the current step and saving"
+        if isinstance(event, RunFinished):
+            return _finished(event)
+        if isinstance(event, RunFailed):
+            log = f" (traceback in {event.log_path})" if event.log_path else ""
+            return f"Run failed: {event.reason}{log}"
+        return None
+
+    def _step(self, event: StepLogged) -> str | None:
+        now = time.monotonic()
+        edge = event.step <= 1 or event.step >= event.max_steps
+        if not edge and now - self._last_step_print < self.step_interval:
+            return None
+        self._last_step_print = now
+        grad = f"  grad {event.grad_norm:.3f}" if event.grad_norm is not None else ""
+        speed = f"  {event.tokens_per_second:,.0f} tok/s" if event.tokens_per_second else ""
+        return (f"step  {event.step:>6,}/{event.max_steps:,}  epoch {event.epoch:.2f}  loss {event.loss:.4f}  "
+                f"lr {event.learning_rate:.2e}{grad}{speed}")
+
+
+def _finished(event: RunFinished) -> str:
+    status = {"completed": "completed", "early_stopped": "stopped early (eval loss stopped improving)",
+              "stopped": "stopped on request"}.get(event.status, event.status)
+    lines = [f"Run {status} at step {event.global_step:,}."]
+    if event.best_eval_loss is not None:
+        lines.append(f"Best eval loss {event.best_eval_loss:.4f}" +
+                     (f" ({event.best_checkpoint})" if event.best_checkpoint else ""))
+    if event.adapter_check is not None:
+        check = event.adapter_check
+        verdict = "all changed" if event.adapter_changed else f"{len(check['unchanged'])} UNCHANGED"
+        lines.append(f"Adapter weights: {check['changed']}/{check['tensors']} tensors changed ({verdict})")
+    if event.adapter_dir:
+        lines.append(f"Adapter saved in {event.adapter_dir}")
+    return "\n".join(lines)
