@@ -210,7 +210,7 @@ OPTIONS: tuple[Option, ...] = (
                f"({GUIDE_HYPERPARAMS}, chapter 4); at 20% with a 10% split, evaluation costs about a sixth "
                "of training."),
     Option("training.eval_steps", (int,), AUTO, check=_auto_or(_positive),
-           why="Derived from eval_interval_epochs and the steps per epoch."),
+           why="Derived from eval_interval_epochs and the steps per epoch; a number here takes precedence."),
     Option("training.save_steps", (int,), AUTO, check=_auto_or(_positive),
            why="Same as eval_steps, so that every evaluated step has a checkpoint to return to."),
     Option("training.save_total_limit", (int,), 3, check=_positive,
@@ -593,9 +593,6 @@ def _check_combinations(values: dict[str, Any], defaulted: set[str], given: Mapp
     if values.get("data.eval"):
         values["data.val_size"] = 0
         notes["data.val_size"] = "data.eval is given, so nothing is held out of the training data"
-    if "training.eval_steps" in given and "training.eval_interval_epochs" in given:
-        problems.append(f"{origin('training.eval_steps')}: training.eval_steps: set either eval_steps or "
-                        "eval_interval_epochs, not both")
     eval_steps, save_steps = values.get("training.eval_steps"), values.get("training.save_steps")
     if (values.get("training.load_best_model_at_end") and isinstance(eval_steps, int)
             and isinstance(save_steps, int) and save_steps % eval_steps):

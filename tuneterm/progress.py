@@ -16,7 +16,7 @@ from tuneterm.engine.events import (CheckpointSaved, EvalFinished, Event, PhaseS
 
 
 class ConsoleProgress:
-    def __init__(self, out: TextIO = sys.stdout, step_interval: float = 2.0):
+    def __init__(self, out: TextIO | None = None, step_interval: float = 2.0):
         self.out = out
         self.step_interval = step_interval
         self._last_step_print = 0.0
@@ -24,7 +24,7 @@ class ConsoleProgress:
     def __call__(self, event: Event) -> None:
         line = self.format(event)
         if line is not None:
-            print(line, file=self.out, flush=True)
+            print(line, file=self.out or sys.stdout, flush=True)
 
     def format(self, event: Event) -> str | None:
         if isinstance(event, PhaseStarted):

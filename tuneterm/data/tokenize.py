@@ -56,3 +56,17 @@ def truncate(encoded: Encoded, max_length: int) -> Encoded:
     if len(encoded.input_ids) <= max_length:
         return encoded
     return Encoded(encoded.input_ids[:max_length], encoded.labels[:max_length])
+
+
+def trained_segments(tokenizer: Any, encoded: Encoded) -> list[str]:
+    """The decoded text of each contiguous run of trained tokens: what the loss teaches the model to write."""
+    segments: list[list[int]] = []
+    previous_trained = False
+    for token, label in zip(encoded.input_ids, encoded.labels):
+        trained = label != IGNORE_INDEX
+        if trained and not previous_trained:
+            segments.append([])
+        if trained:
+            segments[-1].append(token)
+        previous_trained = trained
+    return [tokenizer.decode(segment) for segment in segments]

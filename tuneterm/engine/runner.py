@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tuneterm.config import RunConfig, load_config
+from tuneterm.config import ConfigError, RunConfig, load_config
 from tuneterm.data.prepare import PreparedData, prepare
 from tuneterm.engine.capture import library_output_as_events
 from tuneterm.engine.control import RunControl
@@ -41,7 +41,16 @@ class RunPlan:
 
 
 def new_run(config: RunConfig, runs_root: Path = DEFAULT_RUNS_ROOT) -> RunPlan:
+    check_local_paths(config)
     return RunPlan(config, create_run_dir(config, runs_root))
+
+
+def check_local_paths(config: RunConfig) -> None:
+    """Catch a mistyped data path before a run directory is created for a run that cannot start."""
+    problems = [f"{key}: {config.get(key)}: no such file or directory"
+                for key in ("data.train", "data.eval") if config.get(key) and not Path(config.get(key)).exists()]
+    if problems:
+        raise ConfigError(problems)
 
 
 def resume_run(run_dir: Path) -> RunPlan:

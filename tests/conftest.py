@@ -1,0 +1,77 @@
+"""Shared fixtures: tiny models and datasets built offline, once per test session.
+
+No test reaches the network: the model is a small Llama-architecture model with a byte-level BPE tokenizer
+trained on the fly and a ChatML chat template, pretrained for a few seconds on the data's own text so that it
+behaves like a (very small) base model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Never read or write the developer's own tuneterm cache."""
+    monkeypatch.setenv("TUNETERM_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "tuneterm-cache"))
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def chat_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A messages-format train file and a held-out eval file with questions the train file lacks."""
+    from tuneterm.demo import conversations
+
+    train, evaluation = conversations(random.Random(7))
+    root = tmp_path_factory.mktemp("chat-data")
+    return {
+        "train": write_jsonl(root / "train.jsonl", [{"messages": m} for m in train[:160]]),
+        "eval": write_jsonl(root / "eval.jsonl", [{"messages": m} for m in evaluation[:32]]),
+    }
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory, chat_data: dict[str, Path]) -> Path:
+    from tuneterm.demo import CHAT_TEMPLATE, build_model, build_tokenizer
+
+    corpus = [m["content"] for path in chat_data.values()
+              for line in path.read_text().splitlines() for m in json.loads(line)["messages"]]
+    directory = tmp_path_factory.mktemp("tiny-model")
+    tokenizer = build_tokenizer(corpus, CHAT_TEMPLATE, vocab_size=400)
+    build_model(tokenizer, corpus, directory, hidden_size=64, layers=2, steps=150)
+    return directory
+
+
+@pytest.fixture
+def base_config(tiny_model: Path, chat_data: dict[str, Path], tmp_path: Path) -> dict:
+    """A small LoRA run: a few seconds on a CPU."""
+    return {
+        "method": "lora",
+        "model": {"path": str(tiny_model)},
+        "data": {"train": str(chat_data["train"]), "eval": str(chat_data["eval"])},
+        "lora": {"r": 8, "lora_alpha": 16},
+        "training": {
+            "learning_rate": 3e-3,
+            "num_train_epochs": 2,
+            "per_device_train_batch_size": 8,
+            "gradient_accumulation_steps": 2,
+            "gradient_checkpointing": False,
+            "eval_steps": 5,
+            "output_dir": str(tmp_path / "run"),
+        },
+    }

@@ -1,0 +1,206 @@
+"""The engine end to end on tiny offline models: LoRA, QLoRA, early stopping, stop and resume."""
+
+from __future__ import annotations
+
+import copy
+import json
+import random
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.conftest import write_jsonl
+from tuneterm.config import config_from_mapping
+from tuneterm.engine import RunControl, new_run, resume_run, run
+from tuneterm.engine.events import (CheckpointSaved, EvalFinished, RunFinished, RunStarted, StepLogged, StopRequested,
+                                    read_events)
+from tuneterm.engine.rundir import RunDirError
+
+
+def merged(base: dict, **sections: dict) -> dict:
+    config = copy.deepcopy(base)
+    for section, values in sections.items():
+        if isinstance(values, dict):
+            config.setdefault(section, {}).update(values)
+        else:
+            config[section] = values
+    return config
+
+
+def of_type(events: list, kind: type) -> list:
+    return [e for e in events if isinstance(e, kind)]
+
+
+def test_lora_run_learns_and_leaves_a_complete_run_directory(base_config: dict) -> None:
+    plan = new_run(config_from_mapping(base_config))
+    events: list = []
+    result = run(plan, events.append)
+
+    assert isinstance(result, RunFinished), result
+    assert result.status == "completed"
+    evals = [e.eval_loss for e in of_type(events, EvalFinished)]
+    assert evals[0] == pytest.approx(max(evals)), "the first evaluation (before training) is the baseline"
+    assert min(evals) < 0.8 * evals[0], f"eval loss did not fall: {evals}"
+
+    started = of_type(events, RunStarted)[0]
+    steps = of_type(events, StepLogged)
+    assert started.total_steps == steps[-1].max_steps == result.global_step == steps[-1].step
+    assert [s.step for s in steps] == list(range(1, started.total_steps + 1))
+
+    run_dir = plan.run_dir
+    for name in ("config.yaml", "events.jsonl", "adapter_model.safetensors", "adapter_config.json",
+                 "tokenizer.json", "tokenizer_config.json", "trainer_state.json", "training_loss.png",
+                 "training_eval_loss.png", "adapter_check.json"):
+        assert (run_dir / name).is_file(), name
+    assert any(run_dir.glob("checkpoint-*/adapter_model.safetensors"))
+    replayed = read_events(run_dir / "events.jsonl")
+    assert [type(e).__name__ for e in replayed] == [type(e).__name__ for e in events]
+    assert replayed[-1] == result
+
+    check = json.loads((run_dir / "adapter_check.json").read_text())
+    assert check["all_changed"] and check["changed"] == check["tensors"] > 0
+    assert not check["lora_B_all_zero"]
+    assert result.adapter_changed is True
+
+
+def test_saved_adapter_loads_onto_the_base_model_and_changes_its_output(base_config: dict) -> None:
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    plan = new_run(config_from_mapping(merged(base_config, training={"num_train_epochs": 1})))
+    assert isinstance(run(plan), RunFinished)
+
+    base = AutoModelForCausalLM.from_pretrained(base_config["model"]["path"])
+    inputs = torch.tensor([[1, 2, 3, 4, 5]])
+    with torch.no_grad():
+        before = base(inputs).logits
+    tuned = PeftModel.from_pretrained(base, str(plan.run_dir))
+    lora_b = {k: v for k, v in tuned.state_dict().items() if "lora_B" in k}
+    assert lora_b and all(v.abs().sum() > 0 for v in lora_b.values())
+    with torch.no_grad():
+        after = tuned(inputs).logits
+    assert not torch.equal(before, after)
+
+
+def test_qlora_loads_the_base_model_in_4_bit_nf4_and_trains(base_config: dict) -> None:
+    import bitsandbytes as bnb
+
+    from tuneterm.engine.loading import Device, load_model
+
+    config = config_from_mapping(merged(base_config, method="qlora", training={"num_train_epochs": 1}))
+    model = load_model(config, "fp32", Device("cpu", "CPU", False))
+    q_proj = model.model.layers[0].self_attn.q_proj
+    assert isinstance(q_proj, bnb.nn.Linear4bit)
+    assert q_proj.weight.quant_state.quant_type == "nf4"
+    assert q_proj.weight.quant_state.nested, "double quantization is on by default"
+
+    events: list = []
+    result = run(new_run(config), events.append)
+    assert isinstance(result, RunFinished), result
+    evals = [e.eval_loss for e in of_type(events, EvalFinished)]
+    assert min(evals) < evals[0]
+    assert result.adapter_changed
+
+
+def _random_answers(rng: random.Random, count: int) -> list[dict]:
+    words = ["alpha", "bravo", "delta", "echo", "golf", "hotel", "kilo", "lima", "oscar", "papa", "tango", "zulu"]
+    return [{"messages": [{"role": "user", "content": f"Code word {rng.randint(100, 999)}?"},
+                          {"role": "assistant", "content": " ".join(rng.choices(words, k=6)) + "."}]}
+            for _ in range(count)]
+
+
+def test_early_stopping_stops_an_overfitting_run_and_keeps_the_best_checkpoint(base_config: dict,
+                                                                               tmp_path: Path) -> None:
+    # Random answers cannot generalise: after learning the format, every step memorises noise and the eval
+    # loss turns upwards.
+    rng = random.Random(0)
+    train = write_jsonl(tmp_path / "noise-train.jsonl", _random_answers(rng, 16))
+    evaluation = write_jsonl(tmp_path / "noise-eval.jsonl", _random_answers(rng, 16))
+    config = merged(base_config, data={"train": str(train), "eval": str(evaluation)},
+                    lora={"r": 32, "lora_alpha": 64},
+                    training={"learning_rate": 2e-2, "num_train_epochs": 60, "per_device_train_batch_size": 4,
+                              "gradient_accumulation_steps": 1, "eval_steps": 2, "early_stopping_patience": 2,
+                              "warmup_steps": 0, "lr_scheduler_type": "constant"})
+    plan = new_run(config_from_mapping(config))
+    events: list = []
+    result = run(plan, events.append)
+
+    assert isinstance(result, RunFinished) and result.status == "early_stopped"
+    started = of_type(events, RunStarted)[0]
+    assert result.global_step < started.total_steps
+    evals = of_type(events, EvalFinished)
+    best = min(evals, key=lambda e: e.eval_loss)
+    assert evals[-1].evals_since_improvement == 2 and evals[-1].eval_loss > best.eval_loss
+    assert result.best_eval_loss == pytest.approx(best.eval_loss)
+    assert result.best_checkpoint.endswith(f"checkpoint-{best.step}")
+    saved = load_file(str(plan.run_dir / "adapter_model.safetensors"))
+    best_saved = load_file(str(Path(result.best_checkpoint) / "adapter_model.safetensors"))
+    assert saved.keys() == best_saved.keys()
+    assert all(torch.equal(saved[k], best_saved[k]) for k in saved)
+
+
+def test_stop_from_another_thread_saves_a_checkpoint_and_resume_finishes_the_run(base_config: dict) -> None:
+    plan = new_run(config_from_mapping(merged(base_config, training={"eval_steps": 4})))
+    control = RunControl()
+    events: list = []
+    third_step = threading.Event()
+
+    def sink(event: object) -> None:
+        events.append(event)
+        if isinstance(event, StepLogged) and event.step >= 3:
+            third_step.set()
+
+    results: list = []
+    worker = threading.Thread(target=lambda: results.append(run(plan, sink, control)))
+    worker.start()
+    assert third_step.wait(timeout=120)
+    control.request_stop("test")
+    worker.join(timeout=120)
+
+    stopped = results[0]
+    assert isinstance(stopped, RunFinished) and stopped.status == "stopped"
+    assert of_type(events, StopRequested)
+    total = of_type(events, RunStarted)[0].total_steps
+    assert 3 <= stopped.global_step < total
+    checkpoint = plan.run_dir / f"checkpoint-{stopped.global_step}"
+    assert (checkpoint / "adapter_model.safetensors").is_file()
+    assert of_type(events, CheckpointSaved)[-1].path.endswith(checkpoint.name)
+    assert (plan.run_dir / "adapter_model.safetensors").is_file()
+
+    resumed = resume_run(plan.run_dir)
+    assert resumed.resume_from == checkpoint
+    finished = run(resumed)
+    assert isinstance(finished, RunFinished) and finished.status == "completed"
+    assert finished.global_step == total
+
+    log = read_events(plan.run_dir / "events.jsonl")
+    starts = of_type(log, RunStarted)
+    assert len(starts) == 2 and starts[1].resumed_from == str(checkpoint)
+    steps_after_resume = [e.step for e in log[log.index(starts[1]):] if isinstance(e, StepLogged)]
+    assert steps_after_resume == list(range(stopped.global_step + 1, total + 1))
+    with pytest.raises(RunDirError, match="already completed"):
+        resume_run(plan.run_dir)
+
+
+def test_an_existing_output_directory_is_never_touched(base_config: dict, tmp_path: Path) -> None:
+    existing = tmp_path / "run"
+    existing.mkdir()
+    keep = existing / "adapter_model.safetensors"
+    keep.write_bytes(b"precious")
+    before = sorted(p.name for p in existing.iterdir())
+
+    with pytest.raises(RunDirError, match="already exists and is not empty"):
+        new_run(config_from_mapping(base_config))
+    assert keep.read_bytes() == b"precious"
+    assert sorted(p.name for p in existing.iterdir()) == before
+
+
+def test_default_run_directories_are_new_each_time(base_config: dict, tmp_path: Path) -> None:
+    config = merged(base_config)
+    del config["training"]["output_dir"]
+    first = new_run(config_from_mapping(config), runs_root=tmp_path / "runs").run_dir
+    second = new_run(config_from_mapping(config), runs_root=tmp_path / "runs").run_dir
+    assert first != second and first.is_dir() and second.is_dir()
