@@ -185,6 +185,21 @@ def test_stop_from_another_thread_saves_a_checkpoint_and_resume_finishes_the_run
         resume_run(plan.run_dir)
 
 
+def test_save_now_writes_a_checkpoint_between_evaluations_and_training_goes_on(base_config: dict) -> None:
+    plan = new_run(config_from_mapping(merged(base_config, training={"eval_steps": 4, "num_train_epochs": 1})))
+    control = RunControl()
+
+    def sink(event: object) -> None:
+        if isinstance(event, StepLogged) and event.step == 2:
+            control.request_save()
+
+    result = run(plan, sink, control)
+    assert isinstance(result, RunFinished) and result.status == "completed"
+    saved = [e.step for e in read_events(plan.run_dir / "events.jsonl") if isinstance(e, CheckpointSaved)]
+    assert 3 in saved, saved
+    assert result.global_step > 3
+
+
 def test_an_existing_output_directory_is_never_touched(base_config: dict, tmp_path: Path) -> None:
     existing = tmp_path / "run"
     existing.mkdir()

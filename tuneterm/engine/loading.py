@@ -7,9 +7,13 @@ of a stack trace.
 
 from __future__ import annotations
 
+import functools
+import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from tuneterm.config import RunConfig
 from tuneterm.data.chat import DEFAULT_CHAT_TEMPLATE
@@ -55,12 +59,38 @@ def resolve_precision(setting: str, device: Device) -> tuple[str, str]:
     return setting, "set in the config"
 
 
+@functools.lru_cache(maxsize=1)
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub answers at all; a proxy is trusted to know better than a direct probe."""
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        return False
+    if any(os.environ.get(name) for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _source_kwargs(config: RunConfig) -> dict[str, Any]:
+    """from_pretrained arguments shared by tokenizer, config and model. Without network, only the local cache is
+    tried, so that an unreachable hub fails at once instead of after minutes of retries."""
+    path = config.get("model.path")
+    return {"revision": config.get("model.revision"), "trust_remote_code": config.get("model.trust_remote_code"),
+            "local_files_only": not Path(path).exists() and not hub_reachable()}
+
+
 def _hub_hint(path: str, exc: Exception) -> LoadError:
     if Path(path).exists():
         return LoadError(f"model.path: {path}: cannot load it: {exc}")
+    if not hub_reachable():
+        return LoadError(f"model.path: '{path}' is not a local directory, is not in the Hugging Face cache, and the "
+                         "hub cannot be reached from this machine. Download it on a connected machine "
+                         "(hf download ID --local-dir DIR), copy it here and set model.path to that directory.")
     return LoadError(f"model.path: '{path}' is not a local directory and could not be fetched from the Hugging "
-                     f"Face hub ({type(exc).__name__}). Without network, download it on a connected machine "
-                     "(hf download ID --local-dir DIR) and set model.path to that directory.")
+                     f"Face hub: {exc}")
 
 
 def load_tokenizer(config: RunConfig) -> tuple[Any, list[str]]:
@@ -69,8 +99,7 @@ def load_tokenizer(config: RunConfig) -> tuple[Any, list[str]]:
 
     path = config.get("model.path")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, revision=config.get("model.revision"),
-                                                  trust_remote_code=config.get("model.trust_remote_code"))
+        tokenizer = AutoTokenizer.from_pretrained(path, **_source_kwargs(config))
     except (OSError, ValueError) as exc:
         raise _hub_hint(path, exc) from None
     warnings = []
@@ -102,8 +131,7 @@ def context_length(config: RunConfig) -> int | None:
 
     path = config.get("model.path")
     try:
-        model_config = AutoConfig.from_pretrained(path, revision=config.get("model.revision"),
-                                                  trust_remote_code=config.get("model.trust_remote_code"))
+        model_config = AutoConfig.from_pretrained(path, **_source_kwargs(config))
     except (OSError, ValueError) as exc:
         raise _hub_hint(path, exc) from None
     text_config = model_config.get_text_config()
@@ -121,8 +149,7 @@ def load_model(config: RunConfig, precision: str, device: Device) -> Any:
     # Full fine-tuning keeps fp32 master weights under mixed precision; adapters train over a 16-bit base.
     dtype = torch.float32 if method == "full" else getattr(torch, _DTYPES[precision])
     kwargs: dict[str, Any] = {
-        "revision": config.get("model.revision"),
-        "trust_remote_code": config.get("model.trust_remote_code"),
+        **_source_kwargs(config),
         "attn_implementation": config.get("model.attn_implementation"),
         "dtype": dtype,
     }
