@@ -103,6 +103,8 @@ def test_qlora_loads_the_base_model_in_4_bit_nf4_and_trains(base_config: dict) -
     evals = [e.eval_loss for e in of_type(events, EvalFinished)]
     assert min(evals) < evals[0]
     assert result.adapter_changed
+    # The 8-bit optimizer's process-wide registry must not keep this run's embedding alive for the next one.
+    assert not bnb.optim.GlobalOptimManager.get_instance().module_weight_config_triple
 
 
 def _random_answers(rng: random.Random, count: int) -> list[dict]:
