@@ -155,13 +155,25 @@ def measure(point: Point, model_dir: Path, work: Path) -> dict:
     return result
 
 
-def estimate(result: dict) -> float | None:
-    """tuneterm's estimate of peak allocated bytes for a measured point, if the estimator is available."""
-    try:
-        from tuneterm.plan.memory import estimate_for_calibration
-    except ImportError:
-        return None
-    return estimate_for_calibration(result, CONFIGS / f"{result['model']}.json")
+def setup_of(result: dict) -> "MemorySetup":
+    """The estimator's description of a measured point."""
+    from tuneterm.plan.memory import MemorySetup
+    from tuneterm.plan.model import LoraShape
+
+    targets = result["targets"] if result["targets"] == "all-linear" else tuple(result["targets"].split(","))
+    optim = result["optim"] or ("paged_adamw_8bit" if result["method"] == "qlora" else "adamw_torch")
+    return MemorySetup(method=result["method"], micro_batch=result["batch"], seq_len=result["seq"],
+                       gradient_checkpointing=result["checkpointing"], attn_implementation=result["attn"],
+                       optim=optim, precision="bf16", lora=LoraShape(r=result["r"], target_modules=targets))
+
+
+def estimate(result: dict) -> float:
+    """tuneterm's estimate of peak allocated bytes for a measured point."""
+    from tuneterm.plan.memory import estimate_memory
+    from tuneterm.plan.model import load_model_facts
+
+    facts = load_model_facts(str(CONFIGS / f"{result['model']}.json"))
+    return estimate_memory(facts, setup_of(result)).peak_allocated
 
 
 def table(results: list[dict]) -> str:
@@ -173,7 +185,7 @@ def table(results: list[dict]) -> str:
             lines.append(f"| {label} | failed: {r['error']} | | | | |")
             continue
         guess = estimate(r)
-        shown = f"{guess / GB:.2f} | {(guess - r['peak_allocated']) / r['peak_allocated']:+.1%}" if guess else " | "
+        shown = f"{guess / GB:.2f} | {(guess - r['peak_allocated']) / r['peak_allocated']:+.1%}"
         lines.append(f"| {label} | {r['peak_allocated'] / GB:.2f} | {r['peak_reserved'] / GB:.2f} | "
                      f"{r['nvml_process'] / GB:.2f} | {shown} |")
     return "\n".join(lines)

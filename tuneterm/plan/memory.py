@@ -1,0 +1,232 @@
+"""How much GPU memory a run will take, with the breakdown behind the number. Pure arithmetic, microseconds.
+
+The model is the memory of one training step of tuneterm's own stack (transformers + PEFT + TRL, whose fused LM
+head never materialises the full logits), term by term:
+
+  weights       the base model as loaded: 16-bit, 4-bit NF4 (+ quantisation constants) with embeddings, output
+                layer and norms in 16-bit, or fp32 master weights for full fine-tuning
+  adapters      trainable LoRA parameters (PEFT keeps them in fp32; TRL casts them to bf16 over a 4-bit base)
+  gradients     one per trainable parameter, in its dtype
+  optimizer     AdamW's two states (+ the foreach step's temporaries); 8-bit: 2 bytes; paged optimizers keep
+                their states in memory that pages out to the host under pressure, so they do not count
+  activations   what backward needs, per token: with gradient checkpointing every layer's input plus one layer
+                recomputed, without it every layer's tensors; LoRA adds the inputs of the adapted layers
+  attention     eager attention's seq x seq probabilities (SDPA and flash attention never store them)
+  logits        batch x seq x vocab, only where the LM head is not fused (plain transformers training)
+  evaluation    the eval step (no gradients, no stored activations) when it peaks above training
+  slack         what the caching allocator reserves beyond what is allocated
+  cuda context  the CUDA runtime and kernels, outside PyTorch's allocator
+
+The per-token activation coefficients were fitted to real peaks measured on an H100 over 47 configurations
+(bench/vram_calibration.py; results in docs/vram_calibration.md), where the estimate of peak allocated memory
+is within 10% of torch.cuda.max_memory_allocated at every point.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+
+from tuneterm.plan.model import LoraShape, ModelFacts, trainable_params
+
+GB = 1e9
+
+# Bytes per weight for 4-bit NF4/FP4 with a 64-value block: 0.5 for the value, 4/64 for an fp32 absmax per
+# block; double quantisation stores the absmax in 8 bits with an fp32 constant per 256 blocks.
+FOUR_BIT = 0.5 + 4 / 64
+FOUR_BIT_DOUBLE_QUANT = 0.5 + 1 / 64 + 4 / (64 * 256)
+
+# Fitted on the calibration grid (16-bit activations, bytes per token).
+LAYER_ACTIVATION_SCALE = 0.769          # x (12 hidden + 8 q + 8 kv + 6 intermediate): one layer's tensors
+LORA_INPUT_BYTES_FP32_ADAPTERS = 2.70   # x sum of the adapted layers' input widths (PEFT casts inputs to fp32)
+LORA_INPUT_BYTES_BF16_ADAPTERS = 1.67   # the same over a 4-bit base, where TRL keeps adapters in bf16
+FULL_INPUT_BYTES = 2.0                  # full fine-tuning keeps every linear layer's 16-bit input
+CHECKPOINT_BYTES = 2.51                 # x hidden per layer: the layer inputs kept by gradient checkpointing
+EAGER_STORED_BYTES = 6.05               # x batch x heads x seq^2 per layer, eager attention without checkpointing
+EAGER_TRANSIENT_BYTES = 12.8            # the same for the one layer being computed
+UNFUSED_LOGITS_BYTES = 12.0             # bf16 logits, their fp32 upcast and its gradient, per token x vocab
+ALLOCATOR_SLACK = 0.10                  # reserved / allocated - 1: 1-30% measured, 10% typical
+CUDA_CONTEXT = 0.8 * GB                 # NVML minus reserved, constant over the grid (H100, CUDA 13)
+
+PAGED_OPTIMIZERS = ("paged_adamw_8bit", "paged_adamw_32bit", "paged_lion_8bit", "paged_lion_32bit")
+EIGHT_BIT_OPTIMIZERS = ("adamw_8bit", "adamw_bnb_8bit", "lion_8bit", "paged_adamw_8bit", "paged_lion_8bit")
+
+
+@dataclass(frozen=True)
+class MemorySetup:
+    """Everything the estimate depends on besides the model."""
+
+    method: str
+    micro_batch: int
+    seq_len: int
+    eval_batch: int | None = None
+    gradient_checkpointing: bool = True
+    attn_implementation: str = "sdpa"
+    optim: str = "adamw_torch"
+    precision: str = "bf16"
+    lora: LoraShape = field(default_factory=LoraShape)
+    quant_type: str = "nf4"
+    double_quant: bool = True
+    world_size: int = 1
+    fused_lm_head: bool = True
+    """TRL scores tokens through the LM head in chunks; plain transformers training materialises all logits."""
+    bnb_saves_inputs: bool = False
+    """bitsandbytes before 0.43.2 kept every 4-bit layer's input for backward."""
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    breakdown: dict[str, float]
+    """Bytes per component (see the module docstring), per GPU."""
+    peak_allocated: float
+    """Models torch.cuda.max_memory_allocated during training or evaluation."""
+    peak_reserved: float
+    """Models torch.cuda.max_memory_reserved."""
+    total_bytes: float
+    """What NVML (nvidia-smi) will show for the process: reserved plus the CUDA context."""
+    paged_optimizer_bytes: float
+    """Optimizer states in pageable memory: resident on the GPU while there is room, not counted above."""
+    trainable_params: int
+
+
+def estimate_memory(facts: ModelFacts, setup: MemorySetup) -> MemoryEstimate:
+    trainable = trainable_params(facts, setup.method, setup.lora)
+    activation_scale = 2 if setup.precision == "fp32" else 1  # fp32 activations take twice the bytes
+    weights = _weights(facts, setup)
+    parameter_bytes = _parameter_bytes(setup)
+    adapters = 0 if setup.method == "full" else trainable * parameter_bytes
+    gradients = trainable * parameter_bytes
+    optimizer, paged = _optimizer(facts, setup, trainable, parameter_bytes)
+    static = weights + adapters + gradients + optimizer
+    if setup.world_size > 1:
+        static += gradients  # DDP's gradient buckets
+
+    tokens = setup.micro_batch * setup.seq_len
+    per_layer = _layer_bytes(facts, setup) * activation_scale
+    if setup.gradient_checkpointing:
+        activations = tokens * (facts.layers * CHECKPOINT_BYTES * facts.hidden_size * activation_scale + per_layer)
+    else:
+        activations = tokens * facts.layers * per_layer
+    if setup.bnb_saves_inputs and setup.method == "qlora":
+        kept_layers = 1 if setup.gradient_checkpointing else facts.layers
+        activations += tokens * kept_layers * _inputs_per_layer(facts, facts.linear) * 2
+    attention = _eager_scores(facts, setup, setup.micro_batch, training=True)
+    logits = 0.0 if setup.fused_lm_head else tokens * facts.vocab_size * UNFUSED_LOGITS_BYTES
+    training_peak = static + activations + attention + logits
+
+    eval_batch = setup.eval_batch or setup.micro_batch
+    eval_tokens = eval_batch * setup.seq_len
+    evaluation_peak = (weights + adapters + optimizer + eval_tokens * per_layer
+                       + _eager_scores(facts, setup, eval_batch, training=False)
+                       + (0.0 if setup.fused_lm_head else eval_tokens * facts.vocab_size * UNFUSED_LOGITS_BYTES / 2))
+    allocated = max(training_peak, evaluation_peak)
+    slack = allocated * ALLOCATOR_SLACK
+    breakdown = {
+        "weights": weights, "adapters": adapters, "gradients": gradients, "optimizer": optimizer,
+        "activations": activations, "attention_scores": attention, "logits": logits,
+        "evaluation": max(0.0, evaluation_peak - training_peak), "allocator_slack": slack,
+        "cuda_context": CUDA_CONTEXT,
+    }
+    return MemoryEstimate(breakdown, allocated, allocated + slack, allocated + slack + CUDA_CONTEXT, paged, trainable)
+
+
+def _weights(facts: ModelFacts, setup: MemorySetup) -> float:
+    sixteen_bit = 4 if setup.precision == "fp32" else 2
+    if setup.method == "full":
+        return facts.total_params * 4.0  # fp32 master weights under mixed precision
+    if setup.method == "qlora":
+        per_weight = FOUR_BIT_DOUBLE_QUANT if setup.double_quant else FOUR_BIT
+        unquantized = facts.embedding_params + facts.lm_head_params + facts.other_params
+        return facts.linear_params * per_weight + unquantized * sixteen_bit
+    return facts.total_params * float(sixteen_bit)
+
+
+def _parameter_bytes(setup: MemorySetup) -> int:
+    """Bytes of one trainable parameter: PEFT's fp32 adapters, TRL's bf16 adapters on a 4-bit base, fp32 masters."""
+    return 2 if setup.method == "qlora" else 4
+
+
+def _optimizer(facts: ModelFacts, setup: MemorySetup, trainable: int, parameter_bytes: int) -> tuple[float, float]:
+    """(allocated bytes, paged bytes) of the optimizer states."""
+    if setup.optim in EIGHT_BIT_OPTIMIZERS:
+        states = trainable * 2.0
+        if setup.method == "full":  # the Trainer keeps embedding states in 32 bits
+            states += facts.embedding_params * 6.0
+    elif setup.optim.startswith("sgd"):
+        states = 0.0
+    else:  # AdamW and friends: two states, plus the foreach update's temporaries
+        states = trainable * parameter_bytes * 3.0
+    if setup.optim in PAGED_OPTIMIZERS:
+        return 0.0, states
+    return states, 0.0
+
+
+def _inputs_per_layer(facts: ModelFacts, modules: list) -> float:
+    return sum(m.in_features for m in modules) / max(facts.layers, 1)
+
+
+def _layer_bytes(facts: ModelFacts, setup: MemorySetup) -> float:
+    """Bytes per token that one layer keeps for backward (16-bit)."""
+    q = facts.heads * facts.head_dim
+    kv = facts.kv_heads * facts.head_dim
+    base = LAYER_ACTIVATION_SCALE * (12 * facts.hidden_size + 8 * q + 8 * kv + 6 * facts.intermediate_size)
+    if setup.method == "full":
+        return base + FULL_INPUT_BYTES * _inputs_per_layer(facts, facts.linear)
+    targets = list(setup.lora.target_modules) if isinstance(setup.lora.target_modules, tuple) \
+        else setup.lora.target_modules
+    width = _inputs_per_layer(facts, facts.targeted(targets))
+    per_input = LORA_INPUT_BYTES_BF16_ADAPTERS if setup.method == "qlora" else LORA_INPUT_BYTES_FP32_ADAPTERS
+    return base + per_input * width
+
+
+def _eager_scores(facts: ModelFacts, setup: MemorySetup, batch: int, training: bool) -> float:
+    if setup.attn_implementation != "eager":
+        return 0.0
+    scores = batch * facts.heads * setup.seq_len ** 2
+    stored_layers = facts.layers if training and not setup.gradient_checkpointing else 0
+    return scores * (EAGER_STORED_BYTES * stored_layers + EAGER_TRANSIENT_BYTES)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Against the memory a GPU has
+
+
+HEADROOM = 0.15
+"""Margin kept free: the estimate is within 10% on the calibration grid, and fragmentation varies."""
+
+
+@dataclass(frozen=True)
+class Verdict:
+    level: str
+    """"fits", "tight" or "will not fit"."""
+    why: str
+
+
+def verdict(estimate: MemoryEstimate, free_bytes: float) -> Verdict:
+    need, have = estimate.total_bytes, free_bytes
+    if need <= have * (1 - HEADROOM):
+        return Verdict("fits", f"needs about {need / GB:.1f} GB of the {have / GB:.1f} GB free")
+    if need <= have:
+        return Verdict("tight", f"needs about {need / GB:.1f} GB of the {have / GB:.1f} GB free: less than "
+                                f"{HEADROOM:.0%} headroom for estimate error and fragmentation")
+    return Verdict("will not fit", f"needs about {need / GB:.1f} GB but only {have / GB:.1f} GB is free")
+
+
+@dataclass(frozen=True)
+class BatchAdvice:
+    micro_batch: int
+    """The largest micro-batch that fits with headroom at this sequence length (0: not even 1)."""
+    accumulation: int
+    """Gradient accumulation that keeps the effective batch."""
+
+
+def largest_micro_batch(facts: ModelFacts, setup: MemorySetup, free_bytes: float,
+                        effective_batch: int, limit: int = 256) -> BatchAdvice:
+    best = 0
+    for micro_batch in range(1, min(limit, effective_batch) + 1):
+        trial = replace(setup, micro_batch=micro_batch)
+        if verdict(estimate_memory(facts, trial), free_bytes).level != "fits":
+            break
+        best = micro_batch
+    accumulation = math.ceil(effective_batch / (best * setup.world_size)) if best else 0
+    return BatchAdvice(best, accumulation)
