@@ -88,7 +88,8 @@ def test_saved_adapter_loads_onto_the_base_model_and_changes_its_output(base_con
 def test_qlora_loads_the_base_model_in_4_bit_nf4_and_trains(base_config: dict) -> None:
     import bitsandbytes as bnb
 
-    from tuneterm.engine.loading import Device, load_model
+    from tuneterm.engine.loading import load_model
+    from tuneterm.hardware import Device
 
     config = config_from_mapping(merged(base_config, method="qlora", training={"num_train_epochs": 1}))
     model = load_model(config, "fp32", Device("cpu", "CPU", False))

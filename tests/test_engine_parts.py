@@ -11,7 +11,9 @@ import pytest
 from tuneterm.config import config_from_mapping
 from tuneterm.engine.capture import library_output_as_events
 from tuneterm.engine.events import WarningIssued
-from tuneterm.engine.loading import Device, LoadError, load_tokenizer, resolve_precision
+from tuneterm.engine.loading import LoadError, load_tokenizer
+from tuneterm.hardware import Device, resolve_precision
+from tuneterm.config import ConfigError
 from tuneterm.engine.rundir import RunDirError, last_complete_checkpoint, resume_point
 
 AMPERE = Device("cuda", "NVIDIA A100", True)
@@ -23,9 +25,9 @@ def test_auto_precision_follows_the_hardware() -> None:
     assert resolve_precision("auto", AMPERE)[0] == "bf16"
     assert resolve_precision("auto", TURING)[0] == "fp16"
     assert resolve_precision("auto", CPU)[0] == "fp32"
-    with pytest.raises(LoadError, match="bf16 is not supported by Tesla T4"):
+    with pytest.raises(ConfigError, match="bf16 is not supported by Tesla T4"):
         resolve_precision("bf16", TURING)
-    with pytest.raises(LoadError, match="fp16 needs a CUDA GPU"):
+    with pytest.raises(ConfigError, match="fp16 needs a CUDA GPU"):
         resolve_precision("fp16", CPU)
 
 

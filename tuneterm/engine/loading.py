@@ -10,53 +10,28 @@ from __future__ import annotations
 import functools
 import os
 import socket
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 from tuneterm.config import RunConfig
 from tuneterm.data.chat import DEFAULT_CHAT_TEMPLATE
+from tuneterm.hardware import CPU, Device
 
 
 class LoadError(RuntimeError):
     """The model or tokenizer cannot be loaded; the message says why and what to do."""
 
 
-@dataclass(frozen=True)
-class Device:
-    kind: str
-    """"cuda", "mps" or "cpu"."""
-    name: str
-    bf16: bool
-    """Whether this device trains in bf16 (Ampere or newer for NVIDIA GPUs)."""
-
-
 def detect_device() -> Device:
+    """The device the Trainer will use, as torch sees it."""
     import torch
 
     if torch.cuda.is_available():
         return Device("cuda", torch.cuda.get_device_name(0), torch.cuda.is_bf16_supported())
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return Device("mps", "Apple MPS", False)
-    return Device("cpu", "CPU", False)
-
-
-def resolve_precision(setting: str, device: Device) -> tuple[str, str]:
-    """The precision to train in, and why."""
-    if setting == "auto":
-        if device.kind != "cuda":
-            return "fp32", f"auto: mixed precision needs a GPU; {device.name} trains in fp32"
-        if device.bf16:
-            return "bf16", f"auto: {device.name} supports bf16, whose wide range cannot underflow gradients"
-        return "fp16", f"auto: {device.name} has no bf16, so fp16 with loss scaling"
-    if setting == "fp16" and device.kind != "cuda":
-        raise LoadError(f"training.precision: fp16 needs a CUDA GPU and this machine has {device.name}; "
-                        "use auto")
-    if setting == "bf16" and device.kind == "cuda" and not device.bf16:
-        raise LoadError(f"training.precision: bf16 is not supported by {device.name} (it needs an Ampere or newer "
-                        "GPU); use auto, which picks fp16 with loss scaling")
-    return setting, "set in the config"
+    return CPU
 
 
 @functools.lru_cache(maxsize=1)

@@ -20,10 +20,10 @@ from tuneterm.engine.capture import library_output_as_events
 from tuneterm.engine.control import RunControl
 from tuneterm.engine.events import (EVENTS_FILE, Event, EventLog, EventSink, PhaseStarted, RunFailed, RunFinished,
                                     RunStarted, WarningIssued, read_events)
-from tuneterm.engine.loading import (Device, context_length, detect_device, load_model, load_tokenizer,
-                                     resolve_precision)
+from tuneterm.engine.loading import context_length, detect_device, load_model, load_tokenizer
 from tuneterm.engine.rundir import CONFIG_FILE, DEFAULT_RUNS_ROOT, RunDirError, create_run_dir, resume_point
-from tuneterm.plan import schedule
+from tuneterm.hardware import CPU, Device
+from tuneterm.plan.resolve import resolve, schedule_of
 
 ADAPTER_CHECK_FILE = "adapter_check.json"
 ERROR_LOG = "error.log"
@@ -139,8 +139,10 @@ class _Run:
         self.phase("preparing data", config.get("data.train"))
         data = prepare(config, tokenizer, context_length(config))
         self.warn(data.warnings)
-        device = detect_device() if not config.get("training.use_cpu") else Device("cpu", "CPU", False)
-        config = resolve(config, data, device, self.run_dir)
+        device = CPU if config.get("training.use_cpu") else detect_device()
+        config = resolve(config, device, train_examples=len(data.train.examples),
+                         data_max_length=(data.max_length, data.max_length_why), run_dir=self.run_dir,
+                         world_size=_world_size())
         if self.plan.resume_from is None:
             config.save(self.run_dir / CONFIG_FILE)
         if data.eval is None:
@@ -153,15 +155,12 @@ class _Run:
         trainer, callback = self.build_trainer(config, model, tokenizer, data, device)
         before = fingerprint_trainable(trainer.model)
         total, trainable = _parameter_counts(trainer.model)
-        steps_per_epoch = schedule.steps_per_epoch(len(data.train.examples),
-                                                   config.get("training.per_device_train_batch_size"),
-                                                   config.get("training.gradient_accumulation_steps"),
-                                                   _world_size())
+        plan = schedule_of(config, len(data.train.examples), len(data.eval.examples) if data.eval else 0,
+                           _world_size())
         self.emit(RunStarted(
             run_dir=str(self.run_dir), config=config.to_nested(), defaulted=sorted(config.defaulted),
-            notes=config.notes, train_examples=len(data.train.examples),
-            eval_examples=len(data.eval.examples) if data.eval else 0, steps_per_epoch=steps_per_epoch,
-            total_steps=schedule.total_steps(steps_per_epoch, config.get("training.num_train_epochs")),
+            notes=config.notes, train_examples=plan.train_examples, eval_examples=plan.eval_examples,
+            steps_per_epoch=plan.steps_per_epoch, total_steps=plan.total_steps,
             trainable_params=trainable, total_params=total, device=device.name,
             resumed_from=str(self.plan.resume_from) if self.plan.resume_from else None))
         if self.control.stop_requested:
@@ -236,38 +235,6 @@ def build_trainer(config: RunConfig, model: Any, tokenizer: Any, train_dataset: 
                          peft_config=lora_config(config) if config.method != "full" else None)
     trainer.remove_callback(PrinterCallback)  # progress goes through events, not print()
     return trainer
-
-
-def resolve(config: RunConfig, data: PreparedData, device: Device, run_dir: Path) -> RunConfig:
-    """Fill every "auto" with the value this run will use, and say why."""
-    changes: dict[str, tuple[Any, str]] = {}
-    if config.get("training.max_length") == "auto":
-        changes["training.max_length"] = (data.max_length, data.max_length_why)
-    if config.get("training.precision") == "auto":
-        changes["training.precision"] = resolve_precision("auto", device)
-    else:
-        resolve_precision(config.get("training.precision"), device)  # raises when the device cannot
-    precision = changes.get("training.precision", (config.get("training.precision"),))[0]
-    if config.get("quantization.bnb_4bit_compute_dtype") == "auto":
-        dtype = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}[precision]
-        changes["quantization.bnb_4bit_compute_dtype"] = (dtype, f"follows training.precision ({precision})")
-    micro_batch = config.get("training.per_device_train_batch_size")
-    if config.get("training.per_device_eval_batch_size") == "auto":
-        changes["training.per_device_eval_batch_size"] = (micro_batch, "the training micro-batch")
-    epoch_steps = schedule.steps_per_epoch(len(data.train.examples), micro_batch,
-                                           config.get("training.gradient_accumulation_steps"), _world_size())
-    fraction = config.get("training.eval_interval_epochs")
-    interval = schedule.interval_steps(epoch_steps, fraction)
-    interval_why = f"{fraction:.0%} of an epoch of {epoch_steps} steps"
-    eval_steps = config.get("training.eval_steps")
-    if eval_steps == "auto":
-        eval_steps = interval
-        changes["training.eval_steps"] = (eval_steps, interval_why)
-    if config.get("training.save_steps") == "auto":
-        changes["training.save_steps"] = ((eval_steps, "same as eval_steps") if data.eval else
-                                          (interval, interval_why))
-    changes["training.output_dir"] = (str(run_dir), "this run's directory")
-    return config.resolved(changes)
 
 
 def _world_size() -> int:

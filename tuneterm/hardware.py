@@ -1,0 +1,184 @@
+"""What the machine has: every NVIDIA GPU through NVML (nvidia-ml-py), the CPU and RAM through psutil.
+
+NVML is initialised once, on first use, and nothing here raises: a machine without a driver gets an empty GPU
+list with the reason, and a reading a GPU does not support (power on some boards, temperature in some VMs) is
+None, shown as "n/a". The plan screen polls these readings while a person edits settings, and the monitor
+polls them during training, so they must be cheap and never take the program down.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from tuneterm.config import ConfigError
+
+BF16_MIN_COMPUTE_CAPABILITY = (8, 0)  # Ampere: A100, RTX 30xx and newer
+
+
+@dataclass(frozen=True)
+class GpuReading:
+    index: int
+    name: str
+    memory_total: int
+    memory_used: int
+    memory_free: int
+    utilization: int | None
+    """Percent of time a kernel was running over the last sample period."""
+    temperature: int | None
+    """Degrees Celsius."""
+    power_watts: float | None
+    power_limit_watts: float | None
+    compute_capability: tuple[int, int] | None
+
+    @property
+    def bf16(self) -> bool | None:
+        """Whether the GPU trains in bf16 (compute capability 8.0 or newer), None when unknown."""
+        if self.compute_capability is None:
+            return None
+        return self.compute_capability >= BF16_MIN_COMPUTE_CAPABILITY
+
+
+@dataclass(frozen=True)
+class GpuSurvey:
+    gpus: tuple[GpuReading, ...]
+    driver: str | None = None
+    reason: str = ""
+    """Why the list is empty (no driver, no GPU, NVML error); empty when GPUs were read."""
+
+
+@dataclass(frozen=True)
+class HostReading:
+    cpu_count: int
+    cpu_percent: float
+    memory_total: int
+    memory_available: int
+
+
+class _Nvml:
+    """NVML, initialised lazily and once; its failure is kept as a reason instead of raised."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._module: Any = None
+        self._failure: str | None = None
+
+    def module(self) -> tuple[Any, str | None]:
+        with self._lock:
+            if self._module is None and self._failure is None:
+                try:
+                    import pynvml
+
+                    pynvml.nvmlInit()
+                    self._module = pynvml
+                except ImportError:
+                    self._failure = "nvidia-ml-py is not installed"
+                except Exception as exc:  # NVMLError_LibraryNotFound, DriverNotLoaded, ...
+                    self._failure = f"no NVIDIA driver available ({_nvml_message(exc)})"
+            return self._module, self._failure
+
+
+def _nvml_message(exc: Exception) -> str:
+    return str(exc) or type(exc).__name__
+
+
+_NVML = _Nvml()
+
+
+def _optional(read: Callable[[], Any]) -> Any:
+    try:
+        return read()
+    except Exception:  # a reading this GPU or driver does not support
+        return None
+
+
+def read_gpus() -> GpuSurvey:
+    nvml, failure = _NVML.module()
+    if nvml is None:
+        return GpuSurvey((), reason=failure or "NVML unavailable")
+    try:
+        count = nvml.nvmlDeviceGetCount()
+    except Exception as exc:
+        return GpuSurvey((), reason=f"NVML could not count GPUs ({_nvml_message(exc)})")
+    if count == 0:
+        return GpuSurvey((), driver=_optional(nvml.nvmlSystemGetDriverVersion), reason="no NVIDIA GPU found")
+    gpus = []
+    for index in range(count):
+        reading = _read_gpu(nvml, index)
+        if reading is not None:
+            gpus.append(reading)
+    reason = "" if gpus else "NVML found GPUs but could not read any"
+    return GpuSurvey(tuple(gpus), driver=_optional(nvml.nvmlSystemGetDriverVersion), reason=reason)
+
+
+def _read_gpu(nvml: Any, index: int) -> GpuReading | None:
+    try:
+        handle = nvml.nvmlDeviceGetHandleByIndex(index)
+        memory = nvml.nvmlDeviceGetMemoryInfo(handle)
+    except Exception:
+        return None
+    name = _optional(lambda: nvml.nvmlDeviceGetName(handle)) or f"GPU {index}"
+    power = _optional(lambda: nvml.nvmlDeviceGetPowerUsage(handle))
+    limit = _optional(lambda: nvml.nvmlDeviceGetEnforcedPowerLimit(handle))
+    return GpuReading(
+        index=index,
+        name=name.decode() if isinstance(name, bytes) else str(name),
+        memory_total=int(memory.total),
+        memory_used=int(memory.used),
+        memory_free=int(memory.free),
+        utilization=_optional(lambda: int(nvml.nvmlDeviceGetUtilizationRates(handle).gpu)),
+        temperature=_optional(lambda: int(nvml.nvmlDeviceGetTemperature(handle, nvml.NVML_TEMPERATURE_GPU))),
+        power_watts=power / 1000 if power is not None else None,
+        power_limit_watts=limit / 1000 if limit is not None else None,
+        compute_capability=_optional(lambda: tuple(nvml.nvmlDeviceGetCudaComputeCapability(handle))),
+    )
+
+
+def read_host() -> HostReading:
+    import psutil
+
+    memory = psutil.virtual_memory()
+    return HostReading(cpu_count=psutil.cpu_count() or 1, cpu_percent=psutil.cpu_percent(interval=None),
+                       memory_total=int(memory.total), memory_available=int(memory.available))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The device a run trains on, and the precision that follows from it
+
+
+@dataclass(frozen=True)
+class Device:
+    kind: str
+    """"cuda", "mps" or "cpu"."""
+    name: str
+    bf16: bool
+    """Whether this device trains in bf16 (Ampere or newer for NVIDIA GPUs)."""
+
+
+CPU = Device("cpu", "CPU", False)
+
+
+def device_from_survey(survey: GpuSurvey) -> Device:
+    """The device a run would use, judged from NVML (the first GPU, as the Trainer picks it)."""
+    if not survey.gpus:
+        return CPU
+    first = survey.gpus[0]
+    return Device("cuda", first.name, bool(first.bf16))
+
+
+def resolve_precision(setting: str, device: Device) -> tuple[str, str]:
+    """The precision to train in, and why; a precision the device cannot train in is a ConfigError."""
+    if setting == "auto":
+        if device.kind != "cuda":
+            return "fp32", f"auto: mixed precision needs a GPU; {device.name} trains in fp32"
+        if device.bf16:
+            return "bf16", f"auto: {device.name} supports bf16, whose wide range cannot underflow gradients"
+        return "fp16", f"auto: {device.name} has no bf16, so fp16 with loss scaling"
+    if setting == "fp16" and device.kind != "cuda":
+        raise ConfigError([f"training.precision: fp16 needs a CUDA GPU and this machine has {device.name}; "
+                           "use auto"])
+    if setting == "bf16" and device.kind == "cuda" and not device.bf16:
+        raise ConfigError([f"training.precision: bf16 is not supported by {device.name} (it needs an Ampere or "
+                           "newer GPU); use auto, which picks fp16 with loss scaling"])
+    return setting, "set in the config"

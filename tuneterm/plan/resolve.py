@@ -1,0 +1,75 @@
+"""Turning every "auto" of a config into the value a run will use, with the reason.
+
+The engine resolves a config this way right before training, and `tuneterm plan` and the plan screen the same
+way before it, so what a person is shown is what will run. Pure: it takes the facts it needs (example count,
+the data's length statistics, the device) as arguments.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from tuneterm.config import AUTO, RunConfig
+from tuneterm.hardware import Device, resolve_precision
+from tuneterm.plan import schedule
+from tuneterm.plan.schedule import Schedule
+
+_DTYPE_NAMES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
+
+
+def resolve(config: RunConfig, device: Device, train_examples: int | None = None,
+            data_max_length: tuple[int, str] | None = None, run_dir: Path | None = None,
+            world_size: int = 1) -> RunConfig:
+    """Fill what can be filled: precision from the device, lengths and intervals from the data when known."""
+    changes: dict[str, tuple[Any, str]] = {}
+    precision = config.get("training.precision")
+    if precision == AUTO:
+        changes["training.precision"] = resolve_precision(AUTO, device)
+        precision = changes["training.precision"][0]
+    else:
+        resolve_precision(precision, device)  # raises when the device cannot train in it
+    if config.get("quantization.bnb_4bit_compute_dtype") == AUTO:
+        changes["quantization.bnb_4bit_compute_dtype"] = (_DTYPE_NAMES[precision],
+                                                          f"follows training.precision ({precision})")
+    micro_batch = config.get("training.per_device_train_batch_size")
+    if config.get("training.per_device_eval_batch_size") == AUTO:
+        changes["training.per_device_eval_batch_size"] = (micro_batch, "the training micro-batch")
+    if config.get("training.max_length") == AUTO and data_max_length is not None:
+        changes["training.max_length"] = data_max_length
+    if train_examples is not None:
+        changes.update(_intervals(config, train_examples, world_size))
+    if run_dir is not None:
+        changes["training.output_dir"] = (str(run_dir), "this run's directory")
+    return config.resolved(changes)
+
+
+def _intervals(config: RunConfig, train_examples: int, world_size: int) -> dict[str, tuple[Any, str]]:
+    epoch_steps = schedule.steps_per_epoch(train_examples, config.get("training.per_device_train_batch_size"),
+                                           config.get("training.gradient_accumulation_steps"), world_size)
+    fraction = config.get("training.eval_interval_epochs")
+    interval = schedule.interval_steps(epoch_steps, fraction)
+    why = f"{fraction:.0%} of an epoch of {epoch_steps} steps"
+    changes: dict[str, tuple[Any, str]] = {}
+    eval_steps = config.get("training.eval_steps")
+    if eval_steps == AUTO:
+        eval_steps = interval
+        changes["training.eval_steps"] = (interval, why)
+    if config.get("training.save_steps") == AUTO:
+        has_eval = bool(config.get("data.eval")) or bool(config.get("data.val_size"))
+        changes["training.save_steps"] = (eval_steps, "same as eval_steps") if has_eval else (interval, why)
+    return changes
+
+
+def schedule_of(config: RunConfig, train_examples: int, eval_examples: int, world_size: int = 1) -> Schedule:
+    """The schedule of a config resolved with resolve(..., train_examples=...)."""
+    eval_steps = config.get("training.eval_steps")
+    return schedule.schedule_for(
+        micro_batch=config.get("training.per_device_train_batch_size"),
+        accumulation=config.get("training.gradient_accumulation_steps"),
+        epochs=config.get("training.num_train_epochs"),
+        max_steps=config.get("training.max_steps", -1),
+        warmup=config.get("training.warmup_steps"),
+        eval_steps=eval_steps if isinstance(eval_steps, int) else None,
+        save_steps=config.get("training.save_steps"),
+        train_examples=train_examples, eval_examples=eval_examples, world_size=world_size)
