@@ -1,4 +1,4 @@
-"""Command-line entry points: `tuneterm train`, `tuneterm demo`.
+"""Command-line entry points: `tuneterm train`, `tuneterm plan`, `tuneterm demo`.
 
 Each command parses its arguments, builds a run config and hands it to the engine; nothing here knows how
 training works. Importing this module (and `tuneterm --help`) must stay free of torch and the Hugging Face
@@ -39,14 +39,21 @@ def _parser() -> argparse.ArgumentParser:
 
     train = commands.add_parser("train", help="train headless from a config file",
                                 description="Train from CONFIG.yaml without the TUI, printing progress.")
-    train.add_argument("config", nargs="?", type=Path, help="the run config (YAML)")
-    train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="override one config value, e.g. --set training.learning_rate=1e-4 (repeatable)")
+    _config_arguments(train)
     train.add_argument("--resume", type=Path, metavar="RUN_DIR",
                        help="continue a stopped or interrupted run from its last complete checkpoint")
     train.add_argument("--runs-dir", type=Path, default=Path("runs"), metavar="DIR",
                        help="where new run directories are created (default: ./runs)")
     train.set_defaults(command=_train)
+
+    plan = commands.add_parser("plan", help="show what a run will cost and what the guides advise, without training",
+                               description="Everything knowable before training: model, data statistics, "
+                                           "schedule, memory per GPU with a verdict, and advice. No GPU or network "
+                                           "needed beyond the model's config.json and tokenizer.")
+    _config_arguments(plan)
+    plan.add_argument("--world-size", type=int, default=1, metavar="N", help="number of GPUs (data parallel)")
+    plan.add_argument("--json", action="store_true", help="print JSON instead of text")
+    plan.set_defaults(command=_plan)
 
     demo = commands.add_parser("demo", help="fine-tune the built-in tiny model (offline, CPU, a few minutes)",
                                description="Build (once) a tiny model and chat dataset and fine-tune a LoRA "
@@ -60,22 +67,47 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _config_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", nargs="?", type=Path, help="the run config (YAML)")
+    parser.add_argument("--preset", metavar="NAME",
+                        help="start from a preset (cpu-quick-test, lora-small-model, qlora-7b-24gb, style-transfer, "
+                             "knowledge-injection, classification); the config file and --set override it")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one config value, e.g. --set training.learning_rate=1e-4 (repeatable)")
+
+
+def _plan(args: argparse.Namespace) -> int:
+    import json
+
+    from tuneterm.plan.report import format_plan, make_plan, plan_to_json
+
+    config = load_config(args.config, preset=args.preset, overrides=args.overrides)
+    try:
+        plan = make_plan(config, world_size=args.world_size)
+    except (OSError, ValueError) as exc:
+        print(f"tuneterm plan: cannot read the model {config.get('model.path')}: {str(exc).splitlines()[0]}",
+              file=sys.stderr)
+        return EXIT_FAILED
+    print(json.dumps(plan_to_json(plan), indent=2) if args.json else format_plan(plan))
+    return EXIT_OK
+
+
 def _train(args: argparse.Namespace) -> int:
     from tuneterm.engine.rundir import RunDirError
     from tuneterm.engine.runner import new_run, resume_run
 
     try:
         if args.resume:
-            if args.config or args.overrides:
+            if args.config or args.overrides or args.preset:
                 print("tuneterm train --resume takes only the run directory: a resumed run keeps its own "
                       "config.yaml", file=sys.stderr)
                 return EXIT_USAGE
             plan = resume_run(args.resume)
         else:
-            if args.config is None:
-                print("tuneterm train: give a CONFIG.yaml, or --resume RUN_DIR", file=sys.stderr)
+            if args.config is None and args.preset is None:
+                print("tuneterm train: give a CONFIG.yaml (or --preset), or --resume RUN_DIR", file=sys.stderr)
                 return EXIT_USAGE
-            plan = new_run(load_config(args.config, overrides=args.overrides), args.runs_dir)
+            plan = new_run(load_config(args.config, preset=args.preset, overrides=args.overrides), args.runs_dir)
     except RunDirError as exc:
         print(str(exc), file=sys.stderr)
         return EXIT_USAGE

@@ -427,27 +427,38 @@ def _yaml_line(name: str, value: Any, comment: str, indent: str) -> str:
 # Loading and validation
 
 
-def load_config(path: str | Path | None = None, *, overrides: Iterable[str] = (),
-                base: Mapping[str, Any] | None = None, base_source: str = "preset") -> RunConfig:
+PRESETS_DIR = Path(__file__).parent / "presets"
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
+
+
+def preset_path(name: str) -> Path:
+    """A built-in preset by name (cpu-quick-test, qlora-7b-24gb, ...) or a YAML file of your own."""
+    path = PRESETS_DIR / f"{name}.yaml"
+    if path.is_file():
+        return path
+    if Path(name).is_file():
+        return Path(name)
+    raise ConfigError([f"--preset {name}: no such preset{_suggest(name, preset_names())}; the presets are "
+                       f"{', '.join(preset_names())}"])
+
+
+def load_config(path: str | Path | None = None, *, preset: str | None = None, overrides: Iterable[str] = (),
+                base: Mapping[str, Any] | None = None, base_source: str = "built-in config") -> RunConfig:
     """Read a config file (optional), layer `--set` overrides on top, validate, and fill defaults.
 
-    `base` is a lower layer (a preset or a built-in config) that the file and the overrides override.
+    Layers, lowest first: `base` (a built-in config such as the demo's), the preset, the file, the overrides.
     Raises ConfigError listing every problem, each naming its file and line or its --set argument.
     """
     problems: list[str] = []
     layers: list[dict[str, tuple[Any, Origin]]] = []
     if base is not None:
         layers.append(_flatten(base, {}, base_source, problems))
-    if path is not None:
-        path = Path(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise ConfigError([f"{path}: no such config file"]) from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError([f"{path}: cannot read the config: {exc}"]) from None
-        data, lines = _yaml_with_lines(text, str(path))
-        layers.append(_flatten(data, lines, str(path), problems))
+    for file in (preset_path(preset) if preset else None, path):
+        if file is not None:
+            layers.append(_read_layer(Path(file), problems))
     override_layer: dict[str, tuple[Any, Origin]] = {}
     for text in overrides:
         key, value = parse_override(text)
@@ -461,6 +472,17 @@ def load_config(path: str | Path | None = None, *, overrides: Iterable[str] = ()
     if problems:
         raise ConfigError(problems)
     return config
+
+
+def _read_layer(path: Path, problems: list[str]) -> dict[str, tuple[Any, Origin]]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError([f"{path}: no such config file"]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([f"{path}: cannot read the config: {exc}"]) from None
+    data, lines = _yaml_with_lines(text, str(path))
+    return _flatten(data, lines, str(path), problems)
 
 
 def config_from_mapping(data: Mapping[str, Any], source: str = "config") -> RunConfig:

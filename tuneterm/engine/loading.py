@@ -59,7 +59,8 @@ def _source_kwargs(config: RunConfig) -> dict[str, Any]:
 
 def _hub_hint(path: str, exc: Exception) -> LoadError:
     if Path(path).exists():
-        return LoadError(f"model.path: {path}: cannot load it: {exc}")
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return LoadError(f"model.path: {path}: cannot load it: {first_line.rstrip(': ')}")
     if not hub_reachable():
         return LoadError(f"model.path: '{path}' is not a local directory, is not in the Hugging Face cache, and the "
                          "hub cannot be reached from this machine. Download it on a connected machine "

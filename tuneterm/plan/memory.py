@@ -68,6 +68,8 @@ class MemorySetup:
     quant_type: str = "nf4"
     double_quant: bool = True
     world_size: int = 1
+    device: str = "cuda"
+    """"cuda", or "cpu" (host RAM: no CUDA context, no caching allocator)."""
     fused_lm_head: bool = True
     """TRL scores tokens through the LM head in chunks; plain transformers training materialises all logits."""
     bnb_saves_inputs: bool = False
@@ -120,14 +122,15 @@ def estimate_memory(facts: ModelFacts, setup: MemorySetup) -> MemoryEstimate:
                        + _eager_scores(facts, setup, eval_batch, training=False)
                        + (0.0 if setup.fused_lm_head else eval_tokens * facts.vocab_size * UNFUSED_LOGITS_BYTES / 2))
     allocated = max(training_peak, evaluation_peak)
-    slack = allocated * ALLOCATOR_SLACK
+    on_gpu = setup.device == "cuda"
+    slack = allocated * ALLOCATOR_SLACK if on_gpu else 0.0
+    context = CUDA_CONTEXT if on_gpu else 0.0
     breakdown = {
         "weights": weights, "adapters": adapters, "gradients": gradients, "optimizer": optimizer,
         "activations": activations, "attention_scores": attention, "logits": logits,
-        "evaluation": max(0.0, evaluation_peak - training_peak), "allocator_slack": slack,
-        "cuda_context": CUDA_CONTEXT,
+        "evaluation": max(0.0, evaluation_peak - training_peak), "allocator_slack": slack, "cuda_context": context,
     }
-    return MemoryEstimate(breakdown, allocated, allocated + slack, allocated + slack + CUDA_CONTEXT, paged, trainable)
+    return MemoryEstimate(breakdown, allocated, allocated + slack, allocated + slack + context, paged, trainable)
 
 
 def _weights(facts: ModelFacts, setup: MemorySetup) -> float:
@@ -191,6 +194,11 @@ def _eager_scores(facts: ModelFacts, setup: MemorySetup, batch: int, training: b
 # Against the memory a GPU has
 
 
+def size(n_bytes: float) -> str:
+    """12 MB, 1.4 GB: decimal units, as NVML and the published tables use."""
+    return f"{n_bytes / GB:.1f} GB" if n_bytes >= 0.95 * GB else f"{n_bytes / 1e6:.0f} MB"
+
+
 HEADROOM = 0.15
 """Margin kept free: the estimate is within 10% on the calibration grid, and fragmentation varies."""
 
@@ -205,11 +213,11 @@ class Verdict:
 def verdict(estimate: MemoryEstimate, free_bytes: float) -> Verdict:
     need, have = estimate.total_bytes, free_bytes
     if need <= have * (1 - HEADROOM):
-        return Verdict("fits", f"needs about {need / GB:.1f} GB of the {have / GB:.1f} GB free")
+        return Verdict("fits", f"needs about {size(need)} of the {size(have)} free")
     if need <= have:
-        return Verdict("tight", f"needs about {need / GB:.1f} GB of the {have / GB:.1f} GB free: less than "
-                                f"{HEADROOM:.0%} headroom for estimate error and fragmentation")
-    return Verdict("will not fit", f"needs about {need / GB:.1f} GB but only {have / GB:.1f} GB is free")
+        return Verdict("tight", f"needs about {size(need)} of the {size(have)} free: less than {HEADROOM:.0%} "
+                                "headroom for estimate error and fragmentation")
+    return Verdict("will not fit", f"needs about {size(need)} but only {size(have)} is free")
 
 
 @dataclass(frozen=True)

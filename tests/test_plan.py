@@ -1,0 +1,213 @@
+"""Plan before training: step math against the real Trainer, advice, hardware readings, presets, `tuneterm plan`."""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+from tuneterm.cli import main
+from tuneterm.config import config_from_mapping, load_config, preset_names
+from tuneterm.hardware import CPU, Device, GpuSurvey, read_gpus
+from tuneterm.plan import schedule
+from tuneterm.plan.advice import Context, LengthStats, advise
+from tuneterm.plan.resolve import resolve, schedule_of
+
+CONFIGS = Path(__file__).parent / "data" / "model_configs"
+
+
+def trainer_max_steps(tiny_model: Path, examples: int, micro: int, accumulation: int, epochs: float) -> int:
+    """What the real Trainer computes: read in on_train_begin, then stop before any step."""
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
+    from trl import SFTConfig, SFTTrainer
+
+    seen: dict[str, int] = {}
+
+    class Probe(TrainerCallback):
+        def on_train_begin(self, args, state, control, **kwargs):  # noqa: ANN001, ANN003
+            seen["max_steps"] = state.max_steps
+            control.should_training_stop = True
+
+        def on_step_begin(self, args, state, control, **kwargs):  # noqa: ANN001, ANN003
+            control.should_training_stop = True
+
+    rows = [[5, 6, 7, 8]] * examples
+    args = SFTConfig(output_dir="/tmp/tuneterm-probe", per_device_train_batch_size=micro,
+                     gradient_accumulation_steps=accumulation, num_train_epochs=epochs, use_cpu=True, report_to="none",
+                     save_strategy="no", disable_tqdm=True, activation_checkpointing=False, bf16=False)
+    trainer = SFTTrainer(model=AutoModelForCausalLM.from_pretrained(str(tiny_model)), args=args,
+                         train_dataset=Dataset.from_dict({"input_ids": rows, "labels": rows}),
+                         processing_class=AutoTokenizer.from_pretrained(str(tiny_model)), callbacks=[Probe()])
+    trainer.train()
+    return seen["max_steps"]
+
+
+GRID = [(17, 2, 8, 3), (100, 2, 8, 3), (101, 4, 4, 1), (16, 2, 8, 1), (7, 1, 1, 2), (250, 3, 5, 2.5), (33, 8, 1, 0.5),
+        (64, 4, 3, 3)]
+
+
+@pytest.mark.parametrize("examples, micro, accumulation, epochs", GRID)
+def test_predicted_steps_equal_the_trainers(tiny_model: Path, examples: int, micro: int, accumulation: int,
+                                            epochs: float) -> None:
+    predicted = schedule.total_steps(schedule.steps_per_epoch(examples, micro, accumulation), epochs)
+    assert predicted == trainer_max_steps(tiny_model, examples, micro, accumulation, epochs)
+
+
+def test_the_guides_step_table_corrected() -> None:
+    # 'LoRA Fine-Tuning Complete Guide' section 7: 5,986 examples, 2 GPUs x batch 4 x accumulation 4 = 32, 3 epochs.
+    # Its table prints 141 total updates ("5986 / 32 x 3"), but 5986 / 32 x 3 is 561, and the Trainer, which
+    # rounds batches up on each device, runs 564. Its val_size arithmetic does add up: 599 held out, 5,387 left.
+    assert schedule.eval_split_size(5986, 0.1) == 599
+    per_epoch = schedule.steps_per_epoch(5986, micro_batch=4, accumulation=4, world_size=2)
+    assert (per_epoch, schedule.total_steps(per_epoch, 3)) == (188, 564)
+    per_epoch = schedule.steps_per_epoch(5387, micro_batch=4, accumulation=4, world_size=2)
+    assert schedule.total_steps(per_epoch, 3) == 507 and schedule.total_steps(per_epoch, 5) == 845
+
+
+def test_schedule_of_a_resolved_config() -> None:
+    config = config_from_mapping({"model": {"path": "m"}, "data": {"train": "t"}})
+    resolved = resolve(config, CPU, train_examples=900)
+    plan = schedule_of(resolved, 900, 100)
+    assert plan.effective_batch_size == 16
+    assert plan.steps_per_epoch == 57 and plan.total_steps == 171
+    assert plan.warmup_steps == 18  # 10% of 171, rounded up as transformers does
+    assert plan.eval_steps == 11 == resolved.get("training.eval_steps")  # 20% of an epoch
+    assert resolved.get("training.precision") == "fp32" and "CPU" in resolved.why("training.precision")
+
+
+def advice_for(mapping: dict, examples: int = 1000, device: Device = CPU, lengths: LengthStats | None = None):
+    sections = {"model": {"path": "m"}, "data": {"train": "t"}}
+    for key, value in mapping.items():
+        sections[key] = {**sections.get(key, {}), **value} if isinstance(value, dict) else value
+    config = config_from_mapping(sections)
+    resolved = resolve(config, device, train_examples=examples)
+    advice = advise(Context(resolved, schedule_of(resolved, examples, examples // 10), None, lengths, device))
+    return {a.field: a for a in advice}
+
+
+def test_defaults_draw_no_advice() -> None:
+    assert advice_for({}) == {}
+
+
+def test_each_guide_rule_fires_with_a_fix() -> None:
+    found = advice_for({"lora": {"r": 64, "lora_alpha": 16, "lora_dropout": 0.2},
+                        "training": {"learning_rate": 1e-3, "weight_decay": 0.5, "warmup_steps": 0,
+                                     "num_train_epochs": 5, "gradient_accumulation_steps": 1,
+                                     "early_stopping_patience": 10, "eval_steps": 40}})
+    assert found["training.learning_rate"].fix == {"training.learning_rate": 2e-4}
+    assert found["lora.lora_alpha"].fix == {"lora.lora_alpha": 64}
+    assert found["lora.r"].level == "info" and "5k" in found["lora.r"].why
+    assert found["lora.lora_dropout"].fix == {"lora.lora_dropout": 0.0}
+    assert found["training.weight_decay"].fix == {"training.weight_decay": 0.01}
+    assert found["training.warmup_steps"].level == "warning"
+    assert found["training.num_train_epochs"].fix == {"training.num_train_epochs": 3}
+    assert found["training.gradient_accumulation_steps"].fix == {"training.gradient_accumulation_steps": 8}
+    assert found["training.early_stopping_patience"].fix == {"training.early_stopping_patience": 3}
+    assert "training.eval_steps" in found
+    for advice in found.values():
+        assert advice.why and advice.source and advice.message
+
+
+def test_hardware_data_and_run_length_rules() -> None:
+    ampere, turing = Device("cuda", "A100", True), Device("cuda", "T4", False)
+    assert advice_for({"training": {"precision": "fp16"}}, device=ampere)["training.precision"].fix == {
+        "training.precision": "bf16"}
+    with pytest.raises(Exception, match="bf16 is not supported"):
+        advice_for({"training": {"precision": "bf16"}}, device=turing)
+    short = advice_for({"training": {"num_train_epochs": 1}}, examples=200)
+    assert short["training.lr_scheduler_type"].fix == {"training.lr_scheduler_type": "constant_with_warmup"}
+    assert "data.val_size" in advice_for({"data": {"val_size": 0}})
+    assert "lora.target_modules" in advice_for({"lora": {"target_modules": ["q_proj", "v_proj"]}})
+    lengths = LengthStats(p95=700, p99=900, examples=1000)
+    assert advice_for({"training": {"max_length": 512}}, lengths=lengths)["training.max_length"].fix == {
+        "training.max_length": 960}
+    assert advice_for({"training": {"max_length": 4096}}, lengths=lengths)["training.max_length"].level == "info"
+    assert "lora.use_rslora" in advice_for({"lora": {"r": 128, "lora_alpha": 128}}, examples=100_000)
+    full = advice_for({"method": "full", "training": {"learning_rate": 2e-4}})
+    assert full["training.learning_rate"].fix == {"training.learning_rate": 2e-5}
+
+
+def test_no_driver_gives_an_empty_list_with_the_reason() -> None:
+    survey = read_gpus()
+    assert survey.gpus == () and survey.reason
+
+
+def test_nvml_readings_are_parsed_and_unsupported_ones_are_none(monkeypatch: pytest.MonkeyPatch) -> None:
+    import tuneterm.hardware as hardware
+
+    class NvmlError(Exception):
+        pass
+
+    def unsupported(*_args: object) -> None:
+        raise NvmlError("Not Supported")
+
+    memory = types.SimpleNamespace(total=24_000_000_000, used=1_000_000_000, free=23_000_000_000)
+    fake = types.SimpleNamespace(
+        nvmlInit=lambda: None, nvmlDeviceGetCount=lambda: 1, nvmlSystemGetDriverVersion=lambda: "580.1",
+        nvmlDeviceGetHandleByIndex=lambda i: f"handle{i}", nvmlDeviceGetMemoryInfo=lambda h: memory,
+        nvmlDeviceGetName=lambda h: "NVIDIA GeForce RTX 4090",
+        nvmlDeviceGetUtilizationRates=lambda h: types.SimpleNamespace(gpu=37), nvmlDeviceGetTemperature=unsupported,
+        NVML_TEMPERATURE_GPU=0, nvmlDeviceGetPowerUsage=lambda h: 250_000, nvmlDeviceGetEnforcedPowerLimit=unsupported,
+        nvmlDeviceGetCudaComputeCapability=lambda h: (8, 9))
+    monkeypatch.setitem(sys.modules, "pynvml", fake)
+    monkeypatch.setattr(hardware, "_NVML", hardware._Nvml())
+    [gpu] = hardware.read_gpus().gpus
+    assert (gpu.name, gpu.memory_free, gpu.utilization, gpu.power_watts) == ("NVIDIA GeForce RTX 4090",
+                                                                             23_000_000_000, 37, 250.0)
+    assert gpu.temperature is None and gpu.power_limit_watts is None
+    assert gpu.bf16 is True
+    assert hardware.device_from_survey(GpuSurvey((gpu,))) == Device("cuda", "NVIDIA GeForce RTX 4090", True)
+
+
+@pytest.mark.parametrize("name", preset_names())
+def test_presets_are_valid_commented_configs(name: str) -> None:
+    config = load_config(preset=name, overrides=["model.path=m", "data.train=t"])
+    text = (Path(__file__).parent.parent / "presets" / f"{name}.yaml").read_text()
+    assert text.startswith("# ") and len([line for line in text.splitlines() if "#" in line]) >= 3
+    assert config.method in ("lora", "qlora")
+
+
+def test_presets_cover_the_cases() -> None:
+    assert {"cpu-quick-test", "lora-small-model", "qlora-7b-24gb", "style-transfer", "knowledge-injection",
+            "classification"} <= set(preset_names())
+    assert load_config(preset="knowledge-injection", overrides=["model.path=m", "data.train=t"]).get(
+        "data.train_on") == "all"
+
+
+def test_plan_command_text_and_json(tiny_model: Path, chat_data: dict, tmp_path: Path,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "run.yaml"
+    config.write_text(f"model:\n  path: {tiny_model}\ndata:\n  train: {chat_data['train']}\n"
+                      "training:\n  learning_rate: 1e-3\n")
+    assert main(["plan", str(config)]) == 0
+    text = capsys.readouterr().out
+    for heading in ("Model ", "Data ", "Schedule ", "Memory ", "Device ", "Advice", "Resolved config"):
+        assert heading in text
+    assert "fix: --set training.learning_rate=0.0002" in text
+    assert main(["plan", str(config), "--json", "--world-size", "2"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["model"]["trainable_params"] > 0 and plan["model"]["total_params"] > plan["model"]["base_params"]
+    assert plan["schedule"]["effective_batch_size"] == 32
+    held_out = schedule.eval_split_size(160, 0.1)
+    assert plan["schedule"]["train_examples"] == 160 - held_out
+    assert plan["schedule"]["steps_per_epoch"] == schedule.steps_per_epoch(160 - held_out, 2, 8, 2)
+    assert set(plan["schedule"]) >= {"steps_per_epoch", "total_steps", "warmup_steps", "eval_steps"}
+    assert set(plan["memory"]) >= {"total_bytes", "breakdown", "verdict"}
+    assert plan["memory"]["verdict"]["level"] in ("fits", "tight", "will not fit")
+    assert {"level", "field", "message", "why", "source"} <= set(plan["advice"][0])
+    assert plan["data"]["lengths"]["p99"] >= plan["data"]["lengths"]["p50"]
+
+
+def test_plan_needs_only_config_json_for_the_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = tmp_path / "mistral"
+    model.mkdir()
+    (model / "config.json").write_text((CONFIGS / "mistral-7b-v0.1.json").read_text())
+    assert main(["plan", "--preset", "qlora-7b-24gb", "--set", f"model.path={model}", "--set",
+                 "data.train=missing.jsonl", "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["model"]["base_params"] == 7_241_732_096
+    assert plan["schedule"] is None and any("missing.jsonl" in p for p in plan["problems"])

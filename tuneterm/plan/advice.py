@@ -1,0 +1,282 @@
+"""Advice: the guides' rules, checked against a planned run, each with its reason, its source and its fix.
+
+Every rule is a small function of what is known about the run (the config, and when available the schedule,
+the model, the data's token lengths and the device). It returns an Advice or nothing. An advice that suggests
+a value carries it in `fix` ({key: value}), so the plan screen can apply it with one key and `tuneterm plan`
+can print the --set that does the same.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from tuneterm.config import GUIDE_COMPLETE, GUIDE_HYPERPARAMS, GUIDE_RANK, GUIDE_UNSLOTH, RunConfig
+from tuneterm.hardware import Device
+from tuneterm.plan.model import ModelFacts
+from tuneterm.plan.schedule import Schedule
+
+LEVELS = ("info", "warning", "error")
+
+
+@dataclass(frozen=True)
+class Advice:
+    level: str
+    field: str
+    message: str
+    why: str
+    source: str
+    fix: dict[str, Any] = field(default_factory=dict)
+
+    def as_set_arguments(self) -> str:
+        return " ".join(f"--set {key}={_yaml_scalar(value)}" for key, value in self.fix.items())
+
+
+def _yaml_scalar(value: Any) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+@dataclass(frozen=True)
+class LengthStats:
+    p95: int
+    p99: int
+    examples: int
+
+
+@dataclass(frozen=True)
+class Context:
+    config: RunConfig
+    schedule: Schedule | None = None
+    facts: ModelFacts | None = None
+    lengths: LengthStats | None = None
+    device: Device | None = None
+    world_size: int = 1
+
+    def get(self, key: str) -> Any:
+        return self.config.get(key)
+
+    @property
+    def adapter(self) -> bool:
+        return self.config.method in ("lora", "qlora")
+
+
+Rule = Callable[[Context], "Advice | None"]
+
+
+def _learning_rate(c: Context) -> Advice | None:
+    lr = c.get("training.learning_rate")
+    source = f"{GUIDE_HYPERPARAMS}, chapter 1; {GUIDE_UNSLOTH}"
+    if c.config.method == "full" and lr >= 1e-4:
+        return Advice("warning", "training.learning_rate", f"{lr:g} is a LoRA learning rate; full fine-tuning "
+                      "wants about 2e-5",
+                      "Full fine-tuning spreads each update over every weight and is damaged by the rates that "
+                      "suit a small adapter.", GUIDE_UNSLOTH, {"training.learning_rate": 2e-5})
+    if not c.adapter:
+        return None
+    if lr > 2e-4 * 1.5:
+        return Advice("warning", "training.learning_rate", f"{lr:g} is well above the recommended 2e-4 start",
+                      "The whole loss signal lands on a few adapter weights; a rate far above 2e-4 pushes them out "
+                      "of the useful region before the task is learned.", source, {"training.learning_rate": 2e-4})
+    if lr < 5e-6:
+        return Advice("warning", "training.learning_rate", f"{lr:g} is below the workable range (5e-6 to 2e-4)",
+                      "Far below the range the adapter barely moves and the fine-tune stays the base model.",
+                      source, {"training.learning_rate": 2e-4})
+    return None
+
+
+def _alpha_ratio(c: Context) -> Advice | None:
+    if not c.adapter:
+        return None
+    r, alpha = c.get("lora.r"), c.get("lora.lora_alpha")
+    if alpha / r < 1:
+        return Advice("warning", "lora.lora_alpha", f"alpha/r = {alpha}/{r} = {alpha / r:.2g} is below 1",
+                      "The adapter's update is scaled by alpha/r; below 1 it is damped and learns slowly. "
+                      "Use alpha = r (stable) or 2r (faster).", f"{GUIDE_UNSLOTH}; {GUIDE_HYPERPARAMS}, chapter 1",
+                      {"lora.lora_alpha": r})
+    if r >= 64 and not c.get("lora.use_rslora"):
+        return Advice("info", "lora.use_rslora", f"rank {r} without rank-stabilised scaling",
+                      "At high ranks alpha/r shrinks the update as r grows; rsLoRA scales by alpha/sqrt(r), which "
+                      "keeps high ranks learning.", GUIDE_UNSLOTH, {"lora.use_rslora": True})
+    return None
+
+
+def _rank_for_data(c: Context) -> Advice | None:
+    if not c.adapter or c.schedule is None:
+        return None
+    r, examples = c.get("lora.r"), c.schedule.train_examples
+    if examples < 5000 and r > 32:
+        return Advice("info", "lora.r", f"rank {r} for {examples:,} examples",
+                      "Small datasets (under 5k examples, such as style or tone transfer) need little capacity; a "
+                      "high rank memorises them faster.", GUIDE_RANK, {"lora.r": 16, "lora.lora_alpha": 16})
+    if examples > 50000 and r < 32:
+        return Advice("info", "lora.r", f"rank {r} for {examples:,} examples",
+                      "Large datasets and hard tasks (code, factual recall) use ranks of 64-128.", GUIDE_RANK,
+                      {"lora.r": 64, "lora.lora_alpha": 64})
+    return None
+
+
+def _dropout(c: Context) -> Advice | None:
+    if c.adapter and c.get("lora.lora_dropout") > 0.1:
+        return Advice("warning", "lora.lora_dropout", f"dropout {c.get('lora.lora_dropout'):g} is above 0.1",
+                      "Dropout is an unreliable regulariser in short fine-tuning runs; 0.1 already gave the worst "
+                      "eval loss in the guide's experiments.", f"{GUIDE_UNSLOTH}; {GUIDE_COMPLETE}, section 8",
+                      {"lora.lora_dropout": 0.0})
+    return None
+
+
+def _weight_decay(c: Context) -> Advice | None:
+    decay = c.get("training.weight_decay")
+    if decay > 0.1:
+        return Advice("warning", "training.weight_decay", f"weight decay {decay:g} is above 0.1",
+                      "High decay fights the learning signal: the optimizer shrinks the adapter as fast as it "
+                      "grows it.", f"{GUIDE_UNSLOTH}; {GUIDE_HYPERPARAMS}, chapter 4",
+                      {"training.weight_decay": 0.01})
+    if decay == 0:
+        return Advice("info", "training.weight_decay", "no weight decay",
+                      "0.01 is a light check on the adapter drifting from the base model's knowledge.",
+                      f"{GUIDE_HYPERPARAMS}, chapter 4", {"training.weight_decay": 0.01})
+    return None
+
+
+def _warmup(c: Context) -> Advice | None:
+    warmup = c.get("training.warmup_steps")
+    fraction = warmup if isinstance(warmup, float) else (
+        warmup / c.schedule.total_steps if c.schedule and c.schedule.total_steps else None)
+    if fraction is None:
+        return None
+    source = f"{GUIDE_UNSLOTH}; {GUIDE_HYPERPARAMS}, chapter 3"
+    if fraction < 0.05 and c.adapter:
+        return Advice("warning", "training.warmup_steps", f"warmup is {fraction:.0%} of the steps",
+                      "A fresh adapter is most sensitive to its first updates; warming up over 5-10% of the steps "
+                      "keeps them from pushing it into a bad region.", source, {"training.warmup_steps": 0.1})
+    if fraction > 0.2:
+        return Advice("info", "training.warmup_steps", f"warmup is {fraction:.0%} of the steps",
+                      "5-10% is enough; a long warmup spends the run below the target rate.", source,
+                      {"training.warmup_steps": 0.1})
+    return None
+
+
+SHORT_RUN_STEPS = 50
+
+
+def _scheduler(c: Context) -> Advice | None:
+    if c.schedule is None or c.get("training.lr_scheduler_type") != "cosine":
+        return None
+    if c.schedule.total_steps < SHORT_RUN_STEPS:
+        return Advice("info", "training.lr_scheduler_type", f"cosine decay over only {c.schedule.total_steps} steps",
+                      "In a very short run cosine starts decaying right after warmup and most steps run at a low "
+                      "rate; constant_with_warmup keeps the full rate.", f"{GUIDE_HYPERPARAMS}, chapter 3",
+                      {"training.lr_scheduler_type": "constant_with_warmup"})
+    return None
+
+
+def _epochs(c: Context) -> Advice | None:
+    epochs = c.get("training.num_train_epochs")
+    if epochs > 3:
+        return Advice("warning", "training.num_train_epochs", f"{epochs:g} epochs",
+                      "More than 3 epochs brings diminishing returns and memorisation, LoRA overfits quickly; "
+                      "let early stopping find the optimum within 1-3.",
+                      f"{GUIDE_UNSLOTH}; {GUIDE_HYPERPARAMS}, chapter 4", {"training.num_train_epochs": 3})
+    return None
+
+
+def _effective_batch(c: Context) -> Advice | None:
+    micro, accumulation = c.get("training.per_device_train_batch_size"), c.get("training.gradient_accumulation_steps")
+    world = c.world_size
+    effective = micro * accumulation * world
+    if 8 <= effective <= 64:
+        return None
+    target = max(1, math.ceil(16 / (micro * world)))
+    return Advice("info", "training.gradient_accumulation_steps", f"effective batch {effective} ({micro} x "
+                  f"{accumulation}{f' x {world} GPUs' if world > 1 else ''})",
+                  "An effective batch near 16 gives stable gradients; accumulation reaches it without more "
+                  "memory.", f"{GUIDE_UNSLOTH}; {GUIDE_HYPERPARAMS}, chapter 2",
+                  {"training.gradient_accumulation_steps": target})
+
+
+def _targets(c: Context) -> Advice | None:
+    if c.adapter and c.get("lora.target_modules") != "all-linear":
+        return Advice("info", "lora.target_modules", f"LoRA on {c.get('lora.target_modules')} only",
+                      "Adapting every linear layer of attention and MLP is what matches full fine-tuning; the "
+                      "memory saved by adapting fewer is small.", f"{GUIDE_UNSLOTH}; {GUIDE_RANK}",
+                      {"lora.target_modules": "all-linear"})
+    return None
+
+
+def _max_length(c: Context) -> Advice | None:
+    length = c.get("training.max_length")
+    if c.lengths is None or not isinstance(length, int):
+        return None
+    suggested = math.ceil(c.lengths.p99 / 64) * 64
+    source = f"{GUIDE_HYPERPARAMS}, chapter 2"
+    if length < c.lengths.p95:
+        return Advice("warning", "training.max_length", f"max_length {length} is below the data's 95th percentile "
+                      f"({c.lengths.p95} tokens)",
+                      "More than 5% of the examples are cut, and with them the responses at their end.", source,
+                      {"training.max_length": suggested})
+    if length > 2 * suggested:
+        return Advice("info", "training.max_length", f"max_length {length} is far above the data's 99th "
+                      f"percentile ({c.lengths.p99} tokens)",
+                      "Memory is planned for the longest batch; a max length far above the data buys nothing and "
+                      "leaves less room for the micro-batch.", source, {"training.max_length": suggested})
+    return None
+
+
+def _precision(c: Context) -> Advice | None:
+    precision, device = c.get("training.precision"), c.device
+    if device is None or device.kind != "cuda":
+        return None
+    source = f"{GUIDE_HYPERPARAMS}, chapter 6"
+    if precision == "fp16" and device.bf16:
+        return Advice("warning", "training.precision", f"fp16 on {device.name}, which supports bf16",
+                      "fp16's narrow range silently underflows small gradients to zero; bf16 has fp32's range.",
+                      source, {"training.precision": "bf16"})
+    if precision == "bf16" and not device.bf16:
+        return Advice("error", "training.precision", f"bf16 on {device.name}, which does not support it",
+                      "bf16 needs an Ampere or newer GPU; use fp16 with loss scaling.", source,
+                      {"training.precision": "fp16"})
+    return None
+
+
+def _eval_split(c: Context) -> Advice | None:
+    if c.get("data.eval") or c.get("data.val_size"):
+        return None
+    return Advice("warning", "data.val_size", "no eval split",
+                  "Without held-out data overfitting is invisible and early stopping cannot work.",
+                  f"{GUIDE_HYPERPARAMS}, chapter 4; {GUIDE_COMPLETE}, section 3", {"data.val_size": 0.1})
+
+
+def _eval_interval(c: Context) -> Advice | None:
+    steps = c.get("training.eval_steps")
+    if c.schedule is None or not isinstance(steps, int) or c.schedule.eval_steps is None:
+        return None
+    per_epoch = c.schedule.steps_per_epoch
+    low, high = max(1, round(0.1 * per_epoch)), max(1, round(0.2 * per_epoch))
+    if low <= steps <= high:
+        return None
+    fraction = steps / per_epoch
+    return Advice("info", "training.eval_steps", f"evaluation every {steps} steps ({fraction:.0%} of an epoch)",
+                  "Every 10-20% of an epoch catches the turn of the eval loss without slowing the run; patience "
+                  "counts evaluations, so the interval sets how late early stopping reacts.",
+                  f"{GUIDE_HYPERPARAMS}, chapter 4",
+                  {"training.eval_steps": high})
+
+
+def _patience(c: Context) -> Advice | None:
+    patience = c.get("training.early_stopping_patience")
+    if 3 <= patience <= 5:
+        return None
+    return Advice("info", "training.early_stopping_patience", f"patience {patience}",
+                  "3 to 5 evaluations tolerate noise without running far past the optimum.",
+                  f"{GUIDE_HYPERPARAMS}, chapter 4", {"training.early_stopping_patience": 3})
+
+
+RULES: tuple[Rule, ...] = (_learning_rate, _alpha_ratio, _rank_for_data, _dropout, _weight_decay, _warmup,
+                           _scheduler, _epochs, _effective_batch, _targets, _max_length, _precision, _eval_split,
+                           _eval_interval, _patience)
+
+
+def advise(context: Context) -> list[Advice]:
+    found = [advice for rule in RULES if (advice := rule(context)) is not None]
+    return sorted(found, key=lambda a: -LEVELS.index(a.level))
