@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.vram_calibration import setup_of
 from tuneterm.plan.memory import GB, MemorySetup, estimate_memory, largest_micro_batch, verdict
 from tuneterm.plan.model import LoraShape, load_model_facts
 
@@ -20,18 +21,10 @@ def facts(name: str):
     return load_model_facts(str(DATA / "model_configs" / f"{name}.json"))
 
 
-def calibration_setup(point: dict) -> MemorySetup:
-    targets = point["targets"] if point["targets"] == "all-linear" else tuple(point["targets"].split(","))
-    optim = point["optim"] or ("paged_adamw_8bit" if point["method"] == "qlora" else "adamw_torch")
-    return MemorySetup(method=point["method"], micro_batch=point["batch"], seq_len=point["seq"],
-                       gradient_checkpointing=point["checkpointing"], attn_implementation=point["attn"],
-                       optim=optim, lora=LoraShape(r=point["r"], target_modules=targets))
-
-
 @pytest.mark.parametrize("point", CALIBRATION, ids=lambda p: f"{p['model']}-{p['method']}-{p['seq']}x{p['batch']}-"
                                                              f"gc{int(p['checkpointing'])}-{p['attn']}-r{p['r']}")
 def test_within_10_percent_of_the_calibration_grid(point: dict) -> None:
-    estimate = estimate_memory(facts(point["model"]), calibration_setup(point))
+    estimate = estimate_memory(facts(point["model"]), setup_of(point))
     assert estimate.peak_allocated == pytest.approx(point["peak_allocated"], rel=0.10)
     # What nvidia-smi shows adds the allocator's slack, which varies more (1-30% measured).
     assert estimate.total_bytes == pytest.approx(point["nvml_process"], rel=0.20)
