@@ -98,3 +98,19 @@ def test_verdict_and_largest_micro_batch() -> None:
     bigger = estimate_memory(mistral, replace(setup, micro_batch=advice.micro_batch + 1))
     assert advice.micro_batch == 16 or verdict(bigger, 24 * GB).level != "fits"
     assert largest_micro_batch(mistral, replace(setup, method="lora", optim="adamw_torch"), 8 * GB, 16).micro_batch == 0
+
+
+def test_weights_for_each_precision_and_quantisation() -> None:
+    llama = facts("llama-2-7b")
+    weights = lambda **kw: estimate_memory(llama, MemorySetup(micro_batch=1, seq_len=512, **kw)).breakdown["weights"]  # noqa: E731
+    unquantized = llama.embedding_params + llama.lm_head_params + llama.other_params
+    assert weights(method="lora", precision="bf16") == llama.total_params * 2
+    assert weights(method="lora", precision="fp32") == llama.total_params * 4
+    assert weights(method="full") == llama.total_params * 4
+    assert weights(method="qlora", double_quant=False) == pytest.approx(llama.linear_params * 0.5625 + unquantized * 2)
+    assert weights(method="qlora") == pytest.approx(llama.linear_params * 0.5159 + unquantized * 2, rel=1e-4)
+    assert weights(method="qlora", upcast_unquantized=True) == pytest.approx(
+        llama.linear_params * 0.5159 + unquantized * 4, rel=1e-4)
+    assert weights(method="qlora", quant_bits=8) == pytest.approx(llama.linear_params + unquantized * 2, rel=1e-3)
+    # NF4 with double quantisation: 7B in about 3.9 GB, as measured (3.88 GB after loading, docs/vram_calibration.md)
+    assert weights(method="qlora") / GB == pytest.approx(3.87, rel=0.02)

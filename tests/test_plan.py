@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tuneterm.cli import main
-from tuneterm.config import config_from_mapping, load_config, preset_names
+from tuneterm.config import ConfigError, config_from_mapping, load_config, preset_names
 from tuneterm.hardware import CPU, Device, GpuSurvey, read_gpus
 from tuneterm.plan import schedule
 from tuneterm.plan.advice import Context, LengthStats, advise
@@ -116,7 +116,7 @@ def test_hardware_data_and_run_length_rules() -> None:
     ampere, turing = Device("cuda", "A100", True), Device("cuda", "T4", False)
     assert advice_for({"training": {"precision": "fp16"}}, device=ampere)["training.precision"].fix == {
         "training.precision": "bf16"}
-    with pytest.raises(Exception, match="bf16 is not supported"):
+    with pytest.raises(ConfigError, match="bf16 is not supported by T4.*use auto"):
         advice_for({"training": {"precision": "bf16"}}, device=turing)
     short = advice_for({"training": {"num_train_epochs": 1}}, examples=200)
     assert short["training.lr_scheduler_type"].fix == {"training.lr_scheduler_type": "constant_with_warmup"}

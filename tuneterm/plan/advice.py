@@ -227,15 +227,10 @@ def _precision(c: Context) -> Advice | None:
     precision, device = c.get("training.precision"), c.device
     if device is None or device.kind != "cuda":
         return None
-    source = f"{GUIDE_HYPERPARAMS}, chapter 6"
-    if precision == "fp16" and device.bf16:
+    if precision == "fp16" and device.bf16:  # (bf16 on a GPU without it is an error when the config resolves)
         return Advice("warning", "training.precision", f"fp16 on {device.name}, which supports bf16",
                       "fp16's narrow range silently underflows small gradients to zero; bf16 has fp32's range.",
-                      source, {"training.precision": "bf16"})
-    if precision == "bf16" and not device.bf16:
-        return Advice("error", "training.precision", f"bf16 on {device.name}, which does not support it",
-                      "bf16 needs an Ampere or newer GPU; use fp16 with loss scaling.", source,
-                      {"training.precision": "fp16"})
+                      f"{GUIDE_HYPERPARAMS}, chapter 6", {"training.precision": "bf16"})
     return None
 
 

@@ -67,6 +67,10 @@ class MemorySetup:
     lora: LoraShape = field(default_factory=LoraShape)
     quant_type: str = "nf4"
     double_quant: bool = True
+    quant_bits: int = 4
+    """4 (NF4/FP4, tuneterm's qlora) or 8 (LLM.int8: one byte per weight and an fp32 scale per output row)."""
+    upcast_unquantized: bool = False
+    """PEFT's prepare_model_for_kbit_training upcasts embeddings, output layer and norms to fp32; TRL does not."""
     world_size: int = 1
     device: str = "cuda"
     """"cuda", or "cpu" (host RAM: no CUDA context, no caching allocator)."""
@@ -138,9 +142,13 @@ def _weights(facts: ModelFacts, setup: MemorySetup) -> float:
     if setup.method == "full":
         return facts.total_params * 4.0  # fp32 master weights under mixed precision
     if setup.method == "qlora":
-        per_weight = FOUR_BIT_DOUBLE_QUANT if setup.double_quant else FOUR_BIT
         unquantized = facts.embedding_params + facts.lm_head_params + facts.other_params
-        return facts.linear_params * per_weight + unquantized * sixteen_bit
+        unquantized_bytes = unquantized * (4 if setup.upcast_unquantized else sixteen_bit)
+        if setup.quant_bits == 8:
+            row_scales = sum(m.out_features for m in facts.linear) * 4
+            return facts.linear_params * 1.0 + row_scales + unquantized_bytes
+        per_weight = FOUR_BIT_DOUBLE_QUANT if setup.double_quant else FOUR_BIT
+        return facts.linear_params * per_weight + unquantized_bytes
     return facts.total_params * float(sixteen_bit)
 
 
