@@ -1,4 +1,4 @@
-"""Command-line entry points: `tuneterm train`, `tuneterm plan`, `tuneterm demo`.
+"""Command-line entry points: `tuneterm train`, `tuneterm plan`, `tuneterm inspect`, `tuneterm demo`.
 
 Each command parses its arguments, builds a run config and hands it to the engine; nothing here knows how
 training works. Importing this module (and `tuneterm --help`) must stay free of torch and the Hugging Face
@@ -55,6 +55,25 @@ def _parser() -> argparse.ArgumentParser:
     plan.add_argument("--json", action="store_true", help="print JSON instead of text")
     plan.set_defaults(command=_plan)
 
+    inspect = commands.add_parser("inspect", help="check a dataset with a model's tokenizer and chat template",
+                                  description="Format and evidence, every invalid record with its line, token "
+                                              "statistics, what a max length cuts, the checks that would block a "
+                                              "run, and examples with the trained text highlighted.")
+    inspect.add_argument("data", help="a .jsonl/.json/.csv/.parquet file, a directory, or a hub dataset id")
+    inspect.add_argument("--model", required=True,
+                         help="model directory or hub id (the tokenizer files and config.json are enough)")
+    inspect.add_argument("--max-length", type=int, metavar="N", help="report truncation at N (default: the "
+                                                                      "suggested max length)")
+    inspect.add_argument("--samples", type=int, default=3, metavar="K", help="examples to show (default 3)")
+    inspect.add_argument("--format", default="auto", help="override the detected format")
+    inspect.add_argument("--columns", metavar="YAML", help="map column names, e.g. '{instruction: question}'")
+    inspect.add_argument("--train-on", choices=("responses", "all"), default="responses")
+    inspect.add_argument("--chat-template", metavar="FILE_OR_TEMPLATE", help="use this chat template instead")
+    inspect.add_argument("--memory-limited", action="store_true",
+                         help="suggest the 95th percentile instead of the 99th")
+    inspect.add_argument("--json", action="store_true", help="print JSON instead of text")
+    inspect.set_defaults(command=_inspect)
+
     demo = commands.add_parser("demo", help="fine-tune the built-in tiny model (offline, CPU, a few minutes)",
                                description="Build (once) a tiny model and chat dataset and fine-tune a LoRA "
                                            "adapter on them. Works offline and on a CPU.")
@@ -90,6 +109,44 @@ def _plan(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     print(json.dumps(plan_to_json(plan), indent=2) if args.json else format_plan(plan))
     return EXIT_OK
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    import json
+
+    import yaml
+
+    from tuneterm.data.inspect import format_report, inspect_data, report_to_json
+    from tuneterm.data.records import DataError
+    from tuneterm.engine.loading import LoadError, context_length, load_tokenizer
+
+    mapping = {"model": {"path": args.model, "chat_template": args.chat_template},
+               "data": {"train": args.data, "format": args.format,
+                        "columns": yaml.safe_load(args.columns) if args.columns else None}}
+    config = load_config(base=mapping, base_source="tuneterm inspect")
+    try:
+        tokenizer, template_warnings = load_tokenizer(config)
+        report = inspect_data(args.data, tokenizer, fmt=args.format, columns=config.get("data.columns"),
+                              train_on=args.train_on, max_length=args.max_length, samples=args.samples,
+                              context_length=_context_length_or_none(config, context_length),
+                              memory_limited=args.memory_limited)
+    except (DataError, LoadError) as exc:
+        print(f"tuneterm inspect: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    report.warnings[:0] = template_warnings
+    if args.json:
+        print(json.dumps(report_to_json(report), indent=2, ensure_ascii=False))
+    else:
+        print(format_report(report, color=sys.stdout.isatty()))
+    return EXIT_FAILED if report.blocking else EXIT_OK
+
+
+def _context_length_or_none(config: RunConfig, read: Callable[[RunConfig], int | None]) -> int | None:
+    """A tokenizer-only directory has no config.json: then there is no context length to cap at."""
+    try:
+        return read(config)
+    except Exception:  # noqa: BLE001 - any failure to read config.json only means "unknown"
+        return None
 
 
 def _train(args: argparse.Namespace) -> int:

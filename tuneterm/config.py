@@ -129,8 +129,13 @@ OPTIONS: tuple[Option, ...] = (
     Option("data.val_size", (float, int), 0.1, check=_val_size,
            why="Holding out 10% gives the eval loss that early stopping needs; without it overfitting is "
                f"invisible ({GUIDE_COMPLETE}, section 3; {GUIDE_HYPERPARAMS}, chapter 4)."),
-    Option("data.format", (str,), AUTO, choices=(AUTO, "messages", "alpaca"),
+    Option("data.format", (str,), AUTO,
+           choices=(AUTO, "messages", "sharegpt", "alpaca", "prompt_completion", "text"),
            why="Detected from the records' fields."),
+    Option("data.columns", (dict,), nullable=True,
+           why="The formats' own field names; map yours, e.g. {instruction: question, output: answer}."),
+    Option("data.strict", (bool,), True,
+           why="Stop with the full list of invalid records; false leaves them out and says which."),
     Option("data.max_samples", (int,), nullable=True, check=_positive,
            why="All examples; set a number for a quick experiment."),
     Option("data.train_on", (str,), "responses", choices=("responses", "all"),
@@ -579,8 +584,8 @@ def _coerce(value: Any, types: tuple[type, ...]) -> Any:
 
 
 def _type_name(t: type) -> str:
-    return {bool: "true/false", int: "an integer", float: "a number", str: "a string", list: "a list"}.get(
-        t, t.__name__)
+    return {bool: "true/false", int: "an integer", float: "a number", str: "a string", list: "a list",
+            dict: "a mapping"}.get(t, t.__name__)
 
 
 def _precision_flag(key: str, value: Any, origin: Origin, given: Mapping[str, tuple[Any, Origin]],

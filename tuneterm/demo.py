@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-DEMO_VERSION = "v1"
+DEMO_VERSION = "v2"
 CHAT_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
@@ -121,15 +121,16 @@ def conversations(rng: random.Random) -> tuple[list[list[dict[str, str]]], list[
 
 
 def _dialogues(questions: list[tuple[str, str]], rng: random.Random, count: int) -> list[list[dict[str, str]]]:
-    rows = []
-    for _ in range(count):
+    """`count` distinct conversations: one or two turns, some with a system prompt."""
+    rows: dict[str, list[dict[str, str]]] = {}
+    while len(rows) < count:
         messages = []
         if rng.random() < 0.3:
             messages.append({"role": "system", "content": rng.choice(SYSTEM_PROMPTS)})
         for question, answer in rng.sample(questions, k=1 if rng.random() < 0.7 else 2):
             messages += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
-        rows.append(messages)
-    return rows
+        rows.setdefault(json.dumps(messages), messages)
+    return list(rows.values())
 
 
 def build_tokenizer(corpus: list[str], chat_template: str, vocab_size: int = 600) -> Any:

@@ -46,6 +46,10 @@ class RenderedConversation:
     """Character spans the loss is computed on."""
     end_of_turn_trained: bool
     """Every assistant span ends with an end-of-turn token (so the model learns to stop)."""
+    prompt: list[tuple[int, int]] = ()
+    """Character spans of the system and user contents: text that must never be trained."""
+    system_folded: bool = False
+    """The template refuses a system role, so the system prompt was put in front of the first user message."""
 
 
 def render(tokenizer: Any, conversation: Conversation) -> str:
@@ -55,24 +59,66 @@ def render(tokenizer: Any, conversation: Conversation) -> str:
         raise TemplateError(f"the chat template cannot render this conversation: {exc}") from None
 
 
+def fold_system(conversation: Conversation) -> Conversation:
+    """The system prompt as the start of the first user message, for templates without a system role."""
+    system, first_user, *rest = conversation
+    return [{"role": "user", "content": f"{system['content']}\n\n{first_user['content']}"}, *rest]
+
+
 def render_for_training(tokenizer: Any, conversation: Conversation, train_on: str) -> RenderedConversation:
-    text = render(tokenizer, conversation)
+    if conversation[0]["role"] in ("text", "prompt"):
+        return _render_raw(tokenizer, conversation)
+    folded = False
+    try:
+        text = render(tokenizer, conversation)
+    except TemplateError:
+        if conversation[0]["role"] != "system":
+            raise
+        conversation, folded = fold_system(conversation), True
+        text = render(tokenizer, conversation)
     if train_on == "all":
-        return RenderedConversation(text, [(0, len(text))], True)
+        return RenderedConversation(text, [(0, len(text))], True, (), folded)
     spans = _content_spans(tokenizer, conversation, text)
     special = _special_tokens(tokenizer)
+    generation = _generation_spans(tokenizer, conversation, text)
+    assistant = [spans[i] for i, m in enumerate(conversation) if m["role"] == "assistant" and i in spans]
     trained = []
     all_ended = True
-    for index, message in enumerate(conversation):
-        if message["role"] != "assistant" or index not in spans:
-            continue
-        start, end = spans[index]
-        eot_end = _end_of_turn(text, end, special)
+    for start, end in generation or assistant:
+        eot_end = end if _ends_with_special(text, end, special) else _end_of_turn(text, end, special)
         all_ended &= eot_end is not None
         trained.append((start, eot_end if eot_end is not None else end))
     if not trained:
         raise TemplateError("the chat template does not render any assistant message of this conversation")
-    return RenderedConversation(text, trained, all_ended)
+    prompt = [spans[i] for i, m in enumerate(conversation) if m["role"] != "assistant" and i in spans]
+    return RenderedConversation(text, trained, all_ended, prompt, folded)
+
+
+def _render_raw(tokenizer: Any, conversation: Conversation) -> RenderedConversation:
+    """Plain text is trained whole; a string prompt/completion pair trains the completion. Both end in EOS."""
+    eos = tokenizer.eos_token or ""
+    if conversation[0]["role"] == "text":
+        text = conversation[0]["content"] + eos
+        return RenderedConversation(text, [(0, len(text))], bool(eos))
+    prompt, completion = conversation[0]["content"], conversation[1]["content"]
+    text = prompt + completion + eos
+    return RenderedConversation(text, [(len(prompt), len(text))], bool(eos), [(0, len(prompt))])
+
+
+_GENERATION_TAG = re.compile(r"\{%-?\s*generation\s*-?%\}")
+
+
+def _generation_spans(tokenizer: Any, conversation: Conversation, text: str) -> list[tuple[int, int]]:
+    """The template's own {% generation %} blocks, where it marks them (most templates do not)."""
+    template = tokenizer.chat_template or ""
+    if not isinstance(template, str) or not _GENERATION_TAG.search(template):
+        return []
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    rendered, [indices] = render_jinja_template(conversations=[conversation], chat_template=template,
+                                                return_assistant_tokens_mask=True,
+                                                **tokenizer.special_tokens_map)
+    return [tuple(span) for span in indices] if rendered[0] == text else []
 
 
 def _content_spans(tokenizer: Any, conversation: Conversation, text: str) -> dict[int, tuple[int, int]]:
@@ -138,6 +184,10 @@ def _special_tokens(tokenizer: Any) -> list[str]:
     tokens = set(tokenizer.all_special_tokens)
     tokens.update(str(t) for t in getattr(tokenizer, "added_tokens_decoder", {}).values() if getattr(t, "special", False))
     return sorted((t for t in tokens if t), key=len, reverse=True)
+
+
+def _ends_with_special(text: str, end: int, special: list[str]) -> bool:
+    return any(text.startswith(token, end - len(token)) for token in special if end >= len(token))
 
 
 def _end_of_turn(text: str, content_end: int, special: list[str]) -> int | None:

@@ -22,6 +22,8 @@ IGNORE_INDEX = -100
 class Encoded:
     input_ids: list[int]
     labels: list[int]
+    offsets: np.ndarray | None = None
+    """(tokens, 2) character offsets of each token in the rendered text."""
 
     @property
     def trained_tokens(self) -> int:
@@ -35,9 +37,9 @@ def encode_batch(tokenizer: Any, rendered: Sequence[RenderedConversation]) -> li
     batch = tokenizer([r.text for r in rendered], add_special_tokens=False, return_offsets_mapping=True)
     encoded = []
     for item, ids, offsets in zip(rendered, batch["input_ids"], batch["offset_mapping"]):
-        trained = _trained_mask(np.asarray(offsets, dtype=np.int64).reshape(-1, 2), item.trained)
-        labels = np.where(trained, np.asarray(ids, dtype=np.int64), IGNORE_INDEX)
-        encoded.append(Encoded(list(ids), labels.tolist()))
+        offsets = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
+        labels = np.where(_trained_mask(offsets, item.trained), np.asarray(ids, dtype=np.int64), IGNORE_INDEX)
+        encoded.append(Encoded(list(ids), labels.tolist(), offsets))
     return encoded
 
 
@@ -49,13 +51,6 @@ def _trained_mask(offsets: np.ndarray, spans: list[tuple[int, int]]) -> np.ndarr
         empty_inside = (starts == ends) & (starts >= span_start) & (starts < span_end)
         mask |= overlaps | empty_inside
     return mask
-
-
-def truncate(encoded: Encoded, max_length: int) -> Encoded:
-    """Keep the start (the prompt and the first replies), as TRL's default truncation does."""
-    if len(encoded.input_ids) <= max_length:
-        return encoded
-    return Encoded(encoded.input_ids[:max_length], encoded.labels[:max_length])
 
 
 def trained_segments(tokenizer: Any, encoded: Encoded) -> list[str]:
