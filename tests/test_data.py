@@ -1,143 +1,217 @@
-"""The data layer: reading with locations, format normalisation, and response-only labels."""
+"""The data layer: every source and format, validation that names the line, pre-flight checks, `tuneterm inspect`."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import write_jsonl
-from tuneterm.data.chat import DEFAULT_CHAT_TEMPLATE, render_for_training
-from tuneterm.data.formats import detect_format, to_conversations
-from tuneterm.data.prepare import load_conversations
+from tuneterm.cli import main
+from tuneterm.config import config_from_mapping
+from tuneterm.data.inspect import inspect_data, report_to_json
+from tuneterm.data.pipeline import read_examples
+from tuneterm.data.prepare import prepare
 from tuneterm.data.records import DataError, read_records
-from tuneterm.data.tokenize import encode_batch, trained_segments
-from tuneterm.demo import build_tokenizer
+from tuneterm.demo import CHAT_TEMPLATE, build_tokenizer
 
-CHATML = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-          "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
-# Llama 3 style: BOS, header tokens around the role, <|eot_id|> after every turn, content trimmed.
-LLAMA3 = ("{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"
-          "{{ m['content'] | trim }}<|eot_id|>{% endfor %}"
-          "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}")
-# Mistral [INST] style: no system role of its own (folded into the first user turn), EOS after each reply.
-MISTRAL = ("{{ bos_token }}{% set system = messages[0]['content'] if messages[0]['role'] == 'system' else '' %}"
-           "{% for m in messages if m['role'] != 'system' %}{% if m['role'] == 'user' %}[INST] "
-           "{% if loop.first and system %}{{ system }}\n\n{% endif %}{{ m['content'] }} [/INST]"
-           "{% else %}{{ m['content'] }}{{ eos_token }}{% endif %}{% endfor %}")
+BAD = Path(__file__).parent / "data" / "bad"
+HELLO = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
 
-CONVERSATION = [
-    {"role": "system", "content": "Answer briefly."},
-    {"role": "user", "content": "What is the capital of France?"},
-    {"role": "assistant", "content": "The capital of France is Paris."},
-    {"role": "user", "content": "And of Italy?"},
-    {"role": "assistant", "content": "The capital of Italy is Rome."},
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    corpus = ["What is the capital of France?", "The capital of France is Paris.", "hi", "hello"] * 5
+    return build_tokenizer(corpus, CHAT_TEMPLATE, vocab_size=300)
+
+
+def read_all(source: Path | str, fmt: str = "auto", columns: dict | None = None):
+    report, stream = read_examples(str(source), fmt, columns)
+    examples = list(stream)
+    return report, examples
+
+
+# The catalogue of broken files: each gives its message at its line (or row).
+CATALOGUE = [
+    ("malformed_json.jsonl", ":3", "malformed JSON at column"),
+    ("not_utf8.jsonl", ":2", "not UTF-8 text (byte 47 of the line); re-save the file as UTF-8"),
+    ("missing_messages.jsonl", ":3", "'messages' must be a non-empty list of {role, content} objects"),
+    ("unknown_role.jsonl", ":2", "messages[1]: unknown role 'robot'"),
+    ("ends_with_user.jsonl", ":3", "the conversation ends with a user turn"),
+    ("not_alternating.jsonl", ":1", "messages[1] is 'user' where 'assistant' was expected"),
+    ("non_text_content.jsonl", ":2", "'messages[1].content' must be text, got int '4'"),
+    ("empty_content.jsonl", ":2", "'messages[1].content' is only whitespace"),
+    ("not_an_object.jsonl", ":2", "expected a JSON object, got list"),
+    ("bad_alpaca.json", ": row 1", "'output' is missing or empty"),
+    ("bad_alpaca.json", ": row 2", "'history' must be a list of [instruction, response] pairs"),
+    ("bad_sharegpt.jsonl", ":2", "conversations[1]: unknown role 'wizard'"),
+    ("bad.csv", ":3", "'output' is missing or empty"),
+    ("bad.csv", ":6", "1 more values than the 2 columns"),
 ]
-CORPUS = [m["content"] for m in CONVERSATION] * 5 + ["What is 2 plus 3?", "Spell hot backwards.",
-                                                     "Assistant: The capital. Then The end."] * 3
 
 
-def tokenizer_with(template: str, special: list[str], eos: str, bos: str | None = None):
-    tokenizer = build_tokenizer(CORPUS, template, vocab_size=300)
-    tokenizer.add_special_tokens({"additional_special_tokens": special})
-    tokenizer.add_special_tokens({"eos_token": eos, **({"bos_token": bos} if bos else {})})
-    return tokenizer
+@pytest.mark.parametrize("name, where, message", CATALOGUE, ids=[f"{c[0]}{c[1]}" for c in CATALOGUE])
+def test_each_broken_file_names_its_line_and_what_is_wrong(name: str, where: str, message: str) -> None:
+    report, _ = read_all(BAD / name)
+    problems = [str(p) for p in report.invalid]
+    assert any(p.startswith(f"{BAD / name}{where}: {message}") for p in problems), problems
 
 
-TEMPLATES = {
-    "chatml": (CHATML, [], "<|im_end|>", None, "<|im_end|>"),
-    "llama3": (LLAMA3, ["<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"],
-               "<|eot_id|>", "<|begin_of_text|>", "<|eot_id|>"),
-    "mistral": (MISTRAL, ["[INST]", "[/INST]", "<s>", "</s>"], "</s>", "<s>", "</s>"),
-    "default": (DEFAULT_CHAT_TEMPLATE, [], "<|im_end|>", None, "<|im_end|>"),
-}
+def test_a_multi_line_csv_record_keeps_later_line_numbers_right() -> None:
+    report, examples = read_all(BAD / "bad.csv")
+    assert [e.where for e in examples] == [f"{BAD / 'bad.csv'}:2", f"{BAD / 'bad.csv'}:4"]
+    assert examples[1].conversation[0]["content"] == "Multi\nline"
 
 
-@pytest.mark.parametrize("family", sorted(TEMPLATES))
-def test_trained_segments_are_exactly_the_assistant_replies_and_end_of_turn(family: str) -> None:
-    template, special, eos, bos, end_of_turn = TEMPLATES[family]
-    tokenizer = tokenizer_with(template, special, eos, bos)
-    rendered = render_for_training(tokenizer, CONVERSATION, "responses")
-    [encoded] = encode_batch(tokenizer, [rendered])
-    assert trained_segments(tokenizer, encoded) == [
-        "The capital of France is Paris." + end_of_turn,
-        "The capital of Italy is Rome." + end_of_turn,
-    ]
-    assert rendered.end_of_turn_trained
-
-
-def test_template_without_end_of_turn_token_is_reported() -> None:
-    plain = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
-    tokenizer = tokenizer_with(plain, [], "<|im_end|>")
-    rendered = render_for_training(tokenizer, CONVERSATION, "responses")
-    assert not rendered.end_of_turn_trained
-    [encoded] = encode_batch(tokenizer, [rendered])
-    assert [s.strip() for s in trained_segments(tokenizer, encoded)] == ["The capital of France is Paris.",
-                                                                         "The capital of Italy is Rome."]
-
-
-def test_train_on_all_trains_every_token() -> None:
-    tokenizer = tokenizer_with(CHATML, [], "<|im_end|>")
-    [encoded] = encode_batch(tokenizer, [render_for_training(tokenizer, CONVERSATION, "all")])
-    assert encoded.labels == encoded.input_ids
-
-
-def test_jsonl_problems_name_the_line(tmp_path: Path) -> None:
-    path = tmp_path / "bad.jsonl"
-    good = '{"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]}'
-    path.write_text("\n".join([good, "{not json", good, '{"messages": [{"role": "user", "content": "hi"}]}',
-                               '{"messages": [{"role": "robot", "content": "x"}]}']) + "\n", encoding="utf-8")
-    with pytest.raises(DataError) as caught:
-        load_conversations(str(path), "auto")
-    problems = [str(p) for p in caught.value.problems]
-    assert problems[0].startswith(f"{path}:2: malformed JSON")
-    assert problems[1] == f"{path}:4: the conversation ends with a user turn; the last turn must be the assistant's " \
-                          "reply to train on"
-    assert problems[2] == f"{path}:5: messages[0]: unknown role 'robot'; expected one of system, user, assistant"
-    assert "3 of 5 records are not valid messages data" in caught.value.summary
-
-
-def test_alpaca_records_become_conversations(tmp_path: Path) -> None:
-    path = write_jsonl(tmp_path / "alpaca.jsonl", [
-        {"instruction": "Translate", "input": "bonjour", "output": "hello", "system": "Be exact."},
-        {"instruction": "Add 2 and 3", "output": "5", "history": [["Hi", "Hello!"]]},
-    ])
-    records, problems = read_records(path)
-    assert not problems
-    detection = detect_format(records)
-    assert detection.format == "alpaca" and "instruction" in detection.evidence
-    conversations, wheres, invalid = to_conversations(records, "alpaca")
-    assert not invalid and wheres == [f"{path}:1", f"{path}:2"]
-    assert conversations[0] == [{"role": "system", "content": "Be exact."},
-                                {"role": "user", "content": "Translate\n\nbonjour"},
-                                {"role": "assistant", "content": "hello"}]
-    assert [m["role"] for m in conversations[1]] == ["user", "assistant", "user", "assistant"]
-
-
-def test_unrecognised_columns_are_listed(tmp_path: Path) -> None:
-    path = write_jsonl(tmp_path / "odd.jsonl", [{"question": "q", "answer": "a"}])
-    records, _ = read_records(path)
-    with pytest.raises(DataError, match="Columns found: question \\(1/1\\), answer \\(1/1\\)"):
-        detect_format(records)
-
-
-def test_empty_and_missing_files(tmp_path: Path) -> None:
-    empty = tmp_path / "empty.jsonl"
-    empty.write_text("")
+def test_empty_file_unknown_columns_and_missing_paths() -> None:
     with pytest.raises(DataError, match="the file is empty"):
-        read_records(empty)
-    with pytest.raises(DataError, match="no such file"):
-        read_records(tmp_path / "missing.jsonl")
+        read_all(BAD / "empty.jsonl")
+    with pytest.raises(DataError, match=r"Columns found: question \(3/3\), answer \(3/3\).*data.columns"):
+        read_all(BAD / "wrong_columns.jsonl")
+    with pytest.raises(DataError, match="no such file or directory"):
+        read_all(BAD / "missing.jsonl")
+    with pytest.raises(DataError, match="hub cannot be reached"):
+        read_all("some-org/some-dataset")
 
 
-def test_a_token_that_straddles_template_and_reply_is_trained() -> None:
-    # "Assistant: " + "The..." tokenises as "Assistant", ":", " The": the space is template text, "The" the reply.
-    template = ("{% for m in messages %}{{ m['role'] | capitalize }}: {{ m['content'] }}"
-                "{% if m['role'] == 'assistant' %}{{ eos_token }}{% endif %}\n{% endfor %}")
-    tokenizer = tokenizer_with(template, [], "<|im_end|>")
-    rendered = render_for_training(tokenizer, CONVERSATION, "responses")
-    [encoded] = encode_batch(tokenizer, [rendered])
-    first_trained = next(i for i, label in enumerate(encoded.labels) if label != -100)
-    assert tokenizer.decode([encoded.input_ids[first_trained]]) == " The"
-    assert trained_segments(tokenizer, encoded) == [" The capital of France is Paris.<|im_end|>",
-                                                    " The capital of Italy is Rome.<|im_end|>"]
+def test_duplicates_are_found_and_point_at_the_first(tmp_path: Path) -> None:
+    report, examples = read_all(BAD / "duplicates.jsonl")
+    assert len(examples) == 2
+    assert [str(p) for p in report.duplicates] == [
+        f"{BAD / 'duplicates.jsonl'}:2: duplicate of {BAD / 'duplicates.jsonl'}:1",
+        f"{BAD / 'duplicates.jsonl'}:4: duplicate of {BAD / 'duplicates.jsonl'}:1"]
+
+
+def test_every_format_becomes_the_same_conversation(tmp_path: Path) -> None:
+    expected = [{"role": "system", "content": "Be brief."}, *HELLO]
+    sources = {
+        "messages": write_jsonl(tmp_path / "m.jsonl", [{"messages": expected}]),
+        "sharegpt": write_jsonl(tmp_path / "s.jsonl", [{"conversations": [
+            {"from": "system", "value": "Be brief."}, {"from": "human", "value": "hi"},
+            {"from": "gpt", "value": "hello"}]}]),
+        "alpaca": write_jsonl(tmp_path / "a.jsonl", [{"system": "Be brief.", "instruction": "hi", "output": "hello"}]),
+        "prompt_completion": write_jsonl(tmp_path / "p.jsonl", [{"prompt": expected[:2],
+                                                                 "completion": [expected[2]]}]),
+    }
+    for fmt, path in sources.items():
+        report, [example] = read_all(path)
+        assert report.detection.format == fmt
+        assert example.conversation == expected, fmt
+    _, [text] = read_all(write_jsonl(tmp_path / "t.jsonl", [{"text": "Paris is in France."}]))
+    assert text.conversation == [{"role": "text", "content": "Paris is in France."}]
+    _, [raw] = read_all(write_jsonl(tmp_path / "r.jsonl", [{"prompt": "2+2=", "completion": "4"}]))
+    assert raw.conversation == [{"role": "prompt", "content": "2+2="}, {"role": "completion", "content": "4"}]
+
+
+def test_columns_and_format_can_be_overridden(tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "qa.jsonl", [{"question": "hi", "answer": "hello"}])
+    report, [example] = read_all(path, "alpaca", {"instruction": "question", "output": "answer"})
+    assert report.detection.evidence == "set by data.format"
+    assert example.conversation == HELLO
+    report, _ = read_all(path, "auto", {"instruction": "question", "output": "answer"})
+    assert report.detection.format == "alpaca" and "'question' and 'answer'" in report.detection.evidence
+
+
+def test_parquet_csv_saved_datasets_and_directories(tmp_path: Path) -> None:
+    from datasets import Dataset
+
+    rows = [{"instruction": f"Say {i}", "output": str(i)} for i in range(5)]
+    Dataset.from_list(rows).to_parquet(str(tmp_path / "rows.parquet"))
+    Dataset.from_list(rows).save_to_disk(str(tmp_path / "saved"))
+    (tmp_path / "folder").mkdir()
+    write_jsonl(tmp_path / "folder" / "a.jsonl", rows[:2])
+    write_jsonl(tmp_path / "folder" / "b.jsonl", rows[2:])
+    (tmp_path / "rows.csv").write_text("instruction,output\n" + "".join(f"Say {i},{i}\n" for i in range(5)))
+    for source in ("rows.parquet", "saved", "folder", "rows.csv"):
+        report, examples = read_all(tmp_path / source)
+        assert report.detection.format == "alpaca" and len(examples) == 5, source
+        assert examples[4].conversation[1]["content"] == "4"
+    _, examples = read_all(tmp_path / "rows.parquet")
+    assert examples[3].where == f"{tmp_path / 'rows.parquet'}: row 3"
+    assert read_records(tmp_path / "folder")[0][2].where == f"{tmp_path / 'folder' / 'b.jsonl'}:1"
+
+
+def config_for(train: Path, **data: object) -> object:
+    return config_from_mapping({"model": {"path": "unused"}, "data": {"train": str(train), "val_size": 0, **data},
+                                "training": {"max_length": 64}})
+
+
+def test_strict_stops_with_the_full_report_and_lenient_leaves_out_and_says(tokenizer, tmp_path: Path) -> None:
+    rows = [{"messages": HELLO}] * 1 + [{"messages": [{"role": "user", "content": f"q{i}"},
+                                                      {"role": "assistant", "content": f"a{i}"}]} for i in range(6)]
+    path = write_jsonl(tmp_path / "mixed.jsonl", rows + [{"messages": [{"role": "user", "content": "x"}]}, {"oops": 1}])
+    with pytest.raises(DataError) as caught:
+        prepare(config_for(path), tokenizer, None)
+    assert "2 of 9 records are not valid messages data" in caught.value.summary
+    assert [p.where for p in caught.value.problems] == [f"{path}:8", f"{path}:9"]
+    data = prepare(config_for(path, strict=False), tokenizer, None)
+    assert len(data.train.examples) == 7
+    assert any(f"left out 2 invalid of 9 records: {path}:8, {path}:9" in w for w in data.warnings)
+
+
+def test_responses_that_would_be_cut_away_block_the_run(tokenizer, tmp_path: Path) -> None:
+    long_prompt = " ".join(["What is the capital of France?"] * 30)
+    path = write_jsonl(tmp_path / "long.jsonl", [{"messages": [{"role": "user", "content": long_prompt},
+                                                               {"role": "assistant", "content": "Paris."}]}] * 1
+                       + [{"messages": [{"role": "user", "content": f"{long_prompt} {i}"},
+                                        {"role": "assistant", "content": "Paris."}]} for i in range(4)])
+    with pytest.raises(DataError, match="examples lose their whole response at max_length 64: raise "
+                                        "training.max_length"):
+        prepare(config_for(path), tokenizer, None)
+
+
+def test_trained_tokens_covering_prompt_text_block_the_run(tmp_path: Path) -> None:
+    # No separator between turns, and a tokenizer that learned "abcdef" as one token: the reply "def" cannot be
+    # trained without also training the prompt's "abc".
+    template = "{% for m in messages %}{{ m['content'] }}{% endfor %}{{ eos_token }}"
+    merging = build_tokenizer(["abcdef"] * 50, template, vocab_size=300)
+    path = write_jsonl(tmp_path / "merge.jsonl", [{"messages": [{"role": "user", "content": "abc"},
+                                                                {"role": "assistant", "content": "def"}]}])
+    with pytest.raises(DataError, match="trained tokens include prompt text") as caught:
+        prepare(config_for(path), merging, None)
+    assert "trained tokens cover prompt text 'abc'" in str(caught.value.problems[0])
+
+
+def test_plain_text_trains_every_token_and_ends_with_eos(tokenizer, tmp_path: Path) -> None:
+    path = write_jsonl(tmp_path / "facts.jsonl", [{"text": "The capital of France is Paris."}])
+    data = prepare(config_for(path), tokenizer, None)
+    [example] = data.train.examples
+    assert (example.labels == example.input_ids).all()
+    assert tokenizer.decode(example.input_ids[-1:].tolist()) == tokenizer.eos_token
+
+
+def test_inspect_report_and_json(tokenizer, tmp_path: Path) -> None:
+    rows = [{"messages": [{"role": "user", "content": "What is the capital of France?" + " x" * i},
+                          {"role": "assistant", "content": "The capital of France is Paris."}]} for i in range(40)]
+    path = write_jsonl(tmp_path / "chat.jsonl", rows + [{"messages": [{"role": "user", "content": "hi"}]}])
+    report = inspect_data(str(path), tokenizer, max_length=48, samples=2)
+    as_json = report_to_json(report)
+    assert as_json["format"] == "messages" and as_json["examples"] == 40
+    assert as_json["invalid"] == [{"file": str(path), "line": 41,
+                                   "message": "the conversation ends with a user turn; the last turn must be the "
+                                              "assistant's reply to train on"}]
+    lengths = as_json["token_lengths"]
+    assert lengths["p50"] <= lengths["p90"] <= lengths["p95"] <= lengths["p99"] <= lengths["max"]
+    assert sum(b["count"] for b in lengths["histogram"]) == 40
+    assert as_json["suggested_max_length"] % 64 == 0 and as_json["suggested_max_length"] >= lengths["p99"]
+    token_counts = [len(tokenizer.apply_chat_template(row["messages"], tokenize=True)["input_ids"]) for row in rows]
+    assert as_json["truncated_examples"] == sum(count > 48 for count in token_counts) > 0
+    assert as_json["preview"][0]["trained_segments"] == ["The capital of France is Paris.<|im_end|>"]
+    assert as_json["preview"][0]["trained_tokens"] < as_json["preview"][0]["total_tokens"]
+    assert report.blocking and "1 invalid records" in report.blocking[0]
+
+
+def test_inspect_command(tmp_path: Path, capsys: pytest.CaptureFixture[str], tokenizer) -> None:
+    model = tmp_path / "tokenizer-only"
+    tokenizer.save_pretrained(model)  # a directory with only tokenizer files: enough for inspect
+    path = write_jsonl(tmp_path / "ok.jsonl", [{"messages": HELLO}, {"messages": [
+        {"role": "user", "content": "What is the capital of France?"},
+        {"role": "assistant", "content": "The capital of France is Paris."}]}])
+    assert main(["inspect", str(path), "--model", str(model), "--samples", "1"]) == 0
+    text = capsys.readouterr().out
+    assert "Format    messages" in text and "⟪hello<|im_end|>⟫" in text and "p99" in text
+    assert main(["inspect", str(path), "--model", str(model), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["examples"] == 2
+    assert main(["inspect", str(BAD / "unknown_role.jsonl"), "--model", str(model)]) == 1
+    assert "invalid " in capsys.readouterr().out

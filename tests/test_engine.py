@@ -222,3 +222,27 @@ def test_default_run_directories_are_new_each_time(base_config: dict, tmp_path: 
     first = new_run(config_from_mapping(config), runs_root=tmp_path / "runs").run_dir
     second = new_run(config_from_mapping(config), runs_root=tmp_path / "runs").run_dir
     assert first != second and first.is_dir() and second.is_dir()
+
+
+def test_train_accepts_other_formats_through_the_same_data_layer(base_config: dict, chat_data: dict,
+                                                                 tmp_path: Path) -> None:
+    from datasets import Dataset
+
+    rows = []
+    for line in chat_data["train"].read_text().splitlines():
+        turns = [m for m in json.loads(line)["messages"] if m["role"] != "system"]
+        rows.append({"conversations": [{"from": "human" if m["role"] == "user" else "gpt", "value": m["content"]}
+                                       for m in turns]})
+    Dataset.from_list(rows).to_parquet(str(tmp_path / "sharegpt.parquet"))
+    config = merged(base_config, data={"train": str(tmp_path / "sharegpt.parquet"), "eval": None, "val_size": 0.1},
+                    training={"num_train_epochs": 1})
+    events: list = []
+    result = run(new_run(config_from_mapping(config)), events.append)
+    assert isinstance(result, RunFinished), result
+    started = of_type(events, RunStarted)[0]
+    assert started.config["data"]["format"] == "auto"
+    distinct = {json.dumps(row, sort_keys=True) for row in rows}  # dropping system prompts made duplicates
+    assert len(distinct) < len(rows)
+    assert started.train_examples + started.eval_examples == len(distinct)
+    evals = [e.eval_loss for e in of_type(events, EvalFinished)]
+    assert min(evals) < evals[0]
