@@ -153,7 +153,7 @@ def test_train_on_all_trains_every_token() -> None:
     template, special, eos, bos, _ = FAMILIES["chatml"]
     tokenizer = make_tokenizer(template, special, eos, bos)
     [encoded] = encode_batch(tokenizer, [render_for_training(tokenizer, TURNS, "all")])
-    assert encoded.labels == encoded.input_ids
+    assert (encoded.labels == encoded.input_ids).all()
 
 
 # Templates the tests never saw: role headers, separators, end-of-turn tokens, BOS, trimming and system handling

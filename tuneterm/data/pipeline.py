@@ -19,7 +19,7 @@ import numpy as np
 from tuneterm.data.chat import RenderedConversation, TemplateError, render_for_training
 from tuneterm.data.formats import Columns, Conversation, Detection, Invalid, detect_format, to_conversation
 from tuneterm.data.records import DataError, Problem, Record, iter_records
-from tuneterm.data.tokenize import IGNORE_INDEX, Encoded, encode_batch
+from tuneterm.data.tokenize import IGNORE_INDEX, encode_batch
 
 DETECTION_SAMPLE = 200
 BATCH = 1000
@@ -143,7 +143,7 @@ def encode_examples(tokenizer: Any, examples: Iterable[Example], train_on: str,
 def _encode(tokenizer: Any, batch: list[tuple[Example, RenderedConversation]],
             report: EncodeReport) -> Iterator[EncodedExample]:
     for (example, rendered), encoded in zip(batch, encode_batch(tokenizer, [r for _, r in batch])):
-        labels = np.asarray(encoded.labels, dtype=np.int32)
+        labels = encoded.labels
         runs = _runs(labels != IGNORE_INDEX)
         if not runs:
             report.untrained.append(Problem(example.where, "no token is trained: the assistant reply is empty "
@@ -153,7 +153,7 @@ def _encode(tokenizer: Any, batch: list[tuple[Example, RenderedConversation]],
         if leak:
             report.prompt_leaks.append(Problem(example.where, f"trained tokens cover prompt text {leak!r}"))
             continue
-        yield EncodedExample(np.asarray(encoded.input_ids, dtype=np.int32), labels, example.where, rendered, runs)
+        yield EncodedExample(encoded.input_ids, labels, example.where, rendered, runs)
 
 
 def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
@@ -171,7 +171,3 @@ def _prompt_leak(rendered: RenderedConversation, offsets: np.ndarray, labels: np
             if text.strip():
                 return text
     return None
-
-
-def as_encoded(example: EncodedExample) -> Encoded:
-    return Encoded(example.input_ids.tolist(), example.labels.tolist())

@@ -20,26 +20,25 @@ IGNORE_INDEX = -100
 
 @dataclass(frozen=True)
 class Encoded:
-    input_ids: list[int]
-    labels: list[int]
-    offsets: np.ndarray | None = None
+    input_ids: np.ndarray
+    labels: np.ndarray
+    """input_ids where the token is trained, IGNORE_INDEX elsewhere (int32 both)."""
+    offsets: np.ndarray
     """(tokens, 2) character offsets of each token in the rendered text."""
-
-    @property
-    def trained_tokens(self) -> int:
-        return sum(label != IGNORE_INDEX for label in self.labels)
 
 
 def encode_batch(tokenizer: Any, rendered: Sequence[RenderedConversation]) -> list[Encoded]:
-    if not getattr(tokenizer, "is_fast", False):
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
         raise ValueError("tuneterm needs a fast (Rust) tokenizer to map characters to tokens; this model's "
                          "tokenizer has no tokenizer.json")
-    batch = tokenizer([r.text for r in rendered], add_special_tokens=False, return_offsets_mapping=True)
+    # The Rust tokenizer directly: the rendered template already holds every special token it needs.
     encoded = []
-    for item, ids, offsets in zip(rendered, batch["input_ids"], batch["offset_mapping"]):
-        offsets = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
-        labels = np.where(_trained_mask(offsets, item.trained), np.asarray(ids, dtype=np.int64), IGNORE_INDEX)
-        encoded.append(Encoded(list(ids), labels.tolist(), offsets))
+    for item, encoding in zip(rendered, backend.encode_batch([r.text for r in rendered], add_special_tokens=False)):
+        ids = np.array(encoding.ids, dtype=np.int32)
+        offsets = np.array(encoding.offsets, dtype=np.int64).reshape(-1, 2)
+        labels = np.where(_trained_mask(offsets, item.trained), ids, IGNORE_INDEX).astype(np.int32)
+        encoded.append(Encoded(ids, labels, offsets))
     return encoded
 
 
@@ -57,7 +56,7 @@ def trained_segments(tokenizer: Any, encoded: Encoded) -> list[str]:
     """The decoded text of each contiguous run of trained tokens: what the loss teaches the model to write."""
     segments: list[list[int]] = []
     previous_trained = False
-    for token, label in zip(encoded.input_ids, encoded.labels):
+    for token, label in zip(encoded.input_ids.tolist(), encoded.labels.tolist()):
         trained = label != IGNORE_INDEX
         if trained and not previous_trained:
             segments.append([])
