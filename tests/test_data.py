@@ -13,7 +13,7 @@ from tuneterm.config import config_from_mapping
 from tuneterm.data.inspect import inspect_data, report_to_json
 from tuneterm.data.pipeline import read_examples
 from tuneterm.data.prepare import prepare
-from tuneterm.data.records import DataError, read_records
+from tuneterm.data.records import DataError, Record, iter_records
 from tuneterm.demo import CHAT_TEMPLATE, build_tokenizer
 
 BAD = Path(__file__).parent / "data" / "bad"
@@ -129,7 +129,8 @@ def test_parquet_csv_saved_datasets_and_directories(tmp_path: Path) -> None:
         assert examples[4].conversation[1]["content"] == "4"
     _, examples = read_all(tmp_path / "rows.parquet")
     assert examples[3].where == f"{tmp_path / 'rows.parquet'}: row 3"
-    assert read_records(tmp_path / "folder")[0][2].where == f"{tmp_path / 'folder' / 'b.jsonl'}:1"
+    records = [r for r in iter_records(tmp_path / "folder") if isinstance(r, Record)]
+    assert records[2].where == f"{tmp_path / 'folder' / 'b.jsonl'}:1"
 
 
 def config_for(train: Path, **data: object) -> object:

@@ -18,7 +18,7 @@ from tuneterm.data.pipeline import EncodedExample, EncodeReport, encode_examples
 from tuneterm.data.prepare import FULLY_TRUNCATED_LIMIT
 from tuneterm.data.records import Problem
 from tuneterm.data.stats import Truncation, histogram, percentiles, suggest_max_length, truncation
-from tuneterm.data.tokenize import IGNORE_INDEX
+from tuneterm.data.tokenize import IGNORE_INDEX, encode_batch
 
 
 @dataclass
@@ -116,10 +116,11 @@ def _checks(report: InspectReport, encode: EncodeReport) -> None:
 
 
 def _preview(tokenizer: Any, example: EncodedExample) -> Preview:
-    text, offsets = example.rendered.text, example_offsets(tokenizer, example)
+    text = example.rendered.text
+    [encoded] = encode_batch(tokenizer, [example.rendered])
     segments: list[tuple[str, bool]] = []
     position = 0
-    for (start, end), label in zip(offsets, example.labels):
+    for (start, end), label in zip(encoded.offsets.tolist(), encoded.labels.tolist()):
         is_trained = bool(label != IGNORE_INDEX)
         start = max(start, position)
         if start > position:  # characters no token covers (rare) count as masked
@@ -134,11 +135,6 @@ def _preview(tokenizer: Any, example: EncodedExample) -> Preview:
         segments.append((text[position:], False))
     decoded = [tokenizer.decode(example.input_ids[s:e].tolist()) for s, e in example.trained_runs]
     return Preview(example.where, segments, decoded, example.trained_tokens, example.length)
-
-
-def example_offsets(tokenizer: Any, example: EncodedExample) -> list[tuple[int, int]]:
-    batch = tokenizer([example.rendered.text], add_special_tokens=False, return_offsets_mapping=True)
-    return [tuple(pair) for pair in batch["offset_mapping"][0]]
 
 
 def report_to_json(report: InspectReport) -> dict[str, Any]:

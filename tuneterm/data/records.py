@@ -74,16 +74,6 @@ def iter_records(source: str | Path) -> Iterator[Record | Problem]:
         raise DataError(f"{source}: no such file or directory")
 
 
-def read_records(source: str | Path) -> tuple[list[Record], list[Problem]]:
-    records: list[Record] = []
-    problems: list[Problem] = []
-    for item in iter_records(source):
-        (records if isinstance(item, Record) else problems).append(item)
-    if not records and not problems:
-        raise DataError(f"{source}: holds no records")
-    return records, problems
-
-
 def _iter_file(path: Path) -> Iterator[Record | Problem]:
     if path.suffix not in FILE_SUFFIXES:
         raise DataError(f"{path}: unsupported file type {path.suffix or '(none)'}; use one of "

@@ -8,12 +8,9 @@ the network beyond what the model path itself needs.
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from tuneterm.config import AUTO, RunConfig
 from tuneterm.hardware import GpuSurvey, device_from_survey, read_gpus, read_host
@@ -135,6 +132,7 @@ def _summarise_data(config: RunConfig, facts: ModelFacts, problems: list[str]) -
         return None
     from tuneterm.data.prepare import prepare
     from tuneterm.data.records import DataError
+    from tuneterm.data.stats import percentiles
     from tuneterm.engine.loading import LoadError, load_tokenizer
 
     try:
@@ -143,10 +141,8 @@ def _summarise_data(config: RunConfig, facts: ModelFacts, problems: list[str]) -
     except (DataError, LoadError) as exc:
         problems.append(str(exc))
         return None
-    lengths = prepared.lengths
-    percentiles = {f"p{q}": int(math.ceil(np.percentile(lengths, q))) for q in (50, 90, 95, 99)}
     return DataSummary(train, prepared.detection.format, prepared.detection.evidence, len(prepared.train.examples),
-                       len(prepared.eval.examples) if prepared.eval else 0, {**percentiles, "max": int(lengths.max())},
+                       len(prepared.eval.examples) if prepared.eval else 0, percentiles(prepared.lengths),
                        prepared.max_length, prepared.max_length_why, template_warnings + prepared.warnings)
 
 
