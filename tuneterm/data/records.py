@@ -68,7 +68,7 @@ def iter_records(source: str | Path) -> Iterator[Record | Problem]:
         yield from _iter_directory(path)
     elif path.exists():
         yield from _iter_file(path)
-    elif _looks_like_hub_id(str(source)):
+    elif looks_like_hub_id(str(source)):
         yield from _iter_hub(str(source))
     else:
         raise DataError(f"{source}: no such file or directory")
@@ -189,7 +189,7 @@ def _read_saved_dataset(path: Path) -> Iterator[Record | Problem]:
         yield Record(dict(row), f"{path}: row {index}")
 
 
-def _looks_like_hub_id(text: str) -> bool:
+def looks_like_hub_id(text: str) -> bool:
     name = text.split(":", 1)[0]
     return name.count("/") == 1 and not name.startswith((".", "/", "~")) and not Path(name).suffix
 

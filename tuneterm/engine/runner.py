@@ -47,8 +47,11 @@ def new_run(config: RunConfig, runs_root: Path = DEFAULT_RUNS_ROOT) -> RunPlan:
 
 def check_local_paths(config: RunConfig) -> None:
     """Catch a mistyped data path before a run directory is created for a run that cannot start."""
+    from tuneterm.data.records import looks_like_hub_id
+
     problems = [f"{key}: {config.get(key)}: no such file or directory"
-                for key in ("data.train", "data.eval") if config.get(key) and not Path(config.get(key)).exists()]
+                for key in ("data.train", "data.eval")
+                if config.get(key) and not Path(config.get(key)).exists() and not looks_like_hub_id(config.get(key))]
     if problems:
         raise ConfigError(problems)
 

@@ -126,12 +126,13 @@ def memory_setup(config: RunConfig, world_size: int = 1, device: str = "cuda") -
 
 
 def _summarise_data(config: RunConfig, facts: ModelFacts, problems: list[str]) -> DataSummary | None:
+    from tuneterm.data.prepare import prepare
+    from tuneterm.data.records import DataError, looks_like_hub_id
+
     train = config.get("data.train")
-    if not train or not Path(train).exists():
+    if not train or not (Path(train).exists() or looks_like_hub_id(train)):
         problems.append(f"data.train {train} does not exist: no data statistics or schedule")
         return None
-    from tuneterm.data.prepare import prepare
-    from tuneterm.data.records import DataError
     from tuneterm.data.stats import percentiles
     from tuneterm.engine.loading import LoadError, load_tokenizer
 
