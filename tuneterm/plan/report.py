@@ -204,7 +204,7 @@ def format_plan(plan: Plan) -> str:
         sc = plan.schedule
         evaluation = f"eval every {sc.eval_steps} steps, " if sc.eval_steps else "no evaluation, "
         lines.append(f"Schedule  effective batch {sc.effective_batch_size} ({s.micro_batch} x "
-                     f"{plan.config.get('training.gradient_accumulation_steps')} x {s.world_size} GPU); "
+                     f"{plan.config.get('training.gradient_accumulation_steps')} x {s.world_size} GPU{'s' if s.world_size > 1 else ''}); "
                      f"{sc.steps_per_epoch:,} steps per epoch, {sc.total_steps:,} in total; warmup {sc.warmup_steps} "
                      f"steps; {evaluation}checkpoint every {sc.save_steps}")
     lines.append(f"Memory    per {'GPU' if s.device == 'cuda' else 'process'} at {s.seq_len} tokens x micro-batch {s.micro_batch}, {s.precision}, "
