@@ -1,1 +1,2 @@
-"""Everything knowable before training: step math (and, as it grows, memory and advice). Pure."""
+"""Everything knowable before training, pure and fast: model facts from config.json, the Trainer's step math,
+the VRAM estimate and verdict, the guides' advice, and the report `tuneterm plan` prints."""
