@@ -81,4 +81,6 @@ def _finished(event: RunFinished) -> str:
         lines.append(f"Adapter weights: {check['changed']}/{check['tensors']} tensors changed ({verdict})")
     if event.adapter_dir:
         lines.append(f"Adapter saved in {event.adapter_dir}")
+    if event.status == "stopped" and event.global_step:
+        lines.append(f"Continue it with: tuneterm train --resume {event.run_dir}")
     return "\n".join(lines)
