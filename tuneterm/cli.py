@@ -120,9 +120,12 @@ def _inspect(args: argparse.Namespace) -> int:
     from tuneterm.data.records import DataError
     from tuneterm.engine.loading import LoadError, context_length, load_tokenizer
 
+    try:
+        columns = yaml.safe_load(args.columns) if args.columns else None
+    except yaml.YAMLError:
+        columns = args.columns  # validation below says what a mapping should look like
     mapping = {"model": {"path": args.model, "chat_template": args.chat_template},
-               "data": {"train": args.data, "format": args.format,
-                        "columns": yaml.safe_load(args.columns) if args.columns else None}}
+               "data": {"train": args.data, "format": args.format, "columns": columns}}
     config = load_config(base=mapping, base_source="tuneterm inspect")
     try:
         tokenizer, template_warnings = load_tokenizer(config)
