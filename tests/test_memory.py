@@ -30,7 +30,8 @@ def test_within_10_percent_of_the_calibration_grid(point: dict) -> None:
     assert estimate.total_bytes == pytest.approx(point["nvml_process"], rel=0.20)
 
 
-# ../shared/vram-reference.md: (row, model, setup, published GB, counter). litgpt's rows 2-8 predate
+# Published peaks (litgpt's resource tables and config hub, rows 1-8; PEFT's method comparison, row 15):
+# (row, model, setup, published GB, counter). litgpt's rows 2-8 predate
 # bitsandbytes 0.43.2, which kept every 4-bit layer's input for backward: bnb_saves_inputs models that.
 LEGACY_QLORA = {"method": "qlora", "optim": "paged_adamw_32bit", "bnb_saves_inputs": True}
 PUBLISHED = [

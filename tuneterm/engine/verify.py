@@ -2,8 +2,8 @@
 
 A LoRA run can finish with a normal-looking loss and an adapter that never moved (B still all zero, a frozen
 adapter, a dtype that underflowed). Comparing with a tolerance (allclose) misses small but real changes in
-lora_A, so every trainable tensor is fingerprinted exactly, before training and after saving, as guide 001
-(Unsloth's LoRA hyperparameters guide, "Verifying LoRA weight updates") recommends.
+lora_A, so every trainable tensor is fingerprinted exactly, before training and after saving, as Unsloth's LoRA
+hyperparameters guide recommends ("Verifying LoRA weight updates").
 """
 
 from __future__ import annotations
