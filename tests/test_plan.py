@@ -215,3 +215,11 @@ def test_plan_needs_only_config_json_for_the_model(tmp_path: Path, capsys: pytes
     plan = json.loads(capsys.readouterr().out)
     assert plan["model"]["base_params"] == 7_241_732_096
     assert plan["schedule"] is None and any("missing.jsonl" in p for p in plan["problems"])
+    # From a laptop: will it fit on a 24 GB card? And on an 8 GB one?
+    for gigabytes, level in ((24, "fits"), (4, "will not fit")):
+        assert main(["plan", "--preset", "qlora-7b-24gb", "--set", f"model.path={model}", "--set",
+                     "data.train=missing.jsonl", "--set", "training.max_length=2048", "--gpu-memory",
+                     str(gigabytes), "--json"]) == 0
+        planned = json.loads(capsys.readouterr().out)
+        assert planned["memory"]["verdict"]["level"] == level
+        assert planned["config"]["training"]["precision"] == "bf16"

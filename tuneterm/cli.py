@@ -52,6 +52,8 @@ def _parser() -> argparse.ArgumentParser:
                                            "needed beyond the model's config.json and tokenizer.")
     _config_arguments(plan)
     plan.add_argument("--world-size", type=int, default=1, metavar="N", help="number of GPUs (data parallel)")
+    plan.add_argument("--gpu-memory", type=float, metavar="GB",
+                      help="plan for a GPU with this much free memory (bf16-capable) instead of this machine's")
     plan.add_argument("--json", action="store_true", help="print JSON instead of text")
     plan.set_defaults(command=_plan)
 
@@ -100,9 +102,12 @@ def _plan(args: argparse.Namespace) -> int:
 
     from tuneterm.plan.report import format_plan, make_plan, plan_to_json
 
+    from tuneterm.hardware import hypothetical_gpu
+
     config = load_config(args.config, preset=args.preset, overrides=args.overrides)
+    gpus = hypothetical_gpu(args.gpu_memory) if args.gpu_memory else None
     try:
-        plan = make_plan(config, world_size=args.world_size)
+        plan = make_plan(config, world_size=args.world_size, gpus=gpus)
     except (OSError, ValueError) as exc:
         print(f"tuneterm plan: cannot read the model {config.get('model.path')}: {str(exc).splitlines()[0]}",
               file=sys.stderr)

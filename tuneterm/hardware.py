@@ -135,6 +135,15 @@ def _read_gpu(nvml: Any, index: int) -> GpuReading | None:
     )
 
 
+def hypothetical_gpu(free_gigabytes: float) -> GpuSurvey:
+    """A GPU to plan for from another machine: this much free memory, bf16-capable (Ampere or newer)."""
+    size = int(free_gigabytes * 1e9)
+    reading = GpuReading(index=0, name=f"planned GPU with {free_gigabytes:g} GB free", memory_total=size,
+                         memory_used=0, memory_free=size, utilization=None, temperature=None, power_watts=None,
+                         power_limit_watts=None, compute_capability=BF16_MIN_COMPUTE_CAPABILITY)
+    return GpuSurvey((reading,), reason="given with --gpu-memory")
+
+
 def read_host() -> HostReading:
     import psutil
 
