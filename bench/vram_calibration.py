@@ -27,6 +27,7 @@ import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -155,7 +156,7 @@ def measure(point: Point, model_dir: Path, work: Path) -> dict:
     return result
 
 
-def setup_of(result: dict) -> "MemorySetup":
+def setup_of(result: dict) -> Any:
     """The estimator's description of a measured point."""
     from tuneterm.plan.memory import MemorySetup
     from tuneterm.plan.model import LoraShape

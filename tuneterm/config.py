@@ -380,9 +380,6 @@ class RunConfig:
             notes[key] = why
         return RunConfig(values, self.defaulted, notes)
 
-    def unresolved(self) -> list[str]:
-        return [k for k, v in self.values.items() if v == AUTO]
-
     def why(self, key: str) -> str:
         if key in self.notes:
             return self.notes[key]

@@ -30,10 +30,6 @@ class Split:
     name: str
     examples: list[EncodedExample]
 
-    @property
-    def wheres(self) -> list[str]:
-        return [e.where for e in self.examples]
-
 
 @dataclass
 class PreparedData:

@@ -15,7 +15,7 @@ from typing import Any
 from tuneterm.config import AUTO, RunConfig
 from tuneterm.hardware import GpuSurvey, device_from_survey, read_gpus, read_host
 from tuneterm.plan.advice import Advice, Context, LengthStats, advise
-from tuneterm.plan.memory import (GB, BatchAdvice, MemoryEstimate, MemorySetup, Verdict, estimate_memory,
+from tuneterm.plan.memory import (BatchAdvice, MemoryEstimate, MemorySetup, Verdict, estimate_memory,
                                   largest_micro_batch, size, verdict)
 from tuneterm.plan.model import LoraShape, ModelFacts, load_model_facts, peft_total_params, trainable_params
 from tuneterm.plan.resolve import resolve, schedule_of
