@@ -1,35 +1,54 @@
 """Shared fixtures: tiny models and datasets built offline, once per test session.
 
-No test reaches the network: the model is a small Llama-architecture model with a byte-level BPE tokenizer
-trained on the fly and a ChatML chat template, pretrained for a few seconds on the data's own text so that it
-behaves like a (very small) base model.
+No test reaches the network, whatever the developer's environment says: the Hugging Face offline switches are
+forced on, the Hugging Face home is a fresh directory (no cached models, no login token), and any connection to
+an address outside this machine fails. The model is a small Llama-architecture model with a byte-level BPE
+tokenizer trained on the fly and a ChatML chat template, pretrained for a few seconds on the data's own text so
+that it behaves like a (very small) base model.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import random
+import socket
+import tempfile
 from pathlib import Path
 
 import pytest
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+from tests.helpers import write_jsonl
+
+os.environ.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+                   "TOKENIZERS_PARALLELISM": "false", "HF_HOME": tempfile.mkdtemp(prefix="tuneterm-test-hf-")})
+for _name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_ENDPOINT"):
+    os.environ.pop(_name, None)
+
+_connect = socket.socket.connect
+
+
+def _local_only(self: socket.socket, address: object) -> object:
+    """Connections to this machine (distributed runs, control sockets) pass; anything else is refused."""
+    host = address[0] if isinstance(address, tuple) else None
+    if host is not None:
+        try:
+            local = ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            local = host == "localhost"
+        if not local:
+            raise OSError(f"tests may not reach the network (tried {host})")
+    return _connect(self, address)
+
+
+socket.socket.connect = _local_only  # type: ignore[method-assign]
 
 
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     """Never read or write the developer's own tuneterm cache."""
     monkeypatch.setenv("TUNETERM_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "tuneterm-cache"))
-
-
-def write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
-    return path
 
 
 @pytest.fixture(scope="session")

@@ -10,11 +10,13 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from tuneterm import __version__
-from tuneterm.config import ConfigError, RunConfig, load_config
+from tuneterm.config import RunConfig, load_config
+from tuneterm.errors import ConfigError, RunDirError, TuneTermError, listed
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -28,8 +30,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.command(args)
     except ConfigError as exc:
-        print("Config problems:\n" + "\n".join(f"  {p}" for p in exc.problems), file=sys.stderr)
+        print(f"{exc.summary}\n{listed(exc.problems)}", file=sys.stderr)
         return EXIT_USAGE
+    except RunDirError as exc:
+        print(str(exc), file=sys.stderr)
+        return EXIT_USAGE
+    except TuneTermError as exc:
+        print(f"tuneterm {args.name}: {exc}", file=sys.stderr)
+        return EXIT_FAILED
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -44,7 +52,7 @@ def _parser() -> argparse.ArgumentParser:
                        help="continue a stopped or interrupted run from its last complete checkpoint")
     train.add_argument("--runs-dir", type=Path, default=Path("runs"), metavar="DIR",
                        help="where new run directories are created (default: ./runs)")
-    train.set_defaults(command=_train)
+    train.set_defaults(command=_train, name="train")
 
     plan = commands.add_parser("plan", help="show what a run will cost and what the guides advise, without training",
                                description="Everything knowable before training: model, data statistics, "
@@ -55,7 +63,7 @@ def _parser() -> argparse.ArgumentParser:
     plan.add_argument("--gpu-memory", type=float, metavar="GB",
                       help="plan for a GPU with this much free memory (bf16-capable) instead of this machine's")
     plan.add_argument("--json", action="store_true", help="print JSON instead of text")
-    plan.set_defaults(command=_plan)
+    plan.set_defaults(command=_plan, name="plan")
 
     inspect = commands.add_parser("inspect", help="check a dataset with a model's tokenizer and chat template",
                                   description="Format and evidence, every invalid record with its line, token "
@@ -74,7 +82,7 @@ def _parser() -> argparse.ArgumentParser:
     inspect.add_argument("--memory-limited", action="store_true",
                          help="suggest the 95th percentile instead of the 99th")
     inspect.add_argument("--json", action="store_true", help="print JSON instead of text")
-    inspect.set_defaults(command=_inspect)
+    inspect.set_defaults(command=_inspect, name="inspect")
 
     demo = commands.add_parser("demo", help="fine-tune the built-in tiny model (offline, CPU, a few minutes)",
                                description="Build (once) a tiny model and chat dataset and fine-tune a LoRA "
@@ -84,7 +92,7 @@ def _parser() -> argparse.ArgumentParser:
                       help="override one value of the demo config")
     demo.add_argument("--runs-dir", type=Path, default=Path("runs"), metavar="DIR",
                       help="where the run directory is created (default: ./runs)")
-    demo.set_defaults(command=_demo)
+    demo.set_defaults(command=_demo, name="demo")
     return parser
 
 
@@ -100,19 +108,18 @@ def _config_arguments(parser: argparse.ArgumentParser) -> None:
 def _plan(args: argparse.Namespace) -> int:
     import json
 
-    from tuneterm.plan.report import format_plan, make_plan, plan_to_json
-
     from tuneterm.hardware import hypothetical_gpu
+    from tuneterm.plan.planner import make_plan
+    from tuneterm.plan.report import format_plan, plan_to_json
 
     config = load_config(args.config, preset=args.preset, overrides=args.overrides)
     gpus = hypothetical_gpu(args.gpu_memory) if args.gpu_memory else None
-    try:
-        plan = make_plan(config, world_size=args.world_size, gpus=gpus)
-    except (OSError, ValueError) as exc:
-        print(f"tuneterm plan: cannot read the model {config.get('model.path')}: {str(exc).splitlines()[0]}",
-              file=sys.stderr)
-        return EXIT_FAILED
+    plan = make_plan(config, world_size=args.world_size, gpus=gpus)
     print(json.dumps(plan_to_json(plan), indent=2) if args.json else format_plan(plan))
+    if plan.blocking:
+        print(f"\n{len(plan.blocking)} problem{'s' if len(plan.blocking) > 1 else ''} would stop tuneterm train "
+              "(listed above as Problem).", file=sys.stderr)
+        return EXIT_FAILED
     return EXIT_OK
 
 
@@ -122,8 +129,7 @@ def _inspect(args: argparse.Namespace) -> int:
     import yaml
 
     from tuneterm.data.inspect import format_report, inspect_data, report_to_json
-    from tuneterm.data.records import DataError
-    from tuneterm.engine.loading import LoadError, context_length, load_tokenizer
+    from tuneterm.data.tokenizer import load_tokenizer
 
     try:
         columns = yaml.safe_load(args.columns) if args.columns else None
@@ -132,16 +138,11 @@ def _inspect(args: argparse.Namespace) -> int:
     mapping = {"model": {"path": args.model, "chat_template": args.chat_template},
                "data": {"train": args.data, "format": args.format, "columns": columns}}
     config = load_config(base=mapping, base_source="tuneterm inspect")
-    try:
-        tokenizer, template_warnings = load_tokenizer(config)
-        report = inspect_data(args.data, tokenizer, fmt=args.format, columns=config.get("data.columns"),
-                              train_on=args.train_on, max_length=args.max_length, samples=args.samples,
-                              context_length=_context_length_or_none(config, context_length),
-                              memory_limited=args.memory_limited)
-    except (DataError, LoadError) as exc:
-        print(f"tuneterm inspect: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    report.warnings[:0] = template_warnings
+    tokenizer, template_warnings = load_tokenizer(config)
+    report = inspect_data(config.get("data.train"), tokenizer, fmt=args.format, columns=config.get("data.columns"),
+                          train_on=args.train_on, max_length=args.max_length, samples=args.samples,
+                          context_length=_context_length_or_none(config), memory_limited=args.memory_limited,
+                          template_warnings=template_warnings)
     if args.json:
         print(json.dumps(report_to_json(report), indent=2, ensure_ascii=False))
     else:
@@ -149,33 +150,30 @@ def _inspect(args: argparse.Namespace) -> int:
     return EXIT_FAILED if report.blocking else EXIT_OK
 
 
-def _context_length_or_none(config: RunConfig, read: Callable[[RunConfig], int | None]) -> int | None:
+def _context_length_or_none(config: RunConfig) -> int | None:
     """A tokenizer-only directory has no config.json: then there is no context length to cap at."""
+    from tuneterm.plan.planner import model_facts
+
     try:
-        return read(config)
-    except Exception:  # noqa: BLE001 - any failure to read config.json only means "unknown"
+        return model_facts(config).context_length
+    except TuneTermError:
         return None
 
 
 def _train(args: argparse.Namespace) -> int:
-    from tuneterm.engine.rundir import RunDirError
     from tuneterm.engine.runner import new_run, resume_run
 
-    try:
-        if args.resume:
-            if args.config or args.overrides or args.preset:
-                print("tuneterm train --resume takes only the run directory: a resumed run keeps its own "
-                      "config.yaml", file=sys.stderr)
-                return EXIT_USAGE
-            plan = resume_run(args.resume)
-        else:
-            if args.config is None and args.preset is None:
-                print("tuneterm train: give a CONFIG.yaml (or --preset), or --resume RUN_DIR", file=sys.stderr)
-                return EXIT_USAGE
-            plan = new_run(load_config(args.config, preset=args.preset, overrides=args.overrides), args.runs_dir)
-    except RunDirError as exc:
-        print(str(exc), file=sys.stderr)
-        return EXIT_USAGE
+    if args.resume:
+        if args.config or args.overrides or args.preset:
+            print("tuneterm train --resume takes only the run directory: a resumed run keeps its own "
+                  "config.yaml", file=sys.stderr)
+            return EXIT_USAGE
+        plan = resume_run(args.resume)
+    else:
+        if args.config is None and args.preset is None:
+            print("tuneterm train: give a CONFIG.yaml (or --preset), or --resume RUN_DIR", file=sys.stderr)
+            return EXIT_USAGE
+        plan = new_run(load_config(args.config, preset=args.preset, overrides=args.overrides), args.runs_dir)
     return _run_headless(plan)
 
 
@@ -191,9 +189,10 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _run_headless(plan: Any) -> int:
-    from tuneterm.engine import RunControl, run
+    from tuneterm.console import ConsoleProgress
+    from tuneterm.engine.control import RunControl
     from tuneterm.engine.events import RunFinished
-    from tuneterm.progress import ConsoleProgress
+    from tuneterm.engine.runner import run
 
     print(f"Run directory: {plan.run_dir}", flush=True)
     control = RunControl()

@@ -3,11 +3,11 @@
 A run is described by six top-level keys: `method` (lora | qlora | full), `model`, `data`, `lora`,
 `quantization` and `training`. Inside `lora`, `quantization` and `training` the names are Hugging Face's own
 (LoraConfig, BitsAndBytesConfig, SFTConfig / TrainingArguments), so a person who knows those libraries can write
-a config without reading ours; any valid SFTConfig / LoraConfig / BitsAndBytesConfig field passes through.
+a config without reading ours; any valid SFTConfig / LoraConfig / BitsAndBytesConfig argument passes through.
 
 Defaults are the recommendations of the guides tuneterm is built from, each with its reason, and the resolved
-config remembers which values were defaulted. Validation names the file, the line and the key, and suggests the
-likely intended name for a misspelling.
+config remembers which values were defaulted. Every problem carries its location (file and line, or --set
+argument, and the key) and suggests the likely intended name for a misspelling.
 
 Pure: this module imports no torch and no Hugging Face library at import time. It imports trl, peft or
 transformers only to check a key it does not know itself.
@@ -15,17 +15,19 @@ transformers only to check a key it does not know itself.
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import functools
 import math
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any
 
 import yaml
 
-METHODS = ("lora", "qlora", "full")
+from tuneterm.errors import METHODS, ConfigError, Location, Method, Problem
+from tuneterm.hub import resolve_source
+
 SECTIONS = ("model", "data", "lora", "quantization", "training")
 AUTO = "auto"
 
@@ -34,15 +36,6 @@ GUIDE_HYPERPARAMS = "'The LoRA Hyperparameters No One Explains'"
 GUIDE_UNSLOTH = "Unsloth's LoRA hyperparameters guide"
 GUIDE_RANK = "'Which Rank, Alpha, and Layers Actually Matter'"
 GUIDE_COMPLETE = "'LoRA Fine-Tuning Complete Guide'"
-
-
-class ConfigError(ValueError):
-    """A config that cannot be used. `problems` holds one line per mistake, each naming where it is."""
-
-    def __init__(self, problems: list[str]):
-        self.problems = problems
-        super().__init__("\n".join(problems))
-
 
 # --------------------------------------------------------------------------------------------------------------
 # Checks used by the option table
@@ -122,7 +115,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("model.chat_template", (str,), nullable=True,
            why="The tokenizer's own chat template; set a .jinja file or a template string to replace it."),
     # data --------------------------------------------------------------------------------------------------
-    Option("data.train", (str,), required=True, why="The training file or directory."),
+    Option("data.train", (str,), nullable=True,
+           why="The training file, directory or hub dataset id: needed to train, not to plan."),
     Option("data.eval", (str,), nullable=True,
            why="A separate evaluation file is better than a split when you have one "
                f"({GUIDE_COMPLETE}, section 3)."),
@@ -201,12 +195,17 @@ OPTIONS: tuple[Option, ...] = (
     Option("training.optim", (str,), lambda m: "paged_adamw_8bit" if m == "qlora" else "adamw_torch",
            why="AdamW's per-parameter rates suit LoRA; the paged 8-bit variant cuts optimizer memory by 75% "
                f"for QLoRA ({GUIDE_HYPERPARAMS}, chapter 3)."),
-    Option("training.seed", (int,), 3407, why=f"A fixed seed for shuffling and adapter initialisation ({GUIDE_UNSLOTH})."),
+    Option("training.seed", (int,), 3407,
+           why=f"A fixed seed for shuffling and adapter initialisation ({GUIDE_UNSLOTH})."),
     Option("training.precision", (str,), AUTO, choices=(AUTO, "bf16", "fp16", "fp32"),
            why="bf16 where the GPU supports it, else fp16 with loss scaling; fp16's narrow range silently "
                f"underflows gradients ({GUIDE_HYPERPARAMS}, chapter 6). fp32 on a CPU."),
     Option("training.gradient_checkpointing", (bool,), True,
            why=f"Recomputing activations trades about 20% speed for much less memory ({GUIDE_UNSLOTH})."),
+    Option("training.cpu_threads", (int,), AUTO, check=_auto_or(_positive),
+           why="Training on a CPU uses one thread per core that is free when the run starts: with another process "
+               "busy on one of two cores, PyTorch's default of one thread per core trained 3x slower than one "
+               "thread (bench/cpu_threads.py: 5,500 against 16,700 tokens/s on the demo model)."),
     Option("training.max_length", (int,), AUTO, check=_auto_or(_positive),
            why="The 99th percentile of the data's token lengths rounded up to a multiple of 64: longer wastes "
                f"memory on padding, shorter truncates ({GUIDE_HYPERPARAMS}, chapter 2)."),
@@ -240,7 +239,11 @@ OPTIONS: tuple[Option, ...] = (
 OPTION_BY_KEY: dict[str, Option] = {o.key: o for o in OPTIONS}
 
 # Keys that people carry over from other tools or older library versions, with what to write instead.
+
+# Keys that people carry over from other tools or older library versions, with what to write instead.
 RENAMED = {
+    "model.torch_dtype": "tuneterm sets the dtype from training.precision (auto, bf16, fp16 or fp32): write that",
+    "model.dtype": "tuneterm sets the dtype from training.precision (auto, bf16, fp16 or fp32): write that",
     "training.warmup_ratio": "transformers 5 folded warmup_ratio into warmup_steps: write warmup_steps: 0.1 "
                              "(a float below 1 is a fraction of the total steps)",
     "training.max_seq_length": "TRL calls it max_length: write training.max_length",
@@ -256,7 +259,10 @@ RENAMED = {
     "training.save_strategy": "tuneterm saves at every evaluation: set training.save_steps",
     "training.num_epochs": "write training.num_train_epochs",
     "training.epochs": "write training.num_train_epochs",
-    "training.batch_size": "write training.per_device_train_batch_size",
+    "training.batch_size": "write training.per_device_train_batch_size (the micro-batch per GPU)",
+    "training.per_device_batch_size": "write training.per_device_train_batch_size (the micro-batch per GPU)",
+    "training.micro_batch_size": "write training.per_device_train_batch_size (the micro-batch per GPU)",
+    "training.train_batch_size": "write training.per_device_train_batch_size (the micro-batch per GPU)",
     "training.lr": "write training.learning_rate",
     "lora.rank": "write lora.r",
     "lora.alpha": "write lora.lora_alpha",
@@ -269,66 +275,77 @@ RENAMED = {
 # HF boolean precision flags, accepted as another spelling of training.precision.
 PRECISION_FLAGS = {"training.bf16": "bf16", "training.fp16": "fp16"}
 
+# Values that name files: written in a config file they are relative to that file's directory, given with --set
+# they are relative to the current directory. Stored resolved, so a saved config runs from anywhere.
+PATH_KEYS = ("model.path", "data.train", "data.eval", "model.chat_template")
+
 
 # --------------------------------------------------------------------------------------------------------------
 # Where each value came from
 
 
-@dataclass(frozen=True)
-class Origin:
-    """Where a value was written: a file and line, or a --set argument."""
-
-    source: str
-    line: int | None = None
-
-    def __str__(self) -> str:
-        return f"{self.source}:{self.line}" if self.line else self.source
+Given = dict[str, tuple[Any, Location]]
+"""Dotted key -> (value as written, where it was written)."""
 
 
-def _yaml_with_lines(text: str, source: str) -> tuple[dict[str, Any], dict[str, Origin]]:
+def _yaml_with_lines(text: str, source: str) -> tuple[dict[str, Any], dict[str, Location]]:
     """Parse a YAML mapping and note the line of every key (dotted, one level of sections deep)."""
     try:
         root = yaml.compose(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        where = Origin(source, mark.line + 1 if mark else None)
-        raise ConfigError([f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}"]) from None
+        where = Location(source, mark.line + 1 if mark else None)
+        raise ConfigError([Problem(f"not valid YAML: {getattr(exc, 'problem', exc)}", where)]) from None
     if root is None:
         return {}, {}
     if not isinstance(root, yaml.MappingNode):
-        raise ConfigError([f"{Origin(source, root.start_mark.line + 1)}: the config must be a mapping of keys "
-                           f"(method, model, data, lora, quantization, training)"])
+        raise ConfigError([Problem("the config must be a mapping of keys (method, model, data, lora, quantization, "
+                                   "training)", Location(source, root.start_mark.line + 1))])
     data = yaml.safe_load(text)
-    lines: dict[str, Origin] = {}
+    lines: dict[str, Location] = {}
     for key_node, value_node in root.value:
-        lines[str(key_node.value)] = Origin(source, key_node.start_mark.line + 1)
+        lines[str(key_node.value)] = Location(source, key_node.start_mark.line + 1, key=str(key_node.value))
         if isinstance(value_node, yaml.MappingNode):
             for sub_key, _ in value_node.value:
-                lines[f"{key_node.value}.{sub_key.value}"] = Origin(source, sub_key.start_mark.line + 1)
+                dotted = f"{key_node.value}.{sub_key.value}"
+                lines[dotted] = Location(source, sub_key.start_mark.line + 1, key=dotted)
     return data, lines
 
 
-def _flatten(data: Mapping[str, Any], lines: Mapping[str, Origin], source: str,
-             problems: list[str]) -> dict[str, tuple[Any, Origin]]:
-    """{"training": {"seed": 1}} -> {"training.seed": (1, origin)}; structural mistakes go to `problems`."""
-    flat: dict[str, tuple[Any, Origin]] = {}
+def _flatten(data: Mapping[str, Any], lines: Mapping[str, Location], origin: Location,
+             problems: list[Problem]) -> Given:
+    """{"training": {"seed": 1}} -> {"training.seed": (1, location)}; structural mistakes go to `problems`."""
+    flat: Given = {}
     for top, value in data.items():
-        where = lines.get(str(top), Origin(source))
+        where = lines.get(str(top), replace(origin, key=str(top)))
         if top == "method":
             flat["method"] = (value, where)
         elif top in SECTIONS:
             if value is None:
                 continue
             if not isinstance(value, Mapping):
-                problems.append(f"{where}: {top}: must be a mapping of keys, got {value!r}")
+                problems.append(Problem(f"must be a mapping of keys, got {value!r}", where))
                 continue
             for key, sub_value in value.items():
                 dotted = f"{top}.{key}"
-                flat[dotted] = (sub_value, lines.get(dotted, where))
+                flat[dotted] = (sub_value, lines.get(dotted, replace(where, key=dotted)))
+        elif not _sectionless_hint(str(top)).startswith("a key is"):
+            problems.append(Problem(f"needs its section: {_sectionless_hint(str(top))}", where))
         else:
-            problems.append(f"{where}: {top}: unknown top-level key{_suggest(str(top), ('method', *SECTIONS))}; "
-                            f"a config has method, {', '.join(SECTIONS)}")
+            problems.append(Problem(f"unknown top-level key{_suggest(str(top), ('method', *SECTIONS))}; a config "
+                                    f"has method, {', '.join(SECTIONS)}", where))
     return flat
+
+
+def _sectionless_hint(name: str) -> str:
+    """What to write for a key given without its section: "lr" -> "write training.learning_rate"."""
+    for dotted, hint in RENAMED.items():
+        if dotted.split(".", 1)[1] == name and hint.startswith("write "):
+            return hint
+    for dotted in OPTION_BY_KEY:
+        if "." in dotted and dotted.split(".", 1)[1] == name:
+            return f"write {dotted}"
+    return f"a key is SECTION.NAME ({', '.join(SECTIONS)}), for example training.{name}"
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -336,7 +353,8 @@ def parse_override(text: str) -> tuple[str, Any]:
     key, sep, raw = text.partition("=")
     key = key.strip()
     if not sep or not key:
-        raise ConfigError([f"--set {text}: expected KEY=VALUE, for example --set training.learning_rate=1e-4"])
+        raise ConfigError([Problem("expected KEY=VALUE, for example --set training.learning_rate=1e-4",
+                                   Location(argument=text))])
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError:
@@ -360,7 +378,7 @@ class RunConfig:
     """Why a key has its value, for values derived when the run was resolved (e.g. max_length from the data)."""
 
     @property
-    def method(self) -> str:
+    def method(self) -> Method:
         return self.values["method"]
 
     def get(self, key: str, default: Any = None) -> Any:
@@ -371,7 +389,7 @@ class RunConfig:
         prefix = name + "."
         return {k[len(prefix):]: v for k, v in self.values.items() if k.startswith(prefix)}
 
-    def resolved(self, changes: Mapping[str, tuple[Any, str]]) -> "RunConfig":
+    def resolved(self, changes: Mapping[str, tuple[Any, str]]) -> RunConfig:
         """A copy with derived values filled in: {key: (value, why)}."""
         values = dict(self.values)
         notes = dict(self.notes)
@@ -443,8 +461,8 @@ def preset_path(name: str) -> Path:
         return path
     if Path(name).is_file():
         return Path(name)
-    raise ConfigError([f"--preset {name}: no such preset{_suggest(name, preset_names())}; the presets are "
-                       f"{', '.join(preset_names())}"])
+    raise ConfigError([Problem(f"no such preset{_suggest(name, preset_names())}; the presets are "
+                               f"{', '.join(preset_names())}", Location(file=f"--preset {name}"))])
 
 
 def load_config(path: str | Path | None = None, *, preset: str | None = None, overrides: Iterable[str] = (),
@@ -452,22 +470,26 @@ def load_config(path: str | Path | None = None, *, preset: str | None = None, ov
     """Read a config file (optional), layer `--set` overrides on top, validate, and fill defaults.
 
     Layers, lowest first: `base` (a built-in config such as the demo's), the preset, the file, the overrides.
-    Raises ConfigError listing every problem, each naming its file and line or its --set argument.
+    Paths written in a file are relative to that file's directory; in `base` and `--set`, to the current one.
+    Raises ConfigError listing every problem, each with its location.
     """
-    problems: list[str] = []
-    layers: list[dict[str, tuple[Any, Origin]]] = []
+    problems: list[Problem] = []
+    layers: list[Given] = []
     if base is not None:
-        layers.append(_flatten(base, {}, base_source, problems))
+        layers.append(_with_paths_resolved(_flatten(base, {}, Location(base_source), problems), Path.cwd()))
     for file in (preset_path(preset) if preset else None, path):
         if file is not None:
             layers.append(_read_layer(Path(file), problems))
-    override_layer: dict[str, tuple[Any, Origin]] = {}
+    override_layer: Given = {}
     for text in overrides:
         key, value = parse_override(text)
-        override_layer[key] = (value, Origin(f"--set {text}"))
-    layers.append(override_layer)
+        if "." not in key and key != "method":
+            problems.append(Problem(f"needs its section: {_sectionless_hint(key)}", Location(argument=text, key=key)))
+            continue
+        override_layer[key] = (value, Location(argument=text, key=key))
+    layers.append(_with_paths_resolved(override_layer, Path.cwd()))
 
-    given: dict[str, tuple[Any, Origin]] = {}
+    given: Given = {}
     for layer in layers:
         given.update(layer)
     config = _validate(given, problems)
@@ -476,15 +498,28 @@ def load_config(path: str | Path | None = None, *, preset: str | None = None, ov
     return config
 
 
-def _read_layer(path: Path, problems: list[str]) -> dict[str, tuple[Any, Origin]]:
+def _read_layer(path: Path, problems: list[Problem]) -> Given:
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
-        raise ConfigError([f"{path}: no such config file"]) from None
+        raise ConfigError([Problem("no such config file", Location(str(path)))]) from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError([f"{path}: cannot read the config: {exc}"]) from None
+        raise ConfigError([Problem(f"cannot read the config: {exc}", Location(str(path)))]) from None
     data, lines = _yaml_with_lines(text, str(path))
-    return _flatten(data, lines, str(path), problems)
+    layer = _flatten(data, lines, Location(str(path)), problems)
+    return layer if path.parent == PRESETS_DIR else _with_paths_resolved(layer, path.resolve().parent)
+
+
+def _with_paths_resolved(layer: Given, base: Path) -> Given:
+    resolved = dict(layer)
+    for key in PATH_KEYS:
+        if key not in layer:
+            continue
+        value, where = layer[key]
+        inline_template = key == "model.chat_template" and isinstance(value, str) and ("{{" in value or "{%" in value)
+        if isinstance(value, str) and value and not inline_template:
+            resolved[key] = (resolve_source(value, base), where)
+    return resolved
 
 
 def config_from_mapping(data: Mapping[str, Any], source: str = "config") -> RunConfig:
@@ -492,22 +527,22 @@ def config_from_mapping(data: Mapping[str, Any], source: str = "config") -> RunC
     return load_config(base=data, base_source=source)
 
 
-def _validate(given: dict[str, tuple[Any, Origin]], problems: list[str]) -> RunConfig:
-    method_value, method_origin = given.get("method", ("lora", None))
+def _validate(given: Given, problems: list[Problem]) -> RunConfig:
+    method_value, method_origin = given.get("method", ("lora", Location(key="method")))
     if method_value not in METHODS:
-        problems.append(f"{method_origin}: method: {method_value!r} is not one of {', '.join(METHODS)}")
+        problems.append(Problem(f"{method_value!r} is not one of {', '.join(METHODS)}", method_origin))
         method_value = "lora"
-    method: str = method_value
+    method: Method = method_value
 
     values: dict[str, Any] = {"method": method}
     defaulted: set[str] = set() if "method" in given else {"method"}
-    unknown: dict[str, tuple[Any, Origin]] = {}
+    unknown: Given = {}
 
     for key, (value, origin) in given.items():
         if key == "method":
             continue
         if key in RENAMED:
-            problems.append(f"{origin}: {key}: {RENAMED[key]}")
+            problems.append(Problem(RENAMED[key], origin))
             continue
         if key in PRECISION_FLAGS:
             _precision_flag(key, value, origin, given, values, problems)
@@ -517,8 +552,8 @@ def _validate(given: dict[str, tuple[Any, Origin]], problems: list[str]) -> RunC
             unknown[key] = (value, origin)
             continue
         if method not in option.methods:
-            problems.append(f"{origin}: {key}: applies to method {' or '.join(option.methods)}, "
-                            f"but method is {method}")
+            problems.append(Problem(f"applies to method {' or '.join(option.methods)}, but method is {method}",
+                                    origin))
             continue
         checked = _check_value(option, value, origin, problems)
         if checked is not _INVALID:
@@ -530,41 +565,52 @@ def _validate(given: dict[str, tuple[Any, Origin]], problems: list[str]) -> RunC
         if option.key == "method" or method not in option.methods or option.key in values:
             continue
         if option.required:
-            problems.append(f"{option.key}: required ({option.why})")
+            problems.append(Problem(f"required ({option.why})", Location(key=option.key)))
             continue
         values[option.key] = option.default_for(method)
         defaulted.add(option.key)
 
-    notes = _check_combinations(values, defaulted, given, problems)
+    notes = _check_combinations(values, given, problems)
     return RunConfig(values, frozenset(defaulted), notes)
 
 
 _INVALID = object()
 
 
-def _check_value(option: Option, value: Any, origin: Origin, problems: list[str]) -> Any:
+def _check_value(option: Option, value: Any, origin: Location, problems: list[Problem]) -> Any:
     if value is None:
         if option.nullable:
             return None
-        problems.append(f"{origin}: {option.key}: needs a value ({option.why})")
+        problems.append(Problem(f"needs a value ({option.why})", origin))
         return _INVALID
     if value == AUTO and option.default_for("lora") == AUTO:
         return AUTO
     value = _coerce(value, option.types)
     if not isinstance(value, option.types) or (isinstance(value, bool) and bool not in option.types):
         expected = " or ".join(_type_name(t) for t in option.types)
-        problems.append(f"{origin}: {option.key}: expected {expected}, got {value!r}")
+        problems.append(Problem(f"expected {expected}, got {value!r}", origin))
         return _INVALID
     if option.choices and value not in option.choices:
-        problems.append(f"{origin}: {option.key}: {value!r} is not one of "
-                        f"{', '.join(map(str, option.choices))}{_suggest(str(value), map(str, option.choices))}")
+        problems.append(Problem(f"{value!r} is not one of {', '.join(map(str, option.choices))}"
+                                f"{_suggest(str(value), map(str, option.choices))}", origin))
         return _INVALID
     if option.check is not None:
         problem = option.check(value)
         if problem:
-            problems.append(f"{origin}: {option.key}: {value!r} {problem}")
+            problems.append(Problem(f"{value!r} {problem}", origin))
             return _INVALID
     return value
+
+
+def check_value(key: str, value: Any) -> str | None:
+    """What is wrong with one value for a key tuneterm knows, or None: for a screen that checks a field as it is
+    typed (the whole config is validated again before anything runs)."""
+    option = OPTION_BY_KEY.get(key)
+    if option is None:
+        return None
+    problems: list[Problem] = []
+    _check_value(option, value, Location(key=key), problems)
+    return problems[0].message if problems else None
 
 
 def _coerce(value: Any, types: tuple[type, ...]) -> Any:
@@ -585,44 +631,43 @@ def _type_name(t: type) -> str:
             dict: "a mapping"}.get(t, t.__name__)
 
 
-def _precision_flag(key: str, value: Any, origin: Origin, given: Mapping[str, tuple[Any, Origin]],
-                    values: dict[str, Any], problems: list[str]) -> None:
+def _precision_flag(key: str, value: Any, origin: Location, given: Given, values: dict[str, Any],
+                    problems: list[Problem]) -> None:
     if not isinstance(value, bool):
-        problems.append(f"{origin}: {key}: expected true/false, got {value!r}")
+        problems.append(Problem(f"expected true/false, got {value!r}", origin))
         return
     if not value:
         return
     precision = PRECISION_FLAGS[key]
     explicit = given.get("training.precision", (None, None))[0]
     if explicit not in (None, AUTO, precision):
-        problems.append(f"{origin}: {key}: true contradicts training.precision: {explicit}; keep one of them")
+        problems.append(Problem(f"true contradicts training.precision: {explicit}; keep one of them", origin))
         return
     if values.get("training.precision", precision) != precision:
-        problems.append(f"{origin}: {key}: bf16 and fp16 cannot both be true")
+        problems.append(Problem("bf16 and fp16 cannot both be true", origin))
         return
     values["training.precision"] = precision
 
 
-def _check_combinations(values: dict[str, Any], defaulted: set[str], given: Mapping[str, tuple[Any, Origin]],
-                        problems: list[str]) -> dict[str, str]:
+def _check_combinations(values: dict[str, Any], given: Given, problems: list[Problem]) -> dict[str, str]:
     """Checks that involve several keys; returns notes for values that follow from other keys."""
     notes = {}
 
-    def origin(key: str) -> Origin | str:
-        return given[key][1] if key in given else key
+    def origin(key: str) -> Location:
+        return given[key][1] if key in given else Location(key=key)
 
     if values.get("data.eval") and "data.val_size" in given and values.get("data.val_size"):
-        problems.append(f"{origin('data.val_size')}: data.val_size: an eval file is given (data.eval); "
-                        "set one of them, not both")
+        problems.append(Problem("an eval file is given (data.eval); set one of them, not both",
+                                origin("data.val_size")))
     if values.get("data.eval"):
         values["data.val_size"] = 0
         notes["data.val_size"] = "data.eval is given, so nothing is held out of the training data"
     eval_steps, save_steps = values.get("training.eval_steps"), values.get("training.save_steps")
     if (values.get("training.load_best_model_at_end") and isinstance(eval_steps, int)
             and isinstance(save_steps, int) and save_steps % eval_steps):
-        problems.append(f"{origin('training.save_steps')}: training.save_steps: {save_steps} must be a multiple of "
-                        f"eval_steps ({eval_steps}) when load_best_model_at_end is true, so that the best "
-                        "evaluated step has a checkpoint")
+        problems.append(Problem(f"{save_steps} must be a multiple of eval_steps ({eval_steps}) when "
+                                "load_best_model_at_end is true, so that the best evaluated step has a checkpoint",
+                                origin("training.save_steps")))
     return notes
 
 
@@ -637,23 +682,24 @@ _PASS_THROUGH_CLASSES = {
 }
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _hf_fields(section: str) -> dict[str, str]:
-    """Field name -> type annotation text of the Hugging Face class behind a section (imported lazily)."""
-    module_name, class_name = _PASS_THROUGH_CLASSES[section]
-    module = __import__(module_name, fromlist=[class_name])
-    cls = getattr(module, class_name)
-    if dataclasses.is_dataclass(cls):
-        return {f.name: str(f.type) for f in dataclasses.fields(cls)}
+    """Parameter name -> type annotation text of the Hugging Face class behind a section (imported lazily).
+
+    Read from the constructor, not the dataclass fields: BitsAndBytesConfig in transformers 5 is a dataclass with
+    one field that takes everything else as constructor arguments.
+    """
     import inspect
 
+    module_name, class_name = _PASS_THROUGH_CLASSES[section]
+    cls = getattr(__import__(module_name, fromlist=[class_name]), class_name)
     params = inspect.signature(cls.__init__).parameters
-    return {name: str(p.annotation) for name, p in params.items() if name not in ("self", "kwargs")}
+    return {name: str(p.annotation) for name, p in params.items()
+            if name not in ("self", "kwargs") and p.kind is not p.VAR_KEYWORD}
 
 
-def _check_pass_through(unknown: Mapping[str, tuple[Any, Origin]], method: str, values: dict[str, Any],
-                        problems: list[str]) -> None:
-    by_section: dict[str, dict[str, tuple[Any, Origin]]] = {}
+def _check_pass_through(unknown: Given, method: str, values: dict[str, Any], problems: list[Problem]) -> None:
+    by_section: dict[str, Given] = {}
     for key, item in unknown.items():
         section, name = key.split(".", 1)
         by_section.setdefault(section, {})[name] = item
@@ -663,20 +709,20 @@ def _check_pass_through(unknown: Mapping[str, tuple[Any, Origin]], method: str, 
         for name, (value, origin) in items.items():
             key = f"{section}.{name}"
             if name not in hf:
-                problems.append(f"{origin}: {key}: unknown key{_suggest(name, [*known_here, *hf])}")
+                problems.append(Problem(f"unknown key{_suggest(name, [*known_here, *hf])}", origin))
                 continue
             if section == "lora" and method == "full" or section == "quantization" and method != "qlora":
-                problems.append(f"{origin}: {key}: the {section} section does not apply to method {method}")
+                problems.append(Problem(f"the {section} section does not apply to method {method}", origin))
                 continue
             problem = _annotation_problem(value, hf[name])
             if problem:
-                problems.append(f"{origin}: {key}: {problem}")
+                problems.append(Problem(problem, origin))
                 continue
             values[key] = _coerce(value, (float,)) if "float" in hf[name] and "str" not in hf[name] else value
 
 
 def _annotation_problem(value: Any, annotation: str) -> str | None:
-    """A light type check against a dataclass annotation such as 'float | None' or 'Union[str, int]'."""
+    """A light type check against an annotation such as 'float | None' or 'Union[str, int]'."""
     if value is None:
         return None if "None" in annotation or "Optional" in annotation else "needs a value"
     accepted = [t for name, t in (("bool", bool), ("int", int), ("float", float), ("str", str), ("list", list),

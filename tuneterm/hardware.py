@@ -8,11 +8,13 @@ polls them during training, so they must be cheap and never take the program dow
 
 from __future__ import annotations
 
+import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
-from tuneterm.config import ConfigError
+from tuneterm.errors import ConfigError, Location, Problem
 
 BF16_MIN_COMPUTE_CAPABILITY = (8, 0)  # Ampere: A100, RTX 30xx and newer
 
@@ -184,10 +186,33 @@ def resolve_precision(setting: str, device: Device) -> tuple[str, str]:
         if device.bf16:
             return "bf16", f"auto: {device.name} supports bf16, whose wide range cannot underflow gradients"
         return "fp16", f"auto: {device.name} has no bf16, so fp16 with loss scaling"
+    where = Location(key="training.precision")
     if setting == "fp16" and device.kind != "cuda":
-        raise ConfigError([f"training.precision: fp16 needs a CUDA GPU and this machine has {device.name}; "
-                           "use auto"])
+        raise ConfigError([Problem(f"fp16 needs a CUDA GPU and this machine has {device.name}; use auto", where)])
     if setting == "bf16" and device.kind == "cuda" and not device.bf16:
-        raise ConfigError([f"training.precision: bf16 is not supported by {device.name} (it needs an Ampere or "
-                           "newer GPU); use auto, which picks fp16 with loss scaling"])
+        raise ConfigError([Problem(f"bf16 is not supported by {device.name} (it needs an Ampere or newer GPU); use "
+                                   "auto, which picks fp16 with loss scaling", where)])
     return setting, "set in the config"
+
+
+BUSY_CORE_PERCENT = 50.0
+
+
+def choose_cpu_threads(setting: int | str, sample_seconds: float = 0.3) -> tuple[int, str]:
+    """Threads for training on the CPU, and why: a number given in the config, or one per core that is free now.
+
+    PyTorch starts one thread per core and its threads wait for each other at every operation: when another
+    process holds a core, every step waits for the slowest thread (bench/cpu_threads.py measures it).
+    """
+    import psutil
+
+    if setting != "auto":
+        return int(setting), "set in the config"
+    usable = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+    busy_by_core = psutil.cpu_percent(interval=sample_seconds, percpu=True)
+    busy = [core for core in usable if core < len(busy_by_core) and busy_by_core[core] >= BUSY_CORE_PERCENT]
+    threads = max(1, len(usable) - len(busy))
+    if not busy:
+        return threads, f"auto: one per core ({len(usable)} cores, none busy when the run started)"
+    return threads, (f"auto: {len(busy)} of {len(usable)} cores were busy with other work when the run started "
+                     f"(over {BUSY_CORE_PERCENT:.0f}%), and threads that share a busy core slow every step")

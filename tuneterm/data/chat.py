@@ -46,7 +46,7 @@ class RenderedConversation:
     """Character spans the loss is computed on."""
     end_of_turn_trained: bool
     """Every assistant span ends with an end-of-turn token (so the model learns to stop)."""
-    prompt: list[tuple[int, int]] = ()
+    prompt: tuple[tuple[int, int], ...] = ()
     """Character spans of the system and user contents: text that must never be trained."""
     system_folded: bool = False
     """The template refuses a system role, so the system prompt was put in front of the first user message."""
@@ -90,7 +90,7 @@ def render_for_training(tokenizer: Any, conversation: Conversation, train_on: st
         trained.append((start, eot_end if eot_end is not None else end))
     if not trained:
         raise TemplateError("the chat template does not render any assistant message of this conversation")
-    prompt = [spans[i] for i, m in enumerate(conversation) if m["role"] != "assistant" and i in spans]
+    prompt = tuple(spans[i] for i, m in enumerate(conversation) if m["role"] != "assistant" and i in spans)
     return RenderedConversation(text, trained, all_ended, prompt, folded)
 
 
@@ -102,7 +102,7 @@ def _render_raw(tokenizer: Any, conversation: Conversation) -> RenderedConversat
         return RenderedConversation(text, [(0, len(text))], bool(eos))
     prompt, completion = conversation[0]["content"], conversation[1]["content"]
     text = prompt + completion + eos
-    return RenderedConversation(text, [(len(prompt), len(text))], bool(eos), [(0, len(prompt))])
+    return RenderedConversation(text, [(len(prompt), len(text))], bool(eos), ((0, len(prompt)),))
 
 
 _GENERATION_TAG = re.compile(r"\{%-?\s*generation\s*-?%\}")
@@ -115,10 +115,10 @@ def _generation_spans(tokenizer: Any, conversation: Conversation, text: str) -> 
         return []
     from transformers.utils.chat_template_utils import render_jinja_template
 
-    rendered, [indices] = render_jinja_template(conversations=[conversation], chat_template=template,
-                                                return_assistant_tokens_mask=True,
-                                                **tokenizer.special_tokens_map)
-    return [tuple(span) for span in indices] if rendered[0] == text else []
+    result: Any = render_jinja_template(conversations=[conversation], chat_template=template,
+                                        return_assistant_tokens_mask=True, **tokenizer.special_tokens_map)
+    rendered, masks = result
+    return [(int(start), int(end)) for start, end in masks[0]] if rendered[0] == text else []
 
 
 def _content_spans(tokenizer: Any, conversation: Conversation, text: str) -> dict[int, tuple[int, int]]:
@@ -180,9 +180,10 @@ def _search(text: str, conversation: Conversation) -> dict[int, tuple[int, int]]
 
 
 def _special_tokens(tokenizer: Any) -> list[str]:
-    """Special token strings, longest first, so that "<|im_end|>" wins over "<".""" 
+    """Special token strings, longest first, so that "<|im_end|>" wins over "<"."""
     tokens = set(tokenizer.all_special_tokens)
-    tokens.update(str(t) for t in getattr(tokenizer, "added_tokens_decoder", {}).values() if getattr(t, "special", False))
+    added = getattr(tokenizer, "added_tokens_decoder", {}).values()
+    tokens.update(str(t) for t in added if getattr(t, "special", False))
     return sorted((t for t in tokens if t), key=len, reverse=True)
 
 

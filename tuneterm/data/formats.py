@@ -13,10 +13,12 @@ data.columns override it.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any
 
-from tuneterm.data.records import DataError, Record
+from tuneterm.data.records import Record
+from tuneterm.errors import DataError
 
 Conversation = list[dict[str, str]]
 
@@ -51,6 +53,16 @@ class Detection:
     evidence: str
 
 
+class FormatUnknown(DataError):
+    """No format's fields are in most records; `columns` are the fields found (name -> records of the sample
+    having it), for a person to map with data.columns."""
+
+    def __init__(self, summary: str, columns: dict[str, int], sampled: int):
+        super().__init__(summary)
+        self.columns = columns
+        self.sampled = sampled
+
+
 class Columns:
     """Field names, as the format calls them by default, or as data.columns renames them."""
 
@@ -80,9 +92,10 @@ def detect_format(records: list[Record], columns: Columns | None = None) -> Dete
             return Detection(fmt, f"{share} {len(sample)} records sampled have {named}")
     found = ", ".join(f"{name} ({count}/{len(sample)})" for name, count in counts.most_common(12))
     expected = "; ".join(f"{name}: {fields}" for name, fields in EXPECTED.items())
-    source = records[0].where.rsplit(":", 1)[0] if records else "the data"
-    raise DataError(f"{source}: cannot tell the data format. Columns found: {found or 'none'}. Expected one of: "
-                    f"{expected}. Set data.format, and data.columns to map your column names.")
+    source = records[0].location.file if records else "the data"
+    raise FormatUnknown(f"{source}: cannot tell the data format. Columns found: {found or 'none'}. Expected one of: "
+                        f"{expected}. Set data.format, and data.columns to map your column names.",
+                        dict(counts.most_common()), len(sample))
 
 
 class Invalid(ValueError):
@@ -120,7 +133,8 @@ def _messages(value: Any, name: str, role_key: str, content_key: str, roles: Map
         if role is None:
             raise Invalid(f"{name}[{index}]: unknown role {raw_role!r}; expected one of "
                           f"{', '.join(sorted(set(CHAT_ROLES) | set(roles)))}")
-        conversation.append({"role": role, "content": _text(message.get(content_key), f"{name}[{index}].{content_key}")})
+        content = _text(message.get(content_key), f"{name}[{index}].{content_key}")
+        conversation.append({"role": role, "content": content})
     return conversation
 
 

@@ -11,18 +11,42 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import numpy as np
 
 from tuneterm.data.chat import RenderedConversation, TemplateError, render_for_training
 from tuneterm.data.formats import Columns, Conversation, Detection, Invalid, detect_format, to_conversation
-from tuneterm.data.records import DataError, Problem, Record, iter_records
+from tuneterm.data.records import Record, iter_records
 from tuneterm.data.tokenize import IGNORE_INDEX, encode_batch
+from tuneterm.errors import DataError, Location, Problem
+from tuneterm.work import Work
 
 DETECTION_SAMPLE = 200
 BATCH = 1000
+KEPT_PROBLEMS = 1000
+"""Problems of one kind kept with their locations; the rest are counted (a broken 1 GB file stays small)."""
+
+
+class ProblemList:
+    """Problems of one kind: the first KEPT_PROBLEMS with their locations, all of them counted."""
+
+    def __init__(self) -> None:
+        self.items: list[Problem] = []
+        self.count = 0
+
+    def add(self, problem: Problem) -> None:
+        self.count += 1
+        if len(self.items) < KEPT_PROBLEMS:
+            self.items.append(problem)
+
+    def __bool__(self) -> bool:
+        return self.count > 0
+
+    def __len__(self) -> int:
+        return self.count
 
 
 @dataclass
@@ -31,29 +55,31 @@ class ReadReport:
 
     detection: Detection
     records: int = 0
-    invalid: list[Problem] = field(default_factory=list)
-    duplicates: list[Problem] = field(default_factory=list)
+    invalid: ProblemList = field(default_factory=ProblemList)
+    duplicates: ProblemList = field(default_factory=ProblemList)
 
 
 @dataclass(frozen=True)
 class Example:
     conversation: Conversation
-    where: str
+    location: Location
 
 
 def read_examples(source: str, fmt: str = "auto", columns: dict[str, str] | None = None,
-                  keep_duplicates: bool = False) -> tuple[ReadReport, Iterator[Example]]:
+                  keep_duplicates: bool = False, work: Work | None = None,
+                  key: str = "data.train") -> tuple[ReadReport, Iterator[Example]]:
     """The format (detected from the first records) and a stream of valid, normalised examples.
 
-    Invalid records and duplicates are not yielded; they are listed in the report as the stream goes.
+    Invalid records and duplicates are not yielded; they are listed in the report as the stream goes. `work`
+    sees every record and may cancel the stream.
     """
     names = Columns(columns)
-    stream = iter_records(source)
+    stream = iter_records(source, work, key)
     head = list(itertools.islice(stream, DETECTION_SAMPLE))
     records = [item for item in head if isinstance(item, Record)]
     if not records:
         problems = [item for item in head if isinstance(item, Problem)]
-        raise DataError(f"{source}: holds no readable records", problems)
+        raise DataError(f"{key}: {source}: holds no readable records", problems)
     detection = detect_format(records, names) if fmt == "auto" else Detection(fmt, "set by data.format")
     report = ReadReport(detection)
     return report, _examples(itertools.chain(head, stream), detection.format, names, report, keep_duplicates)
@@ -61,31 +87,31 @@ def read_examples(source: str, fmt: str = "auto", columns: dict[str, str] | None
 
 def _examples(items: Iterable[Record | Problem], fmt: str, columns: Columns, report: ReadReport,
               keep_duplicates: bool) -> Iterator[Example]:
-    seen: dict[bytes, str] = {}
+    seen: dict[bytes, Location] = {}
     for item in items:
         report.records += 1
         if isinstance(item, Problem):
-            report.invalid.append(item)
+            report.invalid.add(item)
             continue
         try:
             conversation = to_conversation(item.fields, fmt, columns)
         except Invalid as exc:
-            report.invalid.append(Problem(item.where, str(exc)))
+            report.invalid.add(Problem(str(exc), item.location))
             continue
         if not keep_duplicates:
             key = hashlib.blake2b(json.dumps(conversation, sort_keys=True).encode(), digest_size=12).digest()
-            first = seen.setdefault(key, item.where)
-            if first != item.where:
-                report.duplicates.append(Problem(item.where, f"duplicate of {first}"))
+            first = seen.setdefault(key, item.location)
+            if first != item.location:
+                report.duplicates.add(Problem(f"duplicate of {first.where()}", item.location, "warning"))
                 continue
-        yield Example(conversation, item.where)
+        yield Example(conversation, item.location)
 
 
 @dataclass
 class EncodedExample:
     input_ids: np.ndarray
     labels: np.ndarray
-    where: str
+    location: Location
     rendered: RenderedConversation
     trained_runs: list[tuple[int, int]]
     """[start, end) token positions of each contiguous run of trained tokens."""
@@ -103,19 +129,19 @@ class EncodedExample:
     def trained_lost_at(self, max_length: int) -> int:
         return sum(max(0, end - max(start, max_length)) for start, end in self.trained_runs)
 
-    def truncated(self, max_length: int) -> "EncodedExample":
+    def truncated(self, max_length: int) -> EncodedExample:
         if self.length <= max_length:
             return self
-        return EncodedExample(self.input_ids[:max_length], self.labels[:max_length], self.where, self.rendered,
+        return EncodedExample(self.input_ids[:max_length], self.labels[:max_length], self.location, self.rendered,
                               [(s, min(e, max_length)) for s, e in self.trained_runs if s < max_length],
                               self.prompt_leak)
 
 
 @dataclass
 class EncodeReport:
-    template_failures: list[Problem] = field(default_factory=list)
-    untrained: list[Problem] = field(default_factory=list)
-    prompt_leaks: list[Problem] = field(default_factory=list)
+    template_failures: ProblemList = field(default_factory=ProblemList)
+    untrained: ProblemList = field(default_factory=ProblemList)
+    prompt_leaks: ProblemList = field(default_factory=ProblemList)
     missing_end_of_turn: int = 0
     system_folded: int = 0
 
@@ -128,7 +154,7 @@ def encode_examples(tokenizer: Any, examples: Iterable[Example], train_on: str,
         try:
             rendered = render_for_training(tokenizer, example.conversation, train_on)
         except TemplateError as exc:
-            report.template_failures.append(Problem(example.where, str(exc)))
+            report.template_failures.add(Problem(str(exc), example.location))
             continue
         report.missing_end_of_turn += not rendered.end_of_turn_trained
         report.system_folded += rendered.system_folded
@@ -146,14 +172,14 @@ def _encode(tokenizer: Any, batch: list[tuple[Example, RenderedConversation]],
         labels = encoded.labels
         runs = _runs(labels != IGNORE_INDEX)
         if not runs:
-            report.untrained.append(Problem(example.where, "no token is trained: the assistant reply is empty "
-                                                           "after the chat template"))
+            report.untrained.add(Problem("no token is trained: the assistant reply is empty after the chat template",
+                                         example.location))
             continue
         leak = _prompt_leak(rendered, encoded.offsets, labels)
         if leak:
-            report.prompt_leaks.append(Problem(example.where, f"trained tokens cover prompt text {leak!r}"))
+            report.prompt_leaks.add(Problem(f"trained tokens cover prompt text {leak!r}", example.location))
             continue
-        yield EncodedExample(encoded.input_ids, labels, example.where, rendered, runs)
+        yield EncodedExample(encoded.input_ids, labels, example.location, rendered, runs)
 
 
 def _runs(mask: np.ndarray) -> list[tuple[int, int]]:

@@ -13,125 +13,115 @@ Sources: .jsonl, .json (an array of records, or an object holding one), .csv, .p
 from __future__ import annotations
 
 import csv
+import io
 import json
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
+
+from tuneterm.errors import DataError, Location, Problem, first_sentence
+from tuneterm.hub import ask_hub, explain, looks_like_hub_id
+from tuneterm.work import Work
 
 
 @dataclass(frozen=True)
 class Record:
     fields: dict[str, Any]
-    where: str
-    """"train.jsonl:12" (file and line) or "train.parquet: row 3"."""
-
-
-@dataclass(frozen=True)
-class Problem:
-    where: str
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.where}: {self.message}"
-
-    @property
-    def location(self) -> dict[str, Any]:
-        """{"file", "line"} or {"file", "row"}, for JSON reports."""
-        head, _, tail = self.where.rpartition(":")
-        tail = tail.strip()
-        if tail.isdigit():
-            return {"file": head, "line": int(tail)}
-        if tail.startswith("row ") and tail[4:].isdigit():
-            return {"file": head, "row": int(tail[4:])}
-        return {"file": self.where}
-
-
-class DataError(ValueError):
-    """Data that cannot be used as it is; `problems` lists each with its location."""
-
-    def __init__(self, summary: str, problems: list[Problem] = ()):
-        self.summary = summary
-        self.problems = list(problems)
-        shown = "\n".join(f"  {p}" for p in self.problems[:20])
-        more = f"\n  ... and {len(self.problems) - 20} more" if len(self.problems) > 20 else ""
-        super().__init__(summary + ("\n" + shown + more if shown else ""))
+    location: Location
+    """File and line for JSONL and CSV, file and row for the others."""
 
 
 FILE_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
+_BOM = b"\xef\xbb\xbf"
 
 
-def iter_records(source: str | Path) -> Iterator[Record | Problem]:
-    """Every record of a file, directory or hub dataset, in order, with a Problem for each unreadable one."""
+def iter_records(source: str | Path, work: Work | None = None, key: str = "data.train") -> Iterator[Record | Problem]:
+    """Every record of a file, directory or hub dataset, in order, with a Problem for each unreadable one.
+
+    `work` is told about every record (it may cancel the reading) and shows how far the reading got; `key` is the
+    config key that named the source, for messages.
+    """
+    work = work or Work()
     path = Path(source)
     if path.is_dir():
-        yield from _iter_directory(path)
+        yield from _iter_directory(path, work)
     elif path.exists():
-        yield from _iter_file(path)
+        yield from _iter_file(path, work)
     elif looks_like_hub_id(str(source)):
-        yield from _iter_hub(str(source))
+        yield from _iter_hub(str(source), work, key)
     else:
-        raise DataError(f"{source}: no such file or directory")
+        raise DataError(f"{key}: {source}: no such file or directory")
 
 
-def _iter_file(path: Path) -> Iterator[Record | Problem]:
+def _iter_file(path: Path, work: Work) -> Iterator[Record | Problem]:
     if path.suffix not in FILE_SUFFIXES:
         raise DataError(f"{path}: unsupported file type {path.suffix or '(none)'}; use one of "
                         f"{', '.join(FILE_SUFFIXES)}, a directory of them, or one saved with datasets.save_to_disk")
     if path.stat().st_size == 0:
-        raise DataError(f"{path}: the file is empty")
+        raise DataError(f"{path}: the file is empty; it holds no records")
     reader = {".jsonl": _read_jsonl, ".json": _read_json, ".csv": _read_csv, ".parquet": _read_parquet}[path.suffix]
-    yield from reader(path)
+    yield from reader(path, work)
 
 
-def _iter_directory(path: Path) -> Iterator[Record | Problem]:
+def _iter_directory(path: Path, work: Work) -> Iterator[Record | Problem]:
     if (path / "dataset_info.json").is_file() or (path / "dataset_dict.json").is_file():
-        yield from _read_saved_dataset(path)
+        yield from _read_saved_dataset(path, work)
         return
     files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in FILE_SUFFIXES)
     if not files:
         raise DataError(f"{path}: the directory holds no {', '.join(FILE_SUFFIXES)} files and was not saved with "
                         "datasets.save_to_disk")
     for file in files:
-        yield from _iter_file(file)
+        yield from _iter_file(file, work)
 
 
-def _read_jsonl(path: Path) -> Iterator[Record | Problem]:
+def _read_jsonl(path: Path, work: Work) -> Iterator[Record | Problem]:
+    size, consumed, stage = path.stat().st_size, 0, f"reading {path.name}"
     with open(path, "rb") as handle:
         for number, raw in enumerate(handle, start=1):
-            where = f"{path}:{number}"
+            consumed += len(raw)
+            work.step(stage, number, fraction=consumed / size)
+            where = Location(str(path), number)
+            if number == 1 and raw.startswith(_BOM):  # Windows tools start UTF-8 files with a byte-order mark
+                raw = raw[len(_BOM):]
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
-                yield Problem(where, f"not UTF-8 text (byte {exc.start + 1} of the line); re-save the file as UTF-8")
+                yield Problem(f"not UTF-8 text (byte {exc.start + 1} of the line); re-save the file as UTF-8", where)
                 continue
             if not line.strip():
                 continue
             try:
                 value = json.loads(line)
             except json.JSONDecodeError as exc:
-                yield Problem(where, f"malformed JSON at column {exc.colno}: {exc.msg}")
+                yield Problem(f"malformed JSON at column {exc.colno}: {exc.msg}", where)
                 continue
             if not isinstance(value, dict):
-                yield Problem(where, f"expected a JSON object, got {type(value).__name__}")
+                yield Problem(f"expected a JSON object, got {type(value).__name__}", where)
                 continue
             yield Record(value, where)
 
 
-def _read_json(path: Path) -> Iterator[Record | Problem]:
+def _read_json(path: Path, work: Work) -> Iterator[Record | Problem]:
     """A .json file is one document: it is parsed whole (use JSONL for files too large for that)."""
+    work.step(f"parsing {path.name}", 0, force=True)
     try:
-        value = json.loads(path.read_bytes().decode("utf-8"))
+        value = json.loads(path.read_bytes().decode("utf-8-sig"))
     except UnicodeDecodeError as exc:
         raise DataError(f"{path}: not UTF-8 text (byte {exc.start + 1}); re-save the file as UTF-8") from None
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}:{exc.lineno}: malformed JSON at column {exc.colno}: {exc.msg}") from None
-    for index, row in enumerate(_json_rows(value, path)):
-        where = f"{path}: row {index}"
+    rows = _json_rows(value, path)
+    stage = f"reading {path.name}"
+    for index, row in enumerate(rows):
+        work.step(stage, index + 1, len(rows))
+        where = Location(str(path), row=index)
         if isinstance(row, dict):
             yield Record(row, where)
         else:
-            yield Problem(where, f"expected a JSON object, got {type(row).__name__}")
+            yield Problem(f"expected a JSON object, got {type(row).__name__}", where)
 
 
 def _json_rows(value: Any, path: Path) -> list[Any]:
@@ -145,68 +135,75 @@ def _json_rows(value: Any, path: Path) -> list[Any]:
     raise DataError(f"{path}: expected a JSON array of records (or an object holding one array of records)")
 
 
-def _read_csv(path: Path) -> Iterator[Record | Problem]:
+def _read_csv(path: Path, work: Work) -> Iterator[Record | Problem]:
     csv.field_size_limit(sys.maxsize)
+    size, stage = path.stat().st_size, f"reading {path.name}"
+    consumed = 0
+
+    def counted(handle: io.TextIOBase) -> Iterator[str]:
+        nonlocal consumed
+        for text in handle:
+            consumed += len(text)
+            yield text
+
     try:
-        with open(path, encoding="utf-8", newline="") as handle:
-            reader = csv.DictReader(handle)
+        with open(path, encoding="utf-8-sig", newline="") as handle:
+            reader = csv.DictReader(counted(handle))
             if not reader.fieldnames:
                 raise DataError(f"{path}: no header row")
             line = reader.line_num
-            for row in reader:
-                where = f"{path}:{line + 1}"  # the line the record starts on
+            for count, row in enumerate(reader, start=1):
+                work.step(stage, count, fraction=min(1.0, consumed / size))
+                where = Location(str(path), line + 1)  # the line the record starts on
                 line = reader.line_num
                 if None in row:
-                    yield Problem(where, f"{len(row[None])} more values than the {len(reader.fieldnames)} columns")
+                    yield Problem(f"{len(row[None])} more values than the {len(reader.fieldnames)} columns", where)
                     continue
                 yield Record({k: ("" if v is None else v) for k, v in row.items()}, where)
     except UnicodeDecodeError as exc:
         raise DataError(f"{path}: not UTF-8 text (byte {exc.start + 1}); re-save the file as UTF-8") from None
 
 
-def _read_parquet(path: Path) -> Iterator[Record | Problem]:
+def _read_parquet(path: Path, work: Work) -> Iterator[Record | Problem]:
     import pyarrow.parquet as pq
 
     try:
         parquet = pq.ParquetFile(path)
-    except Exception as exc:  # pyarrow raises its own error types for damaged files
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises its own error types for damaged files
         raise DataError(f"{path}: not a readable Parquet file ({exc})") from None
-    index = 0
+    total, stage, index = parquet.metadata.num_rows, f"reading {path.name}", 0
     for batch in parquet.iter_batches(batch_size=4096):
         for row in batch.to_pylist():
-            yield Record(row, f"{path}: row {index}")
+            work.step(stage, index + 1, total)
+            yield Record(row, Location(str(path), row=index))
             index += 1
 
 
-def _read_saved_dataset(path: Path) -> Iterator[Record | Problem]:
+def _read_saved_dataset(path: Path, work: Work) -> Iterator[Record | Problem]:
     from datasets import DatasetDict, load_from_disk
 
     dataset = load_from_disk(str(path))
     if isinstance(dataset, DatasetDict):
         split = "train" if "train" in dataset else next(iter(dataset))
         dataset = dataset[split]
+    stage = f"reading {path.name}"
     for index, row in enumerate(dataset):
-        yield Record(dict(row), f"{path}: row {index}")
+        work.step(stage, index + 1, len(dataset))
+        yield Record(dict(row), Location(str(path), row=index))
 
 
-def looks_like_hub_id(text: str) -> bool:
-    name = text.split(":", 1)[0]
-    return name.count("/") == 1 and not name.startswith((".", "/", "~")) and not Path(name).suffix
-
-
-def _iter_hub(source: str) -> Iterator[Record | Problem]:
-    from tuneterm.engine.loading import hub_reachable
-
+def _iter_hub(source: str, work: Work, key: str) -> Iterator[Record | Problem]:
     name, _, split = source.partition(":")
-    if not hub_reachable():
-        raise DataError(f"{source}: not a local file, and the Hugging Face hub cannot be reached from this machine. "
-                        f"Download it on a connected machine (hf download {name} --repo-type dataset --local-dir DIR) "
-                        "and point data.train at that directory")
+    answer = ask_hub(name, "dataset")
+    if answer.state != "reachable":
+        raise DataError(explain(answer, key, name, "dataset"))
     from datasets import load_dataset
 
     try:
         dataset = load_dataset(name, split=split or "train", streaming=True)
-    except Exception as exc:  # hub and builder errors come in many types
-        raise DataError(f"{source}: cannot load it from the Hugging Face hub: {str(exc).splitlines()[0]}") from None
+    except Exception as exc:  # noqa: BLE001 - hub and builder errors come in many types
+        raise DataError(f"{source}: cannot load it from the Hugging Face hub: {first_sentence(str(exc))}") from None
+    stage = f"streaming {source}"
     for index, row in enumerate(dataset):
-        yield Record(dict(row), f"{source}: row {index}")
+        work.step(stage, index + 1)
+        yield Record(dict(row), Location(source, row=index))

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterable
 
 import numpy as np
 
@@ -51,9 +50,3 @@ class Truncation:
     response_tokens_lost: int
     fully_truncated: int
     """Examples whose every trained token lies beyond max_length (they would train on nothing)."""
-
-
-def truncation(lengths: np.ndarray, lost: Iterable[int], trained: np.ndarray, max_length: int) -> Truncation:
-    lost = np.fromiter(lost, dtype=np.int64, count=len(lengths))
-    return Truncation(max_length, int((lengths > max_length).sum()), int(lost.sum()),
-                      int(((trained > 0) & (lost == trained)).sum()))

@@ -8,8 +8,9 @@ preview a person looks at, so what they see is what the model is trained on.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 

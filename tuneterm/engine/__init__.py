@@ -1,10 +1,7 @@
-"""The training engine: run(plan, sink, control), its events, its control object and its run directories.
+"""The training engine: run(plan, sink, control) in runner.py, its events (events.py), its control object
+(control.py) and its run directories (rundir.py).
 
-Pure: no textual import. Heavy libraries (torch, transformers, trl, peft) are imported inside the functions
-that need them, so importing this package stays fast.
+Pure: no textual import. Importing this package imports nothing else, so that a monitor which only replays
+events.jsonl can import `tuneterm.engine.events` alone; torch, transformers, trl and peft are imported inside the
+functions that need them.
 """
-
-from tuneterm.engine.control import RunControl
-from tuneterm.engine.runner import RunPlan, new_run, resume_run, run
-
-__all__ = ["RunControl", "RunPlan", "new_run", "resume_run", "run"]

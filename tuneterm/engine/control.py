@@ -26,6 +26,11 @@ class RunControl:
         self._save.set()
 
     @property
+    def stop_event(self) -> threading.Event:
+        """Set once a stop is requested: long work before training (reading the data) polls it to cancel."""
+        return self._stop
+
+    @property
     def stop_requested(self) -> bool:
         return self._stop.is_set()
 

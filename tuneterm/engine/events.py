@@ -11,9 +11,12 @@ import dataclasses
 import json
 import threading
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Callable, Iterator
+from typing import IO, Any, Literal
+
+RunStatus = Literal["completed", "early_stopped", "stopped"]
 
 EVENTS_FILE = "events.jsonl"
 
@@ -32,6 +35,16 @@ class PhaseStarted(Event):
 
     phase: str
     detail: str = ""
+
+
+@dataclass(frozen=True, kw_only=True)
+class PhaseProgressed(Event):
+    """How far a long phase got (reading and tokenising the data): a few times a second at most."""
+
+    phase: str
+    done: int
+    total: int | None = None
+    fraction: float | None = None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -103,8 +116,7 @@ class StopRequested(Event):
 class RunFinished(Event):
     """The run ended on its own terms: completed, stopped early by patience, or stopped on request."""
 
-    status: str
-    """"completed", "early_stopped" or "stopped"."""
+    status: RunStatus
     run_dir: str
     global_step: int
     adapter_dir: str | None = None
@@ -121,11 +133,13 @@ class RunFailed(Event):
     reason: str
     error_type: str = ""
     log_path: str | None = None
+    problems: list[dict[str, Any]] = field(default_factory=list)
+    """The problems behind the failure, each with its location (file and line, key) and message."""
 
 
 EVENT_TYPES: dict[str, type[Event]] = {
-    cls.__name__: cls for cls in (PhaseStarted, WarningIssued, RunStarted, StepLogged, EvalFinished, CheckpointSaved,
-                                  StopRequested, RunFinished, RunFailed)
+    cls.__name__: cls for cls in (PhaseStarted, PhaseProgressed, WarningIssued, RunStarted, StepLogged, EvalFinished,
+                                  CheckpointSaved, StopRequested, RunFinished, RunFailed)
 }
 
 EventSink = Callable[[Event], None]
@@ -169,7 +183,7 @@ class EventLog:
         with self._lock:
             self._handle.close()
 
-    def __enter__(self) -> "EventLog":
+    def __enter__(self) -> EventLog:
         return self
 
     def __exit__(self, *exc: object) -> None:

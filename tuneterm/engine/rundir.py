@@ -19,6 +19,8 @@ import time
 from pathlib import Path
 
 from tuneterm.config import RunConfig
+from tuneterm.errors import RunDirError
+from tuneterm.plan.planner import output_dir_problem
 
 CONFIG_FILE = "config.yaml"
 DEFAULT_RUNS_ROOT = Path("runs")
@@ -28,22 +30,17 @@ _CHECKPOINT_FILES = ("trainer_state.json", "optimizer.pt", "scheduler.pt")
 _WEIGHT_FILES = ("adapter_model.safetensors", "model.safetensors", "model.safetensors.index.json")
 
 
-class RunDirError(RuntimeError):
-    """A run directory that cannot be created or resumed; the message says what to do."""
-
-
 def create_run_dir(config: RunConfig, runs_root: Path = DEFAULT_RUNS_ROOT) -> Path:
     """A new, empty directory for this run. An existing non-empty directory is never used."""
     explicit = config.get("training.output_dir")
     if explicit:
+        problem = output_dir_problem(explicit)
+        if problem is not None:
+            raise RunDirError(str(problem))
         path = Path(explicit).expanduser()
-        if path.exists() and (not path.is_dir() or any(path.iterdir())):
-            raise RunDirError(f"training.output_dir: {path} already exists and is not empty; tuneterm never "
-                              "writes into an existing run. Choose a new directory, or leave output_dir unset to "
-                              f"get a fresh one under {runs_root}/")
-        path.mkdir(parents=True, exist_ok=True)
+        _make(path, "training.output_dir", exist_ok=True)
         return path
-    runs_root.mkdir(parents=True, exist_ok=True)
+    _make(runs_root, "the runs directory (--runs-dir)", exist_ok=True)
     stem = f"{time.strftime('%Y%m%d-%H%M%S')}-{_slug(config.get('model.path'))}-{config.method}"
     for attempt in range(1, 1000):
         path = runs_root / (stem if attempt == 1 else f"{stem}-{attempt}")
@@ -51,8 +48,25 @@ def create_run_dir(config: RunConfig, runs_root: Path = DEFAULT_RUNS_ROOT) -> Pa
             path.mkdir()
         except FileExistsError:
             continue
+        except OSError as exc:
+            raise _unwritable(runs_root, "the runs directory (--runs-dir)", exc) from None
         return path
     raise RunDirError(f"{runs_root}: cannot find a free run directory name for {stem}")
+
+
+def _make(path: Path, what: str, exist_ok: bool) -> None:
+    try:
+        path.mkdir(parents=True, exist_ok=exist_ok)
+    except OSError as exc:
+        raise _unwritable(path, what, exc) from None
+
+
+def _unwritable(path: Path, what: str, exc: OSError) -> RunDirError:
+    if isinstance(exc, (FileExistsError, NotADirectoryError)):
+        reason = "it (or a folder above it) is a file, not a directory"
+    else:
+        reason = exc.strerror or str(exc)
+    return RunDirError(f"{what}: cannot create {path}: {reason}. Choose a writable directory.")
 
 
 def _slug(model_path: str) -> str:

@@ -14,23 +14,39 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tuneterm.config import ConfigError, RunConfig, load_config
+from tuneterm.config import RunConfig, load_config
 from tuneterm.data.prepare import PreparedData, prepare
+from tuneterm.data.tokenizer import load_tokenizer
 from tuneterm.engine.capture import library_output_as_events
 from tuneterm.engine.control import RunControl
-from tuneterm.engine.events import (EVENTS_FILE, Event, EventLog, EventSink, PhaseStarted, RunFailed, RunFinished,
-                                    RunStarted, WarningIssued, read_events)
-from tuneterm.engine.loading import context_length, detect_device, load_model, load_tokenizer
-from tuneterm.engine.rundir import CONFIG_FILE, DEFAULT_RUNS_ROOT, RunDirError, create_run_dir, resume_point
-from tuneterm.hardware import CPU, Device
+from tuneterm.engine.events import (
+    EVENTS_FILE,
+    Event,
+    EventLog,
+    EventSink,
+    PhaseProgressed,
+    PhaseStarted,
+    RunFailed,
+    RunFinished,
+    RunStarted,
+    RunStatus,
+    WarningIssued,
+    read_events,
+)
+from tuneterm.engine.loading import detect_device, load_model
+from tuneterm.engine.rundir import CONFIG_FILE, DEFAULT_RUNS_ROOT, create_run_dir, resume_point
+from tuneterm.errors import Cancelled, ConfigError, RunDirError, TuneTermError, first_sentence
+from tuneterm.hardware import CPU, Device, choose_cpu_threads
+from tuneterm.plan.planner import model_facts, startup_problems
 from tuneterm.plan.resolve import resolve, schedule_of
+from tuneterm.work import Progress, Work
 
 ADAPTER_CHECK_FILE = "adapter_check.json"
 ERROR_LOG = "error.log"
 
 # Keys of the training section that are tuneterm's own rather than SFTConfig fields.
 _TUNETERM_TRAINING_KEYS = ("precision", "gradient_checkpointing", "eval_interval_epochs", "early_stopping_patience",
-                           "early_stopping_threshold")
+                           "early_stopping_threshold", "cpu_threads")
 
 
 @dataclass(frozen=True)
@@ -41,19 +57,24 @@ class RunPlan:
 
 
 def new_run(config: RunConfig, runs_root: Path = DEFAULT_RUNS_ROOT) -> RunPlan:
-    check_local_paths(config)
-    return RunPlan(config, create_run_dir(config, runs_root))
-
-
-def check_local_paths(config: RunConfig) -> None:
-    """Catch a mistyped data path before a run directory is created for a run that cannot start."""
-    from tuneterm.data.records import looks_like_hub_id
-
-    problems = [f"{key}: {config.get(key)}: no such file or directory"
-                for key in ("data.train", "data.eval")
-                if config.get(key) and not Path(config.get(key)).exists() and not looks_like_hub_id(config.get(key))]
+    """A new run directory holding the run's config from the start, so that a run which fails before training
+    is still a run: listed as failed, with its config to start it again. A config that cannot start (no data, a
+    mistyped path, an output directory in use) is refused before anything is written."""
+    problems = startup_problems(config)
     if problems:
         raise ConfigError(problems)
+    run_dir = create_run_dir(config, runs_root)
+    run_config(config).save(run_dir / CONFIG_FILE)
+    return RunPlan(config, run_dir)
+
+
+def run_config(config: RunConfig) -> RunConfig:
+    """The config as a run directory keeps it: without the output directory, so that running it again makes a
+    new run instead of being refused for writing into this one."""
+    if not config.get("training.output_dir"):
+        return config
+    return config.resolved({"training.output_dir": (None, "each run gets a new directory; this one was "
+                                                          f"{config.get('training.output_dir')}")})
 
 
 def resume_run(run_dir: Path) -> RunPlan:
@@ -78,7 +99,7 @@ def run(plan: RunPlan, sink: EventSink | None = None, control: RunControl | None
     with EventLog(plan.run_dir / EVENTS_FILE, sink) as emit, library_output_as_events(emit):
         try:
             result: Event = _Run(plan, emit, control).execute()
-        except _Stopped:
+        except (_Stopped, Cancelled):
             result = RunFinished(status="stopped", run_dir=str(plan.run_dir), global_step=0)
         except KeyboardInterrupt:
             emit(RunFailed(reason=f"interrupted; continue with: tuneterm train --resume {plan.run_dir}",
@@ -87,11 +108,20 @@ def run(plan: RunPlan, sink: EventSink | None = None, control: RunControl | None
         except Exception as exc:  # the one place a run's failure is turned into an event
             log_path = plan.run_dir / ERROR_LOG
             log_path.write_text(traceback.format_exc(), encoding="utf-8")
-            result = RunFailed(reason=_one_line(exc), error_type=type(exc).__name__, log_path=str(log_path))
+            result = failure_event(exc, log_path)
         finally:
             release_library_state()
         emit(result)
         return result
+
+
+def failure_event(exc: BaseException, log_path: Path) -> RunFailed:
+    """A failure as one sentence a person can act on, with the problems behind it and their locations."""
+    if isinstance(exc, TuneTermError):
+        return RunFailed(reason=exc.summary, error_type=type(exc).__name__, log_path=str(log_path),
+                         problems=[p.to_json() for p in sorted(exc.problems, key=lambda p: p.location.order())])
+    return RunFailed(reason=first_sentence(str(exc)) or type(exc).__name__, error_type=type(exc).__name__,
+                     log_path=str(log_path))
 
 
 def release_library_state() -> None:
@@ -112,12 +142,6 @@ def release_library_state() -> None:
         torch.cuda.empty_cache()
 
 
-def _one_line(exc: Exception) -> str:
-    text = str(exc).strip() or type(exc).__name__
-    lines = text.splitlines()
-    return lines[0] + (f" (+{len(lines) - 1} more lines in the error log)" if len(lines) > 1 else "")
-
-
 class _Run:
     """The steps of one run, sharing what they load."""
 
@@ -134,20 +158,26 @@ class _Run:
         for message in messages:
             self.emit(WarningIssued(message=message))
 
+    def progress(self, progress: Progress) -> None:
+        self.emit(PhaseProgressed(phase=progress.stage, done=progress.done, total=progress.total,
+                                  fraction=progress.fraction))
+
     def execute(self) -> Event:
         config = self.plan.config
         self.phase("loading tokenizer", config.get("model.path"))
         tokenizer, warnings = load_tokenizer(config)
         self.warn(warnings)
         self.phase("preparing data", config.get("data.train"))
-        data = prepare(config, tokenizer, context_length(config))
+        work = Work(self.control.stop_event, self.progress, interval=0.5)
+        data = prepare(config, tokenizer, model_facts(config).context_length, work)
         self.warn(data.warnings)
         device = CPU if config.get("training.use_cpu") else detect_device()
         config = resolve(config, device, train_examples=len(data.train.examples),
-                         data_max_length=(data.max_length, data.max_length_why), run_dir=self.run_dir,
-                         world_size=_world_size())
+                         data_max_length=(data.max_length, data.max_length_why), world_size=_world_size())
+        if device.kind == "cpu":
+            config = self.set_cpu_threads(config)
         if self.plan.resume_from is None:
-            config.save(self.run_dir / CONFIG_FILE)
+            run_config(config).save(self.run_dir / CONFIG_FILE)
         if data.eval is None:
             self.warn(["no eval split (data.val_size is 0 and no data.eval): overfitting is invisible, and early "
                        "stopping and best-checkpoint selection are off"])
@@ -183,13 +213,20 @@ class _Run:
         from tuneterm.engine.plots import save_loss_plots
 
         save_loss_plots(read_events(self.run_dir / EVENTS_FILE), self.run_dir)
-        status = ("stopped" if self.control.stop_requested
+        status: RunStatus = ("stopped" if self.control.stop_requested
                   else "early_stopped" if callback.early_stopped else "completed")
         best = callback.best_eval_loss
         return RunFinished(status=status, run_dir=str(self.run_dir), global_step=trainer.state.global_step,
                            adapter_dir=str(self.run_dir), best_checkpoint=trainer.state.best_model_checkpoint,
                            best_eval_loss=best if best != float("inf") else None,
                            adapter_changed=check["all_changed"], adapter_check=check)
+
+    def set_cpu_threads(self, config: RunConfig) -> RunConfig:
+        import torch
+
+        threads, why = choose_cpu_threads(config.get("training.cpu_threads"))
+        torch.set_num_threads(threads)
+        return config.resolved({"training.cpu_threads": (threads, why)})
 
     def build_trainer(self, config: RunConfig, model: Any, tokenizer: Any, data: PreparedData,
                       device: Device) -> tuple[Any, Any]:

@@ -9,7 +9,8 @@ hyperparameters guide recommends ("Verifying LoRA weight updates").
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 
 def fingerprint(tensors: Mapping[str, Any]) -> dict[str, str]:

@@ -8,26 +8,27 @@ can print the --set that does the same.
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 from tuneterm.config import GUIDE_COMPLETE, GUIDE_HYPERPARAMS, GUIDE_RANK, GUIDE_UNSLOTH, RunConfig
+from tuneterm.errors import LEVELS, Level
 from tuneterm.hardware import Device
 from tuneterm.plan.model import ModelFacts
 from tuneterm.plan.schedule import Schedule
 
-LEVELS = ("info", "warning", "error")
-
 
 @dataclass(frozen=True)
 class Advice:
-    level: str
+    level: Level
     field: str
     message: str
     why: str
     source: str
-    fix: dict[str, Any] = field(default_factory=dict)
+    fix: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def as_set_arguments(self) -> str:
         return " ".join(f"--set {key}={_yaml_scalar(value)}" for key, value in self.fix.items())

@@ -25,9 +25,10 @@ is within 10% of torch.cuda.max_memory_allocated at every point.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
-from tuneterm.plan.model import LoraShape, ModelFacts, trainable_params
+from tuneterm.plan.model import LinearModule, LoraShape, ModelFacts, trainable_params
 
 GB = 1e9
 
@@ -172,7 +173,7 @@ def _optimizer(facts: ModelFacts, setup: MemorySetup, trainable: int, parameter_
     return states, 0.0
 
 
-def _inputs_per_layer(facts: ModelFacts, modules: list) -> float:
+def _inputs_per_layer(facts: ModelFacts, modules: Iterable[LinearModule]) -> float:
     return sum(m.in_features for m in modules) / max(facts.layers, 1)
 
 
@@ -238,11 +239,16 @@ class BatchAdvice:
 
 def largest_micro_batch(facts: ModelFacts, setup: MemorySetup, free_bytes: float,
                         effective_batch: int, limit: int = 256) -> BatchAdvice:
-    best = 0
-    for micro_batch in range(1, min(limit, effective_batch) + 1):
-        trial = replace(setup, micro_batch=micro_batch)
-        if verdict(estimate_memory(facts, trial), free_bytes).level != "fits":
-            break
-        best = micro_batch
-    accumulation = math.ceil(effective_batch / (best * setup.world_size)) if best else 0
-    return BatchAdvice(best, accumulation)
+    """Memory grows with the micro-batch, so the largest that fits is found by bisection (a few estimates)."""
+    def fits(micro_batch: int) -> bool:
+        return verdict(estimate_memory(facts, replace(setup, micro_batch=micro_batch)), free_bytes).level == "fits"
+
+    low, high = 0, min(limit, effective_batch)  # low fits (0 trivially), everything above high is not wanted
+    while low < high:
+        middle = (low + high + 1) // 2
+        if fits(middle):
+            low = middle
+        else:
+            high = middle - 1
+    accumulation = math.ceil(effective_batch / (low * setup.world_size)) if low else 0
+    return BatchAdvice(low, accumulation)

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
+
+from tuneterm.errors import LoadError, first_sentence
+from tuneterm.hub import open_source
 
 
 @dataclass(frozen=True)
@@ -113,13 +116,17 @@ def _facts(path: str, revision: str | None, trust_remote_code: bool) -> ModelFac
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from tuneterm.engine.loading import hub_reachable
-
-    local_only = not Path(path).exists() and not hub_reachable()
-    config = AutoConfig.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code,
-                                        local_files_only=local_only)
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    source = open_source(path, revision, trust_remote_code)
+    try:
+        config = AutoConfig.from_pretrained(path, **source.kwargs)
+    except (OSError, ValueError, ImportError) as exc:
+        raise source.failure(exc) from None
+    try:
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+    except (ValueError, ImportError, KeyError) as exc:
+        raise LoadError(f"model.path: {path}: transformers cannot build a causal language model from its "
+                        f"config.json ({first_sentence(str(exc))})") from None
     return facts_from_model(model)
 
 

@@ -7,7 +7,6 @@ the data's length statistics, the device) as arguments.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from tuneterm.config import AUTO, RunConfig
@@ -19,8 +18,7 @@ _DTYPE_NAMES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 
 
 def resolve(config: RunConfig, device: Device, train_examples: int | None = None,
-            data_max_length: tuple[int, str] | None = None, run_dir: Path | None = None,
-            world_size: int = 1) -> RunConfig:
+            data_max_length: tuple[int, str] | None = None, world_size: int = 1) -> RunConfig:
     """Fill what can be filled: precision from the device, lengths and intervals from the data when known."""
     changes: dict[str, tuple[Any, str]] = {}
     precision = config.get("training.precision")
@@ -39,8 +37,6 @@ def resolve(config: RunConfig, device: Device, train_examples: int | None = None
         changes["training.max_length"] = data_max_length
     if train_examples is not None:
         changes.update(_intervals(config, train_examples, world_size))
-    if run_dir is not None:
-        changes["training.output_dir"] = (str(run_dir), "this run's directory")
     return config.resolved(changes)
 
 

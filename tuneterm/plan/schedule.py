@@ -11,13 +11,6 @@ import math
 from dataclasses import dataclass
 
 
-def eval_split_size(examples: int, val_size: float | int) -> int:
-    """Held-out examples for a val_size (fraction or count); a fraction rounds up, like datasets' split."""
-    if isinstance(val_size, float):
-        return math.ceil(val_size * examples) if val_size > 0 else 0
-    return int(val_size)
-
-
 def steps_per_epoch(train_examples: int, micro_batch: int, accumulation: int, world_size: int = 1) -> int:
     """Optimizer steps in one epoch: batches per device, then accumulation (a partial last group still steps)."""
     batches = math.ceil(train_examples / (micro_batch * world_size))

@@ -1,4 +1,4 @@
-"""Plan before training: step math against the real Trainer, advice, hardware readings, presets, `tuneterm plan`."""
+"""Plan before training: step math, advice, hardware readings, presets, the staged planner and `tuneterm plan`."""
 
 from __future__ import annotations
 
@@ -9,59 +9,24 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import DATA, ROOT
 from tuneterm.cli import main
-from tuneterm.config import ConfigError, config_from_mapping, load_config, preset_names
+from tuneterm.config import config_from_mapping, load_config, preset_names
+from tuneterm.data.summary import eval_split_size
+from tuneterm.errors import ConfigError
 from tuneterm.hardware import CPU, Device, GpuSurvey, read_gpus
 from tuneterm.plan import schedule
 from tuneterm.plan.advice import Context, LengthStats, advise
 from tuneterm.plan.resolve import resolve, schedule_of
 
-CONFIGS = Path(__file__).parent / "data" / "model_configs"
-
-
-def trainer_max_steps(tiny_model: Path, examples: int, micro: int, accumulation: int, epochs: float) -> int:
-    """What the real Trainer computes: read in on_train_begin, then stop before any step."""
-    from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
-    from trl import SFTConfig, SFTTrainer
-
-    seen: dict[str, int] = {}
-
-    class Probe(TrainerCallback):
-        def on_train_begin(self, args, state, control, **kwargs):  # noqa: ANN001, ANN003
-            seen["max_steps"] = state.max_steps
-            control.should_training_stop = True
-
-        def on_step_begin(self, args, state, control, **kwargs):  # noqa: ANN001, ANN003
-            control.should_training_stop = True
-
-    rows = [[5, 6, 7, 8]] * examples
-    args = SFTConfig(output_dir="/tmp/tuneterm-probe", per_device_train_batch_size=micro,
-                     gradient_accumulation_steps=accumulation, num_train_epochs=epochs, use_cpu=True, report_to="none",
-                     save_strategy="no", disable_tqdm=True, activation_checkpointing=False, bf16=False)
-    trainer = SFTTrainer(model=AutoModelForCausalLM.from_pretrained(str(tiny_model)), args=args,
-                         train_dataset=Dataset.from_dict({"input_ids": rows, "labels": rows}),
-                         processing_class=AutoTokenizer.from_pretrained(str(tiny_model)), callbacks=[Probe()])
-    trainer.train()
-    return seen["max_steps"]
-
-
-GRID = [(17, 2, 8, 3), (100, 2, 8, 3), (101, 4, 4, 1), (16, 2, 8, 1), (7, 1, 1, 2), (250, 3, 5, 2.5), (33, 8, 1, 0.5),
-        (64, 4, 3, 3)]
-
-
-@pytest.mark.parametrize("examples, micro, accumulation, epochs", GRID)
-def test_predicted_steps_equal_the_trainers(tiny_model: Path, examples: int, micro: int, accumulation: int,
-                                            epochs: float) -> None:
-    predicted = schedule.total_steps(schedule.steps_per_epoch(examples, micro, accumulation), epochs)
-    assert predicted == trainer_max_steps(tiny_model, examples, micro, accumulation, epochs)
+CONFIGS = DATA / "model_configs"
 
 
 def test_the_guides_step_table_corrected() -> None:
     # 'LoRA Fine-Tuning Complete Guide' section 7: 5,986 examples, 2 GPUs x batch 4 x accumulation 4 = 32, 3 epochs.
     # Its table prints 141 total updates ("5986 / 32 x 3"), but 5986 / 32 x 3 is 561, and the Trainer, which
     # rounds batches up on each device, runs 564. Its val_size arithmetic does add up: 599 held out, 5,387 left.
-    assert schedule.eval_split_size(5986, 0.1) == 599
+    assert eval_split_size(5986, 0.1) == 599
     per_epoch = schedule.steps_per_epoch(5986, micro_batch=4, accumulation=4, world_size=2)
     assert (per_epoch, schedule.total_steps(per_epoch, 3)) == (188, 564)
     per_epoch = schedule.steps_per_epoch(5387, micro_batch=4, accumulation=4, world_size=2)
@@ -170,7 +135,7 @@ def test_nvml_readings_are_parsed_and_unsupported_ones_are_none(monkeypatch: pyt
 @pytest.mark.parametrize("name", preset_names())
 def test_presets_are_valid_commented_configs(name: str) -> None:
     config = load_config(preset=name, overrides=["model.path=m", "data.train=t"])
-    text = (Path(__file__).parent.parent / "presets" / f"{name}.yaml").read_text()
+    text = (ROOT / "presets" / f"{name}.yaml").read_text()
     assert text.startswith("# ") and len([line for line in text.splitlines() if "#" in line]) >= 3
     assert config.method in ("lora", "qlora")
 
@@ -196,7 +161,7 @@ def test_plan_command_text_and_json(tiny_model: Path, chat_data: dict, tmp_path:
     plan = json.loads(capsys.readouterr().out)
     assert plan["model"]["trainable_params"] > 0 and plan["model"]["total_params"] > plan["model"]["base_params"]
     assert plan["schedule"]["effective_batch_size"] == 32
-    held_out = schedule.eval_split_size(160, 0.1)
+    held_out = eval_split_size(160, 0.1)
     assert plan["schedule"]["train_examples"] == 160 - held_out
     assert plan["schedule"]["steps_per_epoch"] == schedule.steps_per_epoch(160 - held_out, 2, 8, 2)
     assert set(plan["schedule"]) >= {"steps_per_epoch", "total_steps", "warmup_steps", "eval_steps"}
@@ -206,20 +171,99 @@ def test_plan_command_text_and_json(tiny_model: Path, chat_data: dict, tmp_path:
     assert plan["data"]["lengths"]["p99"] >= plan["data"]["lengths"]["p50"]
 
 
-def test_plan_needs_only_config_json_for_the_model(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    model = tmp_path / "mistral"
-    model.mkdir()
-    (model / "config.json").write_text((CONFIGS / "mistral-7b-v0.1.json").read_text())
-    assert main(["plan", "--preset", "qlora-7b-24gb", "--set", f"model.path={model}", "--set",
-                 "data.train=missing.jsonl", "--json"]) == 0
+def _config_json_only(tmp_path: Path, name: str = "mistral-7b-v0.1") -> Path:
+    model = tmp_path / name
+    model.mkdir(exist_ok=True)
+    (model / "config.json").write_text((CONFIGS / f"{name}.json").read_text())
+    return model
+
+
+def test_plan_without_data_covers_the_model_memory_and_advice(tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    model = _config_json_only(tmp_path)
+    config = tmp_path / "run.yaml"
+    config.write_text(f"method: qlora\nmodel:\n  path: {model}\ntraining:\n  max_length: 2048\n"
+                      "  learning_rate: 1e-3\n")
+    assert main(["plan", str(config), "--gpu-memory", "24"]) == 0
+    text = capsys.readouterr().out
+    assert "7,241,732,096" in text.replace("7,241,732,096", "7,241,732,096") or "parameters trainable" in text
+    assert "Schedule  needs the data" in text and "Memory    per GPU at 2048 tokens" in text
+    assert "FITS" in text and "fix: --set training.learning_rate=0.0002" in text
+    assert main(["plan", str(config), "--json", "--gpu-memory", "24"]) == 0
     plan = json.loads(capsys.readouterr().out)
     assert plan["model"]["base_params"] == 7_241_732_096
-    assert plan["schedule"] is None and any("missing.jsonl" in p for p in plan["problems"])
-    # From a laptop: will it fit on a 24 GB card? And on an 8 GB one?
+    assert plan["schedule"] is None and plan["data"] is None
+    assert not [p for p in plan["problems"] if p["level"] == "error"]
+
+
+def test_plan_says_what_would_stop_a_run_and_exits_non_zero(tmp_path: Path, chat_data: dict, tiny_model: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
+    model = _config_json_only(tmp_path)
+    assert main(["plan", "--preset", "qlora-7b-24gb", "--set", f"model.path={model}", "--set",
+                 "data.train=missing.jsonl", "--json"]) == 1
+    plan = json.loads(capsys.readouterr().out)
+    assert {"key": "data.train", "level": "error", "message": f"{Path.cwd() / 'missing.jsonl'}: no such file or "
+                                                              "directory"} in plan["problems"]
+    assert plan["memory"]["verdict"]["level"], "everything that can be planned still is"
+    invalid = tmp_path / "invalid.jsonl"
+    invalid.write_text(chat_data["train"].read_text() + '{"messages": [{"role": "user", "content": "hi"}]}\n')
+    assert main(["plan", "--set", f"model.path={tiny_model}", "--set", f"data.train={invalid}"]) == 1
+    captured = capsys.readouterr()
+    assert "Problem   data.train: 1 of 161 records are not valid" in captured.out
+    assert f"\n            {invalid}:161: the conversation ends with a user turn" in captured.out
+    assert "would stop tuneterm train" in captured.err
+
+
+def test_a_config_problem_found_while_planning_is_a_config_problem(tmp_path: Path, tiny_model: Path,
+                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["plan", "--set", f"model.path={tiny_model}", "--set", "training.precision=fp16"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("Config problems:\n  training.precision: fp16 needs a CUDA GPU")
+
+
+def test_plan_from_a_laptop_for_a_card_it_does_not_have(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    model = _config_json_only(tmp_path)
     for gigabytes, level in ((24, "fits"), (4, "will not fit")):
         assert main(["plan", "--preset", "qlora-7b-24gb", "--set", f"model.path={model}", "--set",
-                     "data.train=missing.jsonl", "--set", "training.max_length=2048", "--gpu-memory",
-                     str(gigabytes), "--json"]) == 0
+                     "training.max_length=2048", "--gpu-memory", str(gigabytes), "--json"]) == 0
         planned = json.loads(capsys.readouterr().out)
         assert planned["memory"]["verdict"]["level"] == level
         assert planned["config"]["training"]["precision"] == "bf16"
+
+
+def test_the_per_keystroke_stage_reuses_facts_and_data(tiny_model: Path, chat_data: dict) -> None:
+    from tuneterm.hardware import HostReading
+    from tuneterm.plan import planner
+
+    config = config_from_mapping({"model": {"path": str(tiny_model)}, "data": {"train": str(chat_data["train"])}})
+    facts = planner.model_facts(config)
+    summary = planner.data_summary(config)
+    assert planner.data_summary(config) is summary, "the data summary is cached per data settings"
+    host = HostReading(cpu_count=2, cpu_percent=0.0, memory_total=16_000_000_000, memory_available=8_000_000_000)
+    gpus = GpuSurvey((), reason="test")
+    plans = {}
+    for length in (64, 128):
+        changed = config_from_mapping({**config.to_nested(), "training": {"max_length": length}})
+        assert planner.data_summary(changed) is summary, "max_length does not touch the data summary"
+        plans[length] = planner.plan_run(changed, facts, summary, gpus, host=host)
+    assert plans[128].memory.total_bytes > plans[64].memory.total_bytes
+    assert plans[64].schedule == plans[128].schedule or plans[64].data.truncation.truncated_examples >= 0
+    assert plans[128].targets[0].name.startswith("CPU RAM") and plans[128].targets[0].free_bytes == 8_000_000_000
+    moved = config_from_mapping({**config.to_nested(), "data": {"train": str(chat_data["train"]), "val_size": 0.5}})
+    assert planner.data_summary(moved) is summary, "the held-out share is derived, not read again"
+    assert planner.plan_run(moved, facts, summary, gpus, host=host).schedule.train_examples == 80
+
+
+def test_plan_problems_for_an_output_directory_in_use_and_a_model_without_tokenizer(
+        tmp_path: Path, chat_data: dict, capsys: pytest.CaptureFixture[str]) -> None:
+    model = _config_json_only(tmp_path)  # config.json only: enough for memory, not for the data statistics
+    used = tmp_path / "used"
+    used.mkdir()
+    (used / "adapter_model.safetensors").write_text("precious")
+    assert main(["plan", "--set", f"model.path={model}", "--set", f"data.train={chat_data['train']}", "--set",
+                 f"training.output_dir={used}", "--json"]) == 1
+    problems = {p["key"]: p for p in json.loads(capsys.readouterr().out)["problems"] if p["level"] == "error"}
+    assert "already exists and is not empty" in problems["training.output_dir"]["message"]
+    assert problems["data.train"]["message"].startswith(f"model.path: {model}: cannot load it")
+    assert (used / "adapter_model.safetensors").read_text() == "precious"

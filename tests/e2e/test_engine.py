@@ -12,12 +12,20 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import write_jsonl
+from tests.helpers import write_jsonl
 from tuneterm.config import config_from_mapping
-from tuneterm.engine import RunControl, new_run, resume_run, run
-from tuneterm.engine.events import (CheckpointSaved, EvalFinished, RunFinished, RunStarted, StepLogged, StopRequested,
-                                    read_events)
-from tuneterm.engine.rundir import RunDirError
+from tuneterm.engine.control import RunControl
+from tuneterm.engine.events import (
+    CheckpointSaved,
+    EvalFinished,
+    RunFinished,
+    RunStarted,
+    StepLogged,
+    StopRequested,
+    read_events,
+)
+from tuneterm.engine.runner import new_run, resume_run, run
+from tuneterm.errors import ConfigError, RunDirError
 
 
 def merged(base: dict, **sections: dict) -> dict:
@@ -34,10 +42,8 @@ def of_type(events: list, kind: type) -> list:
     return [e for e in events if isinstance(e, kind)]
 
 
-def test_lora_run_learns_and_leaves_a_complete_run_directory(base_config: dict) -> None:
-    plan = new_run(config_from_mapping(base_config))
-    events: list = []
-    result = run(plan, events.append)
+def test_lora_run_learns_and_leaves_a_complete_run_directory(finished_run) -> None:
+    events, result, run_dir = finished_run.events, finished_run.result, finished_run.run_dir
 
     assert isinstance(result, RunFinished), result
     assert result.status == "completed"
@@ -50,7 +56,6 @@ def test_lora_run_learns_and_leaves_a_complete_run_directory(base_config: dict) 
     assert started.total_steps == steps[-1].max_steps == result.global_step == steps[-1].step
     assert [s.step for s in steps] == list(range(1, started.total_steps + 1))
 
-    run_dir = plan.run_dir
     for name in ("config.yaml", "events.jsonl", "adapter_model.safetensors", "adapter_config.json",
                  "tokenizer.json", "tokenizer_config.json", "trainer_state.json", "training_loss.png",
                  "training_eval_loss.png", "adapter_check.json"):
@@ -66,18 +71,15 @@ def test_lora_run_learns_and_leaves_a_complete_run_directory(base_config: dict) 
     assert result.adapter_changed is True
 
 
-def test_saved_adapter_loads_onto_the_base_model_and_changes_its_output(base_config: dict) -> None:
+def test_saved_adapter_loads_onto_the_base_model_and_changes_its_output(finished_run) -> None:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    plan = new_run(config_from_mapping(merged(base_config, training={"num_train_epochs": 1})))
-    assert isinstance(run(plan), RunFinished)
-
-    base = AutoModelForCausalLM.from_pretrained(base_config["model"]["path"])
+    base = AutoModelForCausalLM.from_pretrained(finished_run.config["model"]["path"])
     inputs = torch.tensor([[1, 2, 3, 4, 5]])
     with torch.no_grad():
         before = base(inputs).logits
-    tuned = PeftModel.from_pretrained(base, str(plan.run_dir))
+    tuned = PeftModel.from_pretrained(base, str(finished_run.run_dir))
     lora_b = {k: v for k, v in tuned.state_dict().items() if "lora_B" in k}
     assert lora_b and all(v.abs().sum() > 0 for v in lora_b.values())
     with torch.no_grad():
@@ -210,7 +212,7 @@ def test_an_existing_output_directory_is_never_touched(base_config: dict, tmp_pa
     keep.write_bytes(b"precious")
     before = sorted(p.name for p in existing.iterdir())
 
-    with pytest.raises(RunDirError, match="already exists and is not empty"):
+    with pytest.raises(ConfigError, match="already exists and is not empty"):
         new_run(config_from_mapping(base_config))
     assert keep.read_bytes() == b"precious"
     assert sorted(p.name for p in existing.iterdir()) == before

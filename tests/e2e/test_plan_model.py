@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoConfig, AutoModelForCausalLM
 
+from tests.helpers import DATA
 from tuneterm.plan.model import LoraShape, facts_from_model, load_model_facts, peft_total_params, trainable_params
 
-CONFIGS = Path(__file__).parent / "data" / "model_configs"
+CONFIGS = DATA / "model_configs"
 SHAPES = [LoraShape(16, "all-linear"), LoraShape(8, ("q_proj", "v_proj")), LoraShape(64, "all-linear", use_dora=True),
           LoraShape(4, r".*\.mlp\..*_proj"), LoraShape(8, "all-linear", bias="all")]
 

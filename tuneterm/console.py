@@ -2,7 +2,8 @@
 
 Used by `tuneterm train` and `tuneterm demo --headless`, where output goes to a terminal, a log file or CI.
 Step lines are throttled (the first, the last, and at most one every few seconds); evaluations, checkpoints,
-warnings and the end of the run are always printed.
+warnings and the end of the run are always printed, and a failure lists the problems behind it with their
+locations.
 """
 
 from __future__ import annotations
@@ -11,8 +12,19 @@ import sys
 import time
 from typing import TextIO
 
-from tuneterm.engine.events import (CheckpointSaved, EvalFinished, Event, PhaseStarted, RunFailed, RunFinished,
-                                    RunStarted, StepLogged, StopRequested, WarningIssued)
+from tuneterm.engine.events import (
+    CheckpointSaved,
+    EvalFinished,
+    Event,
+    PhaseStarted,
+    RunFailed,
+    RunFinished,
+    RunStarted,
+    StepLogged,
+    StopRequested,
+    WarningIssued,
+)
+from tuneterm.errors import SHOWN_PROBLEMS, Location
 
 
 class ConsoleProgress:
@@ -34,10 +46,13 @@ class ConsoleProgress:
         if isinstance(event, RunStarted):
             share = event.trainable_params / event.total_params if event.total_params else 0
             resumed = f", resuming from {event.resumed_from}" if event.resumed_from else ""
+            threads = event.config.get("training", {}).get("cpu_threads")
+            cpu = f"\nCPU threads: {threads} ({event.notes['training.cpu_threads']})" \
+                if "training.cpu_threads" in event.notes else ""
             return (f"Training on {event.train_examples:,} examples (eval {event.eval_examples:,}) for "
                     f"{event.total_steps:,} steps ({event.steps_per_epoch:,} per epoch) on {event.device}; "
                     f"{event.trainable_params:,} of {event.total_params:,} parameters trainable ({share:.2%})"
-                    f"{resumed}")
+                    f"{resumed}{cpu}")
         if isinstance(event, StepLogged):
             return self._step(event)
         if isinstance(event, EvalFinished):
@@ -52,8 +67,7 @@ class ConsoleProgress:
         if isinstance(event, RunFinished):
             return _finished(event)
         if isinstance(event, RunFailed):
-            log = f" (traceback in {event.log_path})" if event.log_path else ""
-            return f"Run failed: {event.reason}{log}"
+            return _failed(event)
         return None
 
     def _step(self, event: StepLogged) -> str | None:
@@ -66,6 +80,18 @@ class ConsoleProgress:
         speed = f"  {event.tokens_per_second:,.0f} tok/s" if event.tokens_per_second else ""
         return (f"step  {event.step:>6,}/{event.max_steps:,}  epoch {event.epoch:.2f}  loss {event.loss:.4f}  "
                 f"lr {event.learning_rate:.2e}{grad}{speed}")
+
+
+def _failed(event: RunFailed) -> str:
+    log = f" (traceback in {event.log_path})" if event.log_path else ""
+    lines = [f"Run failed: {event.reason}{log}"]
+    for problem in event.problems[:SHOWN_PROBLEMS]:
+        fields = {k: v for k, v in problem.items() if k not in ("message", "level")}
+        where = str(Location(**fields))
+        lines.append(f"  {where}: {problem['message']}" if where else f"  {problem['message']}")
+    if len(event.problems) > SHOWN_PROBLEMS:
+        lines.append(f"  ... and {len(event.problems) - SHOWN_PROBLEMS} more")
+    return "\n".join(lines)
 
 
 def _finished(event: RunFinished) -> str:

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 
 from bench.vram_calibration import setup_of
+from tests.helpers import DATA, ROOT
 from tuneterm.plan.memory import GB, MemorySetup, estimate_memory, largest_micro_batch, verdict
 from tuneterm.plan.model import LoraShape, load_model_facts
 
-DATA = Path(__file__).parent / "data"
-CALIBRATION = json.loads((Path(__file__).parent.parent / "docs" / "vram_calibration.json").read_text())
+CALIBRATION = json.loads((ROOT / "docs" / "vram_calibration.json").read_text())
 QV = ("q_proj", "v_proj")
 
 

@@ -7,16 +7,18 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import write_jsonl
+from tests.helpers import DATA, write_jsonl
 from tuneterm.cli import main
 from tuneterm.config import config_from_mapping
+from tuneterm.data.formats import FormatUnknown
 from tuneterm.data.inspect import inspect_data, report_to_json
 from tuneterm.data.pipeline import read_examples
 from tuneterm.data.prepare import prepare
-from tuneterm.data.records import DataError, Record, iter_records
+from tuneterm.data.records import Record, iter_records
 from tuneterm.demo import CHAT_TEMPLATE, build_tokenizer
+from tuneterm.errors import DataError, Location
 
-BAD = Path(__file__).parent / "data" / "bad"
+BAD = DATA / "bad"
 HELLO = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
 
 
@@ -54,21 +56,22 @@ CATALOGUE = [
 @pytest.mark.parametrize("name, where, message", CATALOGUE, ids=[f"{c[0]}{c[1]}" for c in CATALOGUE])
 def test_each_broken_file_names_its_line_and_what_is_wrong(name: str, where: str, message: str) -> None:
     report, _ = read_all(BAD / name)
-    problems = [str(p) for p in report.invalid]
+    problems = [str(p) for p in report.invalid.items]
     assert any(p.startswith(f"{BAD / name}{where}: {message}") for p in problems), problems
 
 
 def test_a_multi_line_csv_record_keeps_later_line_numbers_right() -> None:
     report, examples = read_all(BAD / "bad.csv")
-    assert [e.where for e in examples] == [f"{BAD / 'bad.csv'}:2", f"{BAD / 'bad.csv'}:4"]
+    assert [e.location.where() for e in examples] == [f"{BAD / 'bad.csv'}:2", f"{BAD / 'bad.csv'}:4"]
     assert examples[1].conversation[0]["content"] == "Multi\nline"
 
 
 def test_empty_file_unknown_columns_and_missing_paths() -> None:
     with pytest.raises(DataError, match="the file is empty"):
         read_all(BAD / "empty.jsonl")
-    with pytest.raises(DataError, match=r"Columns found: question \(3/3\), answer \(3/3\).*data.columns"):
+    with pytest.raises(FormatUnknown, match=r"Columns found: question \(3/3\), answer \(3/3\).*data.columns") as caught:
         read_all(BAD / "wrong_columns.jsonl")
+    assert caught.value.columns == {"question": 3, "answer": 3}, "the columns a screen offers to map"
     with pytest.raises(DataError, match="no such file or directory"):
         read_all(BAD / "missing.jsonl")
     with pytest.raises(DataError, match="hub cannot be reached"):
@@ -78,7 +81,7 @@ def test_empty_file_unknown_columns_and_missing_paths() -> None:
 def test_duplicates_are_found_and_point_at_the_first(tmp_path: Path) -> None:
     report, examples = read_all(BAD / "duplicates.jsonl")
     assert len(examples) == 2
-    assert [str(p) for p in report.duplicates] == [
+    assert [str(p) for p in report.duplicates.items] == [
         f"{BAD / 'duplicates.jsonl'}:2: duplicate of {BAD / 'duplicates.jsonl'}:1",
         f"{BAD / 'duplicates.jsonl'}:4: duplicate of {BAD / 'duplicates.jsonl'}:1"]
 
@@ -128,9 +131,9 @@ def test_parquet_csv_saved_datasets_and_directories(tmp_path: Path) -> None:
         assert report.detection.format == "alpaca" and len(examples) == 5, source
         assert examples[4].conversation[1]["content"] == "4"
     _, examples = read_all(tmp_path / "rows.parquet")
-    assert examples[3].where == f"{tmp_path / 'rows.parquet'}: row 3"
+    assert examples[3].location == Location(str(tmp_path / "rows.parquet"), row=3)
     records = [r for r in iter_records(tmp_path / "folder") if isinstance(r, Record)]
-    assert records[2].where == f"{tmp_path / 'folder' / 'b.jsonl'}:1"
+    assert records[2].location == Location(str(tmp_path / "folder" / "b.jsonl"), 1)
 
 
 def config_for(train: Path, **data: object) -> object:
@@ -145,10 +148,10 @@ def test_strict_stops_with_the_full_report_and_lenient_leaves_out_and_says(token
     with pytest.raises(DataError) as caught:
         prepare(config_for(path), tokenizer, None)
     assert "2 of 9 records are not valid messages data" in caught.value.summary
-    assert [p.where for p in caught.value.problems] == [f"{path}:8", f"{path}:9"]
+    assert [p.location for p in caught.value.problems] == [Location(str(path), 8), Location(str(path), 9)]
     data = prepare(config_for(path, strict=False), tokenizer, None)
     assert len(data.train.examples) == 7
-    assert any(f"left out 2 invalid of 9 records: {path}:8, {path}:9" in w for w in data.warnings)
+    assert any("2 of 9 records are not valid messages data" in w and "left out" in w for w in data.warnings)
 
 
 def test_responses_that_would_be_cut_away_block_the_run(tokenizer, tmp_path: Path) -> None:
@@ -157,8 +160,8 @@ def test_responses_that_would_be_cut_away_block_the_run(tokenizer, tmp_path: Pat
                                                                {"role": "assistant", "content": "Paris."}]}] * 1
                        + [{"messages": [{"role": "user", "content": f"{long_prompt} {i}"},
                                         {"role": "assistant", "content": "Paris."}]} for i in range(4)])
-    with pytest.raises(DataError, match="examples lose their whole response at max_length 64: raise "
-                                        "training.max_length"):
+    with pytest.raises(DataError, match=r"training.max_length: 5 of 5 training examples lose their whole response "
+                                        r"at max_length 64: raise it \(the data's 99th percentile suggests"):
         prepare(config_for(path), tokenizer, None)
 
 
@@ -171,7 +174,7 @@ def test_trained_tokens_covering_prompt_text_block_the_run(tmp_path: Path) -> No
                                                                 {"role": "assistant", "content": "def"}]}])
     with pytest.raises(DataError, match="trained tokens include prompt text") as caught:
         prepare(config_for(path), merging, None)
-    assert "trained tokens cover prompt text 'abc'" in str(caught.value.problems[0])
+    assert "trained tokens cover prompt text 'abc'" in caught.value.problems[0].message
 
 
 def test_plain_text_trains_every_token_and_ends_with_eos(tokenizer, tmp_path: Path) -> None:
@@ -200,7 +203,7 @@ def test_inspect_report_and_json(tokenizer, tmp_path: Path) -> None:
     assert as_json["truncated_examples"] == sum(count > 48 for count in token_counts) > 0
     assert as_json["preview"][0]["trained_segments"] == ["The capital of France is Paris.<|im_end|>"]
     assert as_json["preview"][0]["trained_tokens"] < as_json["preview"][0]["total_tokens"]
-    assert report.blocking and "1 invalid records" in report.blocking[0]
+    assert report.blocking and "1 of 41 records are not valid" in report.blocking[0]
 
 
 def test_inspect_command(tmp_path: Path, capsys: pytest.CaptureFixture[str], tokenizer) -> None:

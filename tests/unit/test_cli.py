@@ -1,0 +1,39 @@
+"""The command line: exit codes and messages that need no training run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tuneterm.cli import main
+
+
+def write_config(tmp_path: Path, config: dict) -> Path:
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    return path
+
+
+def test_config_problems_exit_2_before_any_run_directory_exists(base_config: dict, tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    base_config["data"]["train"] = str(tmp_path / "missing.jsonl")
+    code = main(["train", str(write_config(tmp_path, base_config)), "--set", "training.lerning_rate=1"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "training.lerning_rate: unknown key; did you mean learning_rate?" in err
+    assert not Path(base_config["training"]["output_dir"]).exists()
+    code = main(["train", str(write_config(tmp_path, base_config))])
+    missing = f"data.train: {tmp_path / 'missing.jsonl'}: no such file or directory"
+    assert code == 2 and missing in capsys.readouterr().err
+    assert not Path(base_config["training"]["output_dir"]).exists()
+
+
+def test_resume_takes_only_the_run_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", "--resume", str(tmp_path), "--set", "lora.r=4"]) == 2
+    assert "keeps its own config.yaml" in capsys.readouterr().err
+    assert main(["train", "--resume", str(tmp_path)]) == 2
+    assert "not a tuneterm run directory" in capsys.readouterr().err
+
+

@@ -1,0 +1,85 @@
+"""The shape of the code: layers import only downward, nothing fast imports anything heavy, ruff is clean.
+
+The layer contract lives in pyproject.toml ([tool.importlinter]): config and hardware at the bottom (with the
+errors, hub and work helpers under them), then data, plan, engine, demo, and cli and ui at the top.
+"""
+
+from __future__ import annotations
+
+import pkgutil
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import tuneterm
+from tests.helpers import ROOT
+
+BIN = Path(sys.executable).parent
+HEAVY = ("torch", "transformers", "trl", "peft", "datasets", "bitsandbytes", "accelerate")
+# Modules that exist to subclass a heavy library's class; everything else imports heavy libraries in functions.
+HEAVY_BY_DESIGN = {"tuneterm.engine.callback"}
+
+
+def _lint_imports(project: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(BIN / "lint-imports"), "--config", str(project / "pyproject.toml"), "--no-cache"],
+                          cwd=project, capture_output=True, text=True, env={"PYTHONPATH": str(project)})
+
+
+def test_the_layer_contract_holds() -> None:
+    result = _lint_imports(ROOT)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_layer_contract_catches_an_upward_import(tmp_path: Path) -> None:
+    project = tmp_path / "project"
+    shutil.copytree(ROOT / "tuneterm", project / "tuneterm", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "pyproject.toml", project / "pyproject.toml")
+    records = project / "tuneterm" / "data" / "records.py"
+    records.write_text(records.read_text() + "\nfrom tuneterm.engine.events import EVENTS_FILE  # noqa\n")
+    result = _lint_imports(project)
+    assert result.returncode != 0
+    assert "tuneterm.data.records -> tuneterm.engine.events" in result.stdout
+
+
+def _modules() -> list[str]:
+    return sorted(m.name for m in pkgutil.walk_packages(tuneterm.__path__, "tuneterm.")
+                  if m.name != "tuneterm.__main__" and m.name not in HEAVY_BY_DESIGN)
+
+
+@pytest.mark.parametrize("module", _modules())
+def test_importing_a_module_imports_nothing_heavy(module: str) -> None:
+    """Importing any module (the app's included) must not import torch or the Hugging Face libraries, and only
+    the app may import textual: the command line and the first screen stay fast."""
+    forbidden = HEAVY if module.startswith("tuneterm.ui") else (*HEAVY, "textual")
+    code = f"import sys, {module}\nprint(sorted(m for m in {forbidden!r} if m in sys.modules))"
+    output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert output.strip().splitlines()[-1] == "[]"
+
+
+def test_help_imports_nothing_heavy() -> None:
+    code = ("import sys\nfrom tuneterm.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+            f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))")
+    output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert output.strip().splitlines()[-1] == "[]"
+
+
+def test_ruff_is_clean() -> None:
+    result = subprocess.run([str(BIN / "ruff"), "check", "tuneterm", "tests", "bench"], cwd=ROOT, capture_output=True,
+                            text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_collecting_the_unit_tests_imports_no_torch() -> None:
+    """Unit tests stay fast to start: torch is imported by the tests that need it, when they run."""
+    code = ("import sys, pytest\npytest.main(['--collect-only', '-q', '-p', 'no:cacheprovider', 'tests/unit'])\n"
+            f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))")
+    output = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True).stdout
+    assert output.strip().splitlines()[-1] == "[]"
+
+
+def test_mypy_is_clean() -> None:
+    result = subprocess.run([str(BIN / "mypy"), "tuneterm"], cwd=ROOT, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr

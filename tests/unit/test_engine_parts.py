@@ -1,0 +1,145 @@
+"""Engine parts that need no training run: precision, checkpoints, library output, loading errors."""
+
+from __future__ import annotations
+
+import logging
+import time
+import types
+import warnings
+from pathlib import Path
+
+import pytest
+
+from tuneterm.config import config_from_mapping
+from tuneterm.data.tokenizer import load_tokenizer
+from tuneterm.engine.capture import library_output_as_events
+from tuneterm.engine.events import WarningIssued
+from tuneterm.engine.rundir import last_complete_checkpoint, resume_point
+from tuneterm.errors import ConfigError, LoadError, RunDirError, first_sentence
+from tuneterm.hardware import Device, choose_cpu_threads, resolve_precision
+
+AMPERE = Device("cuda", "NVIDIA A100", True)
+TURING = Device("cuda", "Tesla T4", False)
+CPU = Device("cpu", "CPU", False)
+
+
+def test_auto_precision_follows_the_hardware() -> None:
+    assert resolve_precision("auto", AMPERE)[0] == "bf16"
+    assert resolve_precision("auto", TURING)[0] == "fp16"
+    assert resolve_precision("auto", CPU)[0] == "fp32"
+    with pytest.raises(ConfigError, match="bf16 is not supported by Tesla T4"):
+        resolve_precision("bf16", TURING)
+    with pytest.raises(ConfigError, match="fp16 needs a CUDA GPU"):
+        resolve_precision("fp16", CPU)
+
+
+def _checkpoint(run_dir: Path, step: int, complete: bool) -> Path:
+    path = run_dir / f"checkpoint-{step}"
+    path.mkdir(parents=True)
+    names = ["trainer_state.json", "adapter_model.safetensors", "optimizer.pt"]
+    for name in names + (["scheduler.pt"] if complete else []):
+        (path / name).write_text("x")
+    return path
+
+
+def test_resume_uses_the_last_complete_checkpoint(tmp_path: Path) -> None:
+    (tmp_path / "config.yaml").write_text("method: lora\n")
+    _checkpoint(tmp_path, 5, complete=True)
+    ten = _checkpoint(tmp_path, 10, complete=True)
+    _checkpoint(tmp_path, 15, complete=False)  # interrupted while saving
+    assert last_complete_checkpoint(tmp_path) == ten
+    assert resume_point(tmp_path) == ten
+
+
+def test_no_checkpoint_means_no_resume(tmp_path: Path) -> None:
+    (tmp_path / "config.yaml").write_text("method: lora\n")
+    _checkpoint(tmp_path, 3, complete=False)
+    with pytest.raises(RunDirError, match="no complete checkpoint"):
+        resume_point(tmp_path)
+
+
+def test_library_warnings_become_events_once_and_are_restored() -> None:
+    import transformers  # noqa: F401  (configures its loggers on import)
+
+    events: list = []
+    logger = logging.getLogger("transformers.modeling_utils")
+    root = logging.getLogger("transformers")
+    handlers_before = root.handlers[:]
+    with library_output_as_events(events.append):
+        logger.warning("Some weights were not initialized")
+        logger.warning("Some weights were not initialized")
+        logger.warning("`foo` is deprecated and will be removed in v6")
+        warnings.warn("torch says something", UserWarning, stacklevel=1)
+    assert [e.message for e in events if isinstance(e, WarningIssued)] == [
+        "Some weights were not initialized", "UserWarning: torch says something"]
+    assert root.handlers == handlers_before
+
+
+def test_hub_id_in_offline_mode_fails_at_once_with_what_to_do(tmp_path: Path) -> None:
+    config = config_from_mapping({"model": {"path": "example-org/no-such-model"}})
+    started = time.monotonic()
+    with pytest.raises(LoadError, match=r"hub cannot be reached from this machine \(offline mode is on.*Download it"):
+        load_tokenizer(config)
+    assert time.monotonic() - started < 5
+
+
+def test_without_network_the_hub_is_asked_once_and_again_next_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    import huggingface_hub
+    import huggingface_hub.constants
+
+    from tuneterm import hub
+
+    # Offline mode off: the real request goes out and meets this session's closed network.
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+    started = time.monotonic()
+    answer = hub.ask_hub("example-org/some-model")
+    assert answer.state == "unreachable" and time.monotonic() - started < 5, "no retries"
+    source = hub.open_source("example-org/some-model")
+    assert source.kwargs["local_files_only"] is True
+    # The network comes back: the next question gets a new answer (nothing is cached for the process).
+    monkeypatch.setattr(huggingface_hub.HfApi, "repo_info", lambda self, *a, **k: types.SimpleNamespace(gated=False))
+    assert hub.open_source("example-org/some-model").kwargs["local_files_only"] is False
+    monkeypatch.setattr(huggingface_hub.HfApi, "repo_info", _raise_not_found)
+    with pytest.raises(LoadError, match="model.path: example-org/some-model is not a local path, and on the hub: no "
+                                        "such repository"):
+        hub.open_source("example-org/some-model")
+
+
+def _raise_not_found(self: object, *args: object, **kwargs: object) -> None:
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    raise RepositoryNotFoundError("404", response=types.SimpleNamespace(status_code=404, headers={}, request=None))
+
+
+def test_paths_and_hub_ids_are_told_apart(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tuneterm.hub import looks_like_hub_id
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    assert looks_like_hub_id("Qwen/Qwen2.5-0.5B") and looks_like_hub_id("HuggingFaceH4/ultrachat_200k:train_sft")
+    assert not looks_like_hub_id("data/trian.jsonl"), "a file name is never a repository"
+    assert not looks_like_hub_id("data/train"), "a local data/ directory makes it a path"
+    assert not looks_like_hub_id("./org/name") and not looks_like_hub_id("/abs/path")
+
+
+def test_library_messages_are_cut_where_their_meaning_ends() -> None:
+    message = ("Couldn't instantiate the backend tokenizer from one of:\n(1) a `tokenizers` library serialization "
+               "file,\n(2) a slow tokenizer instance to convert or\n(3) an equivalent slow tokenizer class.\n\n"
+               "You need to have sentencepiece installed.")
+    assert first_sentence(message) == ("Couldn't instantiate the backend tokenizer from one of: (1) a `tokenizers` "
+                                       "library serialization file, (2) a slow tokenizer instance to convert or (3) "
+                                       "an equivalent slow tokenizer class.")
+
+
+def test_cpu_threads_leave_busy_cores_alone(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    import psutil
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.setattr(psutil, "cpu_percent", lambda interval, percpu: [97.0, 4.0])
+    threads, why = choose_cpu_threads("auto", sample_seconds=0)
+    assert threads == 1 and "1 of 2 cores were busy" in why
+    monkeypatch.setattr(psutil, "cpu_percent", lambda interval, percpu: [3.0, 4.0])
+    assert choose_cpu_threads("auto", sample_seconds=0)[0] == 2
+    assert choose_cpu_threads(3) == (3, "set in the config")

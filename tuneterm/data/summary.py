@@ -1,0 +1,355 @@
+"""What a dataset is to a model, from one streaming pass: the numbers shown while a person picks settings.
+
+Reading, validating, rendering and tokenising a dataset is the slow part of planning (seconds for 100k
+examples). It happens once per data settings and tokenizer. What a later change of max length, held-out share,
+seed or sample cap does to the numbers is derived from small per-example arrays (token length, trained tokens,
+the runs of trained tokens) in milliseconds, without reading the file again. The pass streams: memory grows by a
+few integers per example, never by the text. Training prepares its data through the same functions (prepare.py),
+so the numbers shown are the numbers trained.
+"""
+
+from __future__ import annotations
+
+import array
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from tuneterm.data.formats import Detection
+from tuneterm.data.pipeline import EncodedExample, EncodeReport, ProblemList, ReadReport, encode_examples, read_examples
+from tuneterm.data.stats import Truncation, histogram, percentiles, suggest_max_length
+from tuneterm.data.tokenize import IGNORE_INDEX, encode_batch
+from tuneterm.errors import Level, Location, Problem
+from tuneterm.work import Work
+
+FULLY_TRUNCATED_LIMIT = 0.10
+"""Share of examples that may lose their whole response to max_length before the run is blocked."""
+LENIENT_INVALID_LIMIT = 0.5
+"""Share of invalid records above which even `data.strict: false` stops: such a file is the wrong file or the
+wrong format, and training on what is left would quietly train on a sliver of the data."""
+PREVIEWS = 20
+
+
+@dataclass(frozen=True)
+class Preview:
+    """One example as the model sees it: the rendered text in pieces, each trained or masked."""
+
+    location: Location
+    segments: list[tuple[str, bool]]
+    """The rendered text in order, each piece flagged trained (True) or masked."""
+    trained_segments: list[str]
+    """The decoded text of each run of trained tokens."""
+    trained_tokens: int
+    total_tokens: int
+    token_ends: list[int]
+    """Character offset where each token ends, so a screen can show where a max length cuts."""
+
+    def cut_at(self, max_length: int) -> int | None:
+        """The character offset max_length cuts the text at, or None when the example fits."""
+        return self.token_ends[max_length - 1] if max_length < self.total_tokens else None
+
+
+@dataclass
+class SourceSummary:
+    """One source (training or eval data) as the model sees it."""
+
+    source: str
+    key: str
+    """"data.train" or "data.eval"."""
+    detection: Detection
+    read: ReadReport
+    encode: EncodeReport
+    lengths: np.ndarray
+    """Untruncated token length of every usable example, in file order (int32)."""
+    trained: np.ndarray
+    """Trained tokens of every usable example (int32)."""
+    run_owner: np.ndarray
+    """For every run of trained tokens: the index of its example."""
+    run_start: np.ndarray
+    run_end: np.ndarray
+    previews: list[Preview]
+
+    @property
+    def examples(self) -> int:
+        return len(self.lengths)
+
+    @property
+    def invalid(self) -> ProblemList:
+        return self.read.invalid
+
+    @property
+    def duplicates(self) -> ProblemList:
+        return self.read.duplicates
+
+    def lost_at(self, max_length: int) -> np.ndarray:
+        """Trained tokens each example loses when cut at max_length."""
+        lost = np.clip(self.run_end - np.maximum(self.run_start, max_length), 0, None)
+        return np.bincount(self.run_owner, weights=lost, minlength=self.examples).astype(np.int64)
+
+    def truncation(self, max_length: int, indices: np.ndarray | None = None) -> Truncation:
+        lengths, trained, lost = self.lengths, self.trained, self.lost_at(max_length)
+        if indices is not None:
+            lengths, trained, lost = lengths[indices], trained[indices], lost[indices]
+        return Truncation(max_length, int((lengths > max_length).sum()), int(lost.sum()),
+                          int(((trained > 0) & (lost == trained)).sum()))
+
+    def findings(self, strict: bool) -> list[Problem]:
+        """What the records and the chat template do to a run, before any length is chosen: errors stop it,
+        warnings are said."""
+        found: list[Problem] = []
+        read, encode = self.read, self.encode
+        if read.invalid:
+            message = (f"{read.invalid.count} of {read.records} records are not valid "
+                       f"{self.detection.format} data ({self.detection.evidence})")
+            details = tuple(sorted(read.invalid.items, key=lambda p: p.location.order()))
+            if strict:
+                found.append(self._finding("error", f"{message}; fix them, or set data.strict: false to leave them out",
+                                     details))
+            elif read.invalid.count > LENIENT_INVALID_LIMIT * read.records:
+                found.append(self._finding("error", f"{message}: more than {LENIENT_INVALID_LIMIT:.0%}, so even with "
+                                     "data.strict: false this is not the data to train on; check the file and "
+                                     "data.format / data.columns", details))
+            else:
+                found.append(self._finding("warning", f"{message}; they are left out (data.strict: false)", details))
+        if read.duplicates:
+            found.append(self._finding("warning", f"{read.duplicates.count} exact duplicates are left out",
+                                 tuple(read.duplicates.items)))
+        if encode.prompt_leaks:
+            found.append(self._finding("error", f"masking failed on {encode.prompt_leaks.count} examples: trained "
+                                 "tokens include prompt text. The chat template does something tuneterm cannot "
+                                 "follow; set model.chat_template to a simpler template",
+                                 tuple(encode.prompt_leaks.items)))
+        unusable = [*encode.template_failures.items, *encode.untrained.items]
+        unusable_count = encode.template_failures.count + encode.untrained.count
+        if unusable_count:
+            message = (f"{unusable_count} examples cannot be trained on (the chat template fails or leaves "
+                       "no trained token)")
+            level: Level = "error" if strict else "warning"
+            remedy = "; fix them, or set data.strict: false to leave them out" if strict else "; they are left out"
+            found.append(self._finding(level, message + remedy, tuple(unusable)))
+        if encode.missing_end_of_turn:
+            found.append(self._finding("warning", f"in {encode.missing_end_of_turn} examples the chat template "
+                                 "writes no end-of-turn token after the assistant reply, so the model does not learn "
+                                 "to stop; use a template that ends each reply with the EOS token"))
+        if encode.system_folded:
+            found.append(self._finding("warning", "the chat template refuses the system role: in "
+                                 f"{encode.system_folded} examples the system prompt was put at the start of the "
+                                 "first user message"))
+        if not self.examples:
+            found.append(self._finding("error", "no example can be trained on"))
+        return found
+
+    def _finding(self, level: Level, message: str, details: tuple[Problem, ...] = ()) -> Problem:
+        return Problem(message, Location(key=self.key), level, details)
+
+
+class _Builder:
+    """Collects the per-example arrays from a stream of encoded examples."""
+
+    def __init__(self, tokenizer: Any, previews: int):
+        self.tokenizer, self.preview_count = tokenizer, previews
+        self.lengths, self.trained = array.array("i"), array.array("i")
+        self.run_owner, self.run_start, self.run_end = array.array("i"), array.array("i"), array.array("i")
+        self.previews: list[Preview] = []
+
+    def add(self, example: EncodedExample) -> None:
+        index = len(self.lengths)
+        self.lengths.append(example.length)
+        self.trained.append(example.trained_tokens)
+        for start, end in example.trained_runs:
+            self.run_owner.append(index)
+            self.run_start.append(start)
+            self.run_end.append(end)
+        if len(self.previews) < self.preview_count:
+            self.previews.append(preview_of(self.tokenizer, example))
+
+    def arrays(self) -> tuple[np.ndarray, ...]:
+        return tuple(np.frombuffer(a, dtype=np.int32) if len(a) else np.zeros(0, dtype=np.int32)
+                     for a in (self.lengths, self.trained, self.run_owner, self.run_start, self.run_end))
+
+
+def summarise_source(source: str, tokenizer: Any, *, fmt: str = "auto", columns: dict[str, str] | None = None,
+                     train_on: str = "responses", key: str = "data.train", work: Work | None = None,
+                     previews: int = PREVIEWS, keep: list[EncodedExample] | None = None) -> SourceSummary:
+    """Read, validate, render and tokenise one source in a single pass. `keep` collects the encoded examples
+    (training needs them; a summary does not). Raises DataError, or Cancelled when `work` is cancelled."""
+    read, stream = read_examples(source, fmt, columns, work=work, key=key)
+    if read.detection.format == "text":
+        train_on = "all"
+    encode = EncodeReport()
+    builder = _Builder(tokenizer, previews)
+    for example in encode_examples(tokenizer, stream, train_on, encode):
+        builder.add(example)
+        if keep is not None:
+            keep.append(example)
+    lengths, trained, owner, start, end = builder.arrays()
+    return SourceSummary(source, key, read.detection, read, encode, lengths, trained, owner, start, end,
+                         builder.previews)
+
+
+def preview_of(tokenizer: Any, example: EncodedExample) -> Preview:
+    text = example.rendered.text
+    [encoded] = encode_batch(tokenizer, [example.rendered])
+    segments: list[tuple[str, bool]] = []
+    position = 0
+    for (start, end), label in zip(encoded.offsets.tolist(), encoded.labels.tolist()):
+        is_trained = bool(label != IGNORE_INDEX)
+        start = max(start, position)
+        if start > position:  # characters no token covers (rare) count as masked
+            segments.append((text[position:start], False))
+        if end > start:
+            if segments and segments[-1][1] == is_trained:
+                segments[-1] = (segments[-1][0] + text[start:end], is_trained)
+            else:
+                segments.append((text[start:end], is_trained))
+        position = max(position, end)
+    if position < len(text):
+        segments.append((text[position:], False))
+    decoded = [tokenizer.decode(example.input_ids[s:e].tolist()) for s, e in example.trained_runs]
+    return Preview(example.location, segments, decoded, example.trained_tokens, example.length,
+                   [int(end) for _, end in encoded.offsets.tolist()])
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The training data under given settings
+
+
+def eval_split_size(examples: int, val_size: float | int) -> int:
+    """Held-out examples for a val_size (fraction or count); a fraction rounds up, like datasets' split."""
+    if isinstance(val_size, float):
+        return math.ceil(val_size * examples) if val_size > 0 else 0
+    return int(val_size)
+
+
+def split_indices(examples: int, val_size: float | int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train, eval) example indices, each in file order: the held-out examples are drawn with the run's seed."""
+    held_out = eval_split_size(examples, val_size)
+    order = np.random.default_rng(seed).permutation(examples)
+    return np.sort(order[held_out:]), np.sort(order[:held_out])
+
+
+@dataclass(frozen=True)
+class DataView:
+    """What the data means for one set of settings: split sizes, the max length, what it cuts."""
+
+    train_indices: np.ndarray
+    eval_indices: np.ndarray | None
+    """Held-out examples of the training source; None when a separate eval source is used."""
+    train_examples: int
+    """Training examples after the split and after leaving out those that lose their whole response."""
+    eval_examples: int
+    lengths: dict[str, int]
+    """p50, p90, p95, p99 and max token length of the training examples (before truncation)."""
+    histogram: list[dict[str, int]]
+    trained_tokens: dict[str, int]
+    max_length: int
+    max_length_why: str
+    suggested_max_length: int
+    suggestion_why: str
+    truncation: Truncation
+    eval_truncation: Truncation | None
+    findings: list[Problem] = field(default_factory=list)
+
+
+@dataclass
+class DataSummary:
+    """Training and (when given) eval data, read once; `view` gives the numbers for any settings."""
+
+    train: SourceSummary
+    eval: SourceSummary | None
+    template_warnings: list[str] = field(default_factory=list)
+    _views: dict[tuple[Any, ...], DataView] = field(default_factory=dict, repr=False)
+    _splits: dict[tuple[Any, ...], _Split] = field(default_factory=dict, repr=False)
+
+    def findings(self, strict: bool) -> list[Problem]:
+        found = [Problem(w, Location(key="model.chat_template"), "warning") for w in self.template_warnings]
+        for source in (self.train, self.eval):
+            if source is not None:
+                found += source.findings(strict)
+        return found
+
+    def view(self, *, val_size: float | int, seed: int, max_samples: int | None, max_length: int | str,
+             context_length: int | None, strict: bool, memory_limited: bool = False) -> DataView:
+        """Computed once per combination (a screen asks again on every keystroke)."""
+        args = (val_size if self.eval is None else 0, seed, max_samples, max_length, context_length, strict,
+                memory_limited)
+        if args not in self._views:
+            if len(self._views) > 64:
+                self._views.clear()
+            self._views[args] = _view(self, *args)
+        return self._views[args]
+
+
+@dataclass(frozen=True)
+class _Split:
+    """The split and what depends on it alone (cached per held-out share, seed and sample cap)."""
+
+    usable: int
+    train_indices: np.ndarray
+    held_indices: np.ndarray | None
+    lengths: np.ndarray
+    length_stats: dict[str, int]
+    histogram: list[dict[str, int]]
+    trained_stats: dict[str, int]
+
+
+def _split(summary: DataSummary, val_size: float | int, seed: int, max_samples: int | None) -> _Split:
+    train = summary.train
+    usable = min(train.examples, max_samples) if max_samples else train.examples
+    train_idx, held_idx = split_indices(usable, val_size, seed)
+    lengths = train.lengths[train_idx] if len(train_idx) else np.zeros(1, dtype=np.int32)
+    trained = train.trained[train_idx] if len(train_idx) else np.zeros(1, dtype=np.int32)
+    return _Split(usable, train_idx, None if summary.eval is not None else held_idx, lengths, percentiles(lengths),
+                  histogram(lengths), {**percentiles(trained), "total": int(trained.sum())})
+
+
+def _view(summary: DataSummary, val_size: float | int, seed: int, max_samples: int | None, max_length: int | str,
+          context_length: int | None, strict: bool, memory_limited: bool) -> DataView:
+    split_key = (val_size, seed, max_samples)
+    if split_key not in summary._splits:
+        summary._splits[split_key] = _split(summary, val_size, seed, max_samples)
+    split = summary._splits[split_key]
+    train, held_idx = summary.train, split.held_indices
+    suggested, suggestion_why = suggest_max_length(split.lengths, context_length, memory_limited)
+    chosen, chosen_why = ((suggested, suggestion_why) if max_length == "auto"
+                          else (int(max_length), "set in the config"))
+    cut = train.truncation(chosen, split.train_indices)
+    eval_cut = (summary.eval.truncation(chosen) if summary.eval is not None
+                else train.truncation(chosen, held_idx) if held_idx is not None and len(held_idx) else None)
+    eval_total = summary.eval.examples if summary.eval is not None else len(held_idx) if held_idx is not None else 0
+    findings = summary.findings(strict)
+    if held_idx is not None and split.usable and len(held_idx) >= split.usable:
+        findings.append(Problem(f"{val_size} holds out {len(held_idx)} of {split.usable} examples, leaving none to "
+                                "train on; lower it", Location(key="data.val_size")))
+    findings += _length_findings("training", cut, len(split.train_indices), split.lengths)
+    if eval_cut is not None:
+        findings += _length_findings("eval", eval_cut, eval_total, split.lengths)
+    return DataView(
+        train_indices=split.train_indices, eval_indices=held_idx,
+        train_examples=len(split.train_indices) - cut.fully_truncated,
+        eval_examples=eval_total - (eval_cut.fully_truncated if eval_cut else 0),
+        lengths=split.length_stats, histogram=split.histogram, trained_tokens=split.trained_stats,
+        max_length=chosen, max_length_why=chosen_why, suggested_max_length=suggested,
+        suggestion_why=suggestion_why, truncation=cut, eval_truncation=eval_cut, findings=findings)
+
+
+def _length_findings(name: str, cut: Truncation, examples: int, lengths: np.ndarray) -> list[Problem]:
+    if not cut.truncated_examples:
+        return []
+    if cut.fully_truncated > FULLY_TRUNCATED_LIMIT * examples:
+        suggested, _ = suggest_max_length(lengths)
+        return [Problem(f"{cut.fully_truncated} of {examples} {name} examples lose their whole response at max_length "
+                        f"{cut.max_length}: raise it (the data's 99th percentile suggests {suggested})",
+                        Location(key="training.max_length"))]
+    dropped = (f", and {cut.fully_truncated} examples lose their whole response and are left out"
+               if cut.fully_truncated else "")
+    return [Problem(f"{cut.truncated_examples} of {examples} {name} examples are longer than max_length "
+                    f"{cut.max_length} and are cut; {cut.response_tokens_lost} response tokens are lost{dropped}",
+                    Location(key="training.max_length"), "warning")]
+
+
+def first_error(findings: Iterable[Problem]) -> Problem | None:
+    return next((f for f in findings if f.level == "error"), None)

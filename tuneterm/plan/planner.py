@@ -1,0 +1,237 @@
+"""Planning in three stages, each cached, so a screen recomputes only what a change touches.
+
+1. Model facts (plan/model.py): config.json on the meta device, cached per model path and revision.
+2. The data summary (data/summary.py): one streaming pass over the data with the model's tokenizer and chat
+   template, cached per data settings, tokenizer and the files' size and modification time; cancellable, with
+   progress. Changing max_length, val_size, the seed or max_samples afterwards reuses it.
+3. plan_run: resolve, schedule, memory estimate and advice from facts + summary + settings: pure arithmetic,
+   well under a millisecond (bench/plan_latency.py), run on every keystroke.
+
+`tuneterm plan` runs the three in order (make_plan); the app runs 1 and 2 in workers and 3 as the person types.
+Planning needs no data at all: without it the plan has the memory at the chosen length and batch, the parameter
+counts and the advice, and says that the schedule needs the data.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tuneterm.config import AUTO, RunConfig
+from tuneterm.data.prepare import summarise, view_of
+from tuneterm.data.summary import DataSummary, DataView
+from tuneterm.data.tokenizer import load_tokenizer
+from tuneterm.errors import DataError, LoadError, Location, Problem
+from tuneterm.hardware import GpuSurvey, HostReading, device_from_survey, read_gpus, read_host
+from tuneterm.hub import looks_like_hub_id
+from tuneterm.plan.advice import Advice, Context, LengthStats, advise
+from tuneterm.plan.memory import (
+    BatchAdvice,
+    MemoryEstimate,
+    MemorySetup,
+    Verdict,
+    estimate_memory,
+    largest_micro_batch,
+    verdict,
+)
+from tuneterm.plan.model import LoraShape, ModelFacts, load_model_facts, peft_total_params, trainable_params
+from tuneterm.plan.resolve import resolve, schedule_of
+from tuneterm.plan.schedule import Schedule
+from tuneterm.work import Work
+
+UNKNOWN_LENGTH = 1024
+"""Sequence length the memory is estimated at when max_length is auto and there is no data to measure."""
+
+
+@dataclass(frozen=True)
+class MemoryTarget:
+    """One device the run could use, with what the estimate means there."""
+
+    name: str
+    free_bytes: float
+    verdict: Verdict
+    largest_micro_batch: BatchAdvice
+
+
+@dataclass
+class Plan:
+    config: RunConfig
+    """Resolved as far as the known facts allow."""
+    facts: ModelFacts
+    trainable_params: int
+    total_params: int
+    memory: MemoryEstimate
+    memory_setup: MemorySetup
+    targets: list[MemoryTarget]
+    gpus: GpuSurvey
+    advice: list[Advice]
+    schedule: Schedule | None = None
+    """None without data: the step counts need the number of examples."""
+    data: DataView | None = None
+    summary: DataSummary | None = None
+    problems: list[Problem] = field(default_factory=list)
+    """Errors (a run could not start), warnings and notes, each with the key it concerns."""
+
+    @property
+    def blocking(self) -> list[Problem]:
+        return [p for p in self.problems if p.level == "error"]
+
+
+def model_facts(config: RunConfig) -> ModelFacts:
+    """Stage 1, cached per model."""
+    return load_model_facts(config.get("model.path"), config.get("model.revision"),
+                            bool(config.get("model.trust_remote_code")))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Stage 2: the data summary
+
+
+_SUMMARIES: OrderedDict[tuple[Any, ...], DataSummary] = OrderedDict()
+_SUMMARIES_LOCK = threading.Lock()
+_KEPT_SUMMARIES = 4
+
+
+def _file_state(source: str | None) -> tuple[int, int] | None:
+    """Size and modification time, so that a file edited since is read again."""
+    if not source or not Path(source).exists():
+        return None
+    stat = os.stat(source)
+    return stat.st_size, stat.st_mtime_ns
+
+
+def data_key(config: RunConfig) -> tuple[Any, ...]:
+    """Everything the data summary depends on."""
+    columns = config.get("data.columns")
+    return (config.get("data.train"), config.get("data.eval"), config.get("data.format"),
+            tuple(sorted(columns.items())) if isinstance(columns, dict) else columns, config.get("data.train_on"),
+            config.get("model.path"), config.get("model.revision"), config.get("model.chat_template"),
+            bool(config.get("model.trust_remote_code")),
+            _file_state(config.get("data.train")), _file_state(config.get("data.eval")))
+
+
+def data_summary(config: RunConfig, work: Work | None = None) -> DataSummary:
+    """Stage 2, cached per data_key. Raises DataError or LoadError, or Cancelled when `work` is cancelled."""
+    key = data_key(config)
+    with _SUMMARIES_LOCK:
+        if key in _SUMMARIES:
+            _SUMMARIES.move_to_end(key)
+            return _SUMMARIES[key]
+    tokenizer, template_warnings = load_tokenizer(config)
+    summary = summarise(config, tokenizer, work, template_warnings)
+    with _SUMMARIES_LOCK:
+        _SUMMARIES[key] = summary
+        while len(_SUMMARIES) > _KEPT_SUMMARIES:
+            _SUMMARIES.popitem(last=False)
+    return summary
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Stage 3: the per-keystroke plan
+
+
+def startup_problems(config: RunConfig, need_data: bool = True) -> list[Problem]:
+    """What stops a run before anything is loaded: no data, a missing local file, an output directory in use.
+    A plan does not need data (`need_data=False`): it covers the model and the memory without it."""
+    problems = []
+    if need_data and not config.get("data.train"):
+        problems.append(Problem("choose the training data (a file, a directory or a hub dataset id)",
+                                Location(key="data.train")))
+    for key in ("data.train", "data.eval"):
+        value = config.get(key)
+        if value and not Path(value).exists() and not looks_like_hub_id(value):
+            problems.append(Problem(f"{value}: no such file or directory", Location(key=key)))
+    output = config.get("training.output_dir")
+    problem = output_dir_problem(output) if output else None
+    return problems + ([problem] if problem else [])
+
+
+def output_dir_problem(output: str) -> Problem | None:
+    """An explicit output directory must be new or empty: tuneterm never writes into an existing run."""
+    path = Path(output).expanduser()
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        return Problem(f"{path} already exists and is not empty; tuneterm never writes into an existing run. Choose "
+                       "a new directory, or leave output_dir unset to get a fresh one under runs/",
+                       Location(key="training.output_dir"))
+    return None
+
+
+def plan_run(config: RunConfig, facts: ModelFacts, summary: DataSummary | None, gpus: GpuSurvey,
+             world_size: int = 1, host: HostReading | None = None) -> Plan:
+    """Stage 3: everything that follows from the facts, the data summary and the settings. Raises ConfigError
+    for settings this machine cannot run (fp16 without a GPU)."""
+    device = device_from_survey(gpus)
+    view = view_of(summary, config, facts.context_length) if summary is not None else None
+    resolved = resolve(config, device, train_examples=view.train_examples if view else None,
+                       data_max_length=(view.max_length, view.max_length_why) if view else None,
+                       world_size=world_size)
+    schedule = schedule_of(resolved, view.train_examples, view.eval_examples, world_size) if view else None
+    setup = memory_setup(resolved, world_size, "cuda" if gpus.gpus else "cpu")
+    problems = list(view.findings) if view else []
+    if resolved.get("training.max_length") == AUTO:
+        problems.append(Problem(f"max_length is auto and there is no data to measure: memory is estimated at "
+                                f"{UNKNOWN_LENGTH} tokens", Location(key="training.max_length"), "info"))
+    estimate = estimate_memory(facts, setup)
+    effective_batch = setup.micro_batch * resolved.get("training.gradient_accumulation_steps") * world_size
+    targets = [MemoryTarget(f"GPU {g.index} {g.name}", g.memory_free, verdict(estimate, g.memory_free),
+                            largest_micro_batch(facts, setup, g.memory_free, effective_batch)) for g in gpus.gpus]
+    if not targets:
+        available = (host or read_host()).memory_available
+        targets.append(MemoryTarget(f"CPU RAM (no GPU: {gpus.reason})", available, verdict(estimate, available),
+                                    largest_micro_batch(facts, setup, available, effective_batch)))
+    lengths = LengthStats(view.lengths["p95"], view.lengths["p99"], view.train_examples) if view else None
+    advice = advise(Context(resolved, schedule, facts, lengths, device, world_size))
+    shape = lora_shape(resolved)
+    return Plan(resolved, facts, trainable_params(facts, resolved.method, shape),
+                peft_total_params(facts, resolved.method, shape), estimate, setup, targets, gpus, advice, schedule,
+                view, summary, problems)
+
+
+def make_plan(config: RunConfig, world_size: int = 1, gpus: GpuSurvey | None = None, work: Work | None = None,
+              host: HostReading | None = None) -> Plan:
+    """The three stages in order, as `tuneterm plan` runs them. Raises LoadError when the model cannot be read;
+    data that cannot be read becomes problems of the plan, which is made without it."""
+    facts = model_facts(config)
+    problems = startup_problems(config, need_data=False)
+    summary = None
+    if config.get("data.train") and not any(p.location.key in ("data.train", "data.eval") for p in problems):
+        try:
+            summary = data_summary(config, work)
+        except (DataError, LoadError) as exc:
+            problems.append(Problem(exc.summary, Location(key="data.train")))
+            problems += exc.problems[:20]
+    plan = plan_run(config, facts, summary, gpus if gpus is not None else read_gpus(), world_size, host)
+    plan.problems[:0] = problems
+    return plan
+
+
+def lora_shape(config: RunConfig) -> LoraShape:
+    if config.method == "full":
+        return LoraShape()
+    targets = config.get("lora.target_modules")
+    return LoraShape(config.get("lora.r"), tuple(targets) if isinstance(targets, list) else targets,
+                     config.get("lora.use_dora"), config.get("lora.bias"))
+
+
+def memory_setup(config: RunConfig, world_size: int = 1, device: str = "cuda") -> MemorySetup:
+    length = config.get("training.max_length")
+    eval_batch = config.get("training.per_device_eval_batch_size")
+    return MemorySetup(
+        method=config.method,
+        micro_batch=config.get("training.per_device_train_batch_size"),
+        seq_len=length if isinstance(length, int) else UNKNOWN_LENGTH,
+        eval_batch=eval_batch if isinstance(eval_batch, int) else None,
+        gradient_checkpointing=config.get("training.gradient_checkpointing"),
+        attn_implementation=config.get("model.attn_implementation"),
+        optim=config.get("training.optim"),
+        precision=config.get("training.precision") if config.get("training.precision") != AUTO else "bf16",
+        lora=lora_shape(config),
+        quant_type=config.get("quantization.bnb_4bit_quant_type") or "nf4",
+        double_quant=bool(config.get("quantization.bnb_4bit_use_double_quant", True)),
+        world_size=world_size,
+        device=device,
+    )

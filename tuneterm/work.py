@@ -1,0 +1,70 @@
+"""Long pure work that another thread can cancel and watch.
+
+Reading, validating and tokenising a large dataset takes seconds to minutes. A screen runs it in a worker
+thread and must be able to show how far it got and to stop it at once when the person picks another file. The
+work reports through a Work object: each call to `step` checks the cancel flag (raising Cancelled) and, at most
+a few times a second, hands a Progress to whoever watches. The bottom layer: it imports nothing of tuneterm but
+the errors.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from tuneterm.errors import Cancelled
+
+
+@dataclass(frozen=True)
+class Progress:
+    stage: str
+    """What is being done: "reading train.jsonl"."""
+    done: int
+    """Records (or other units) done so far."""
+    total: int | None = None
+    """How many there are, when known (Parquet, JSON arrays); None for streams read line by line."""
+    fraction: float | None = None
+    """Share of the input consumed (bytes read of a file), when known."""
+
+    @property
+    def share(self) -> float | None:
+        """0..1 from the total when known, else from the bytes read."""
+        if self.total:
+            return min(1.0, self.done / self.total)
+        return self.fraction
+
+
+class Work:
+    """The cancel flag and progress callback of one piece of work."""
+
+    def __init__(self, cancel: threading.Event | None = None,
+                 on_progress: Callable[[Progress], None] | None = None, interval: float = 0.1):
+        self.cancel_event = cancel or threading.Event()
+        self.on_progress = on_progress
+        self.interval = interval
+        self._last_report = 0.0
+
+    def cancel(self) -> None:
+        self.cancel_event.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self.cancel_event.is_set()
+
+    def check(self) -> None:
+        if self.cancel_event.is_set():
+            raise Cancelled()
+
+    def step(self, stage: str, done: int, total: int | None = None, fraction: float | None = None,
+             force: bool = False) -> None:
+        """Called often (once per record): raises Cancelled when asked to stop, reports now and then."""
+        if self.cancel_event.is_set():
+            raise Cancelled()
+        if self.on_progress is None:
+            return
+        now = time.monotonic()
+        if force or now - self._last_report >= self.interval:
+            self._last_report = now
+            self.on_progress(Progress(stage, done, total, fraction))
