@@ -22,8 +22,13 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     parser = _parser()
-    args = parser.parse_args(argv)
+    if not argv or argv[0] not in COMMANDS and not argv[0].startswith("-") or argv[0] == "--runs-dir":
+        args = _app_parser().parse_args(argv)
+        args.command, args.name = _app, "app"
+    else:
+        args = parser.parse_args(argv)
     if not hasattr(args, "command"):
         parser.print_help()
         return EXIT_USAGE
@@ -40,8 +45,27 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILED
 
 
+COMMANDS = ("train", "plan", "inspect", "demo")
+
+
+def _app_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tuneterm", description="Open the app: a new run, or CONFIG.yaml in the "
+                                                                  "wizard's review step.")
+    parser.add_argument("config", nargs="?", type=Path, help="a run config to review and launch")
+    _runs_dir_argument(parser)
+    return parser
+
+
+def _runs_dir_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--runs-dir", type=Path, default=Path("runs"), metavar="DIR",
+                        help="where new run directories are created and runs are listed from (default: ./runs)")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="tuneterm", description="LoRA / QLoRA fine-tuning from a terminal.")
+    parser = argparse.ArgumentParser(prog="tuneterm", usage="tuneterm [CONFIG.yaml] [--runs-dir DIR] | tuneterm "
+                                                            "COMMAND ...",
+                                     description="LoRA / QLoRA fine-tuning from a terminal. Without a command, "
+                                                 "the app opens (with CONFIG.yaml: at its review step).")
     parser.add_argument("--version", action="version", version=f"tuneterm {__version__}")
     commands = parser.add_subparsers(metavar="COMMAND")
 
@@ -50,8 +74,7 @@ def _parser() -> argparse.ArgumentParser:
     _config_arguments(train)
     train.add_argument("--resume", type=Path, metavar="RUN_DIR",
                        help="continue a stopped or interrupted run from its last complete checkpoint")
-    train.add_argument("--runs-dir", type=Path, default=Path("runs"), metavar="DIR",
-                       help="where new run directories are created (default: ./runs)")
+    _runs_dir_argument(train)
     train.set_defaults(command=_train, name="train")
 
     plan = commands.add_parser("plan", help="show what a run will cost and what the guides advise, without training",
@@ -87,11 +110,10 @@ def _parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="fine-tune the built-in tiny model (offline, CPU, a few minutes)",
                                description="Build (once) a tiny model and chat dataset and fine-tune a LoRA "
                                            "adapter on them. Works offline and on a CPU.")
-    demo.add_argument("--headless", action="store_true", help="print progress as text (no TUI)")
+    demo.add_argument("--headless", action="store_true", help="train at once, printing progress as text (no app)")
     demo.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                       help="override one value of the demo config")
-    demo.add_argument("--runs-dir", type=Path, default=Path("runs"), metavar="DIR",
-                      help="where the run directory is created (default: ./runs)")
+    _runs_dir_argument(demo)
     demo.set_defaults(command=_demo, name="demo")
     return parser
 
@@ -177,9 +199,28 @@ def _train(args: argparse.Namespace) -> int:
     return _run_headless(plan)
 
 
+def _app(args: argparse.Namespace) -> int:
+    from tuneterm.ui.app import Opening, make_app
+    from tuneterm.ui.draft import Draft
+    from tuneterm.ui.services import Services
+
+    opening = Opening()
+    if args.config is not None:
+        opening = Opening("wizard", Draft.from_file(args.config), "review")
+    make_app(Services(runs_dir=args.runs_dir), opening).run()
+    return EXIT_OK
+
+
 def _demo(args: argparse.Namespace) -> int:
     from tuneterm.demo import demo_config, demo_dir
     from tuneterm.engine.runner import new_run
+
+    if not args.headless:
+        from tuneterm.ui.app import Opening, make_app
+        from tuneterm.ui.services import Services
+
+        make_app(Services(runs_dir=args.runs_dir), Opening(demo=True, demo_overrides=tuple(args.overrides))).run()
+        return EXIT_OK
 
     print("Preparing the demo model and data (built once, then cached)...", flush=True)
     directory = demo_dir()

@@ -18,6 +18,7 @@ from __future__ import annotations
 import difflib
 import functools
 import math
+import shlex
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -437,9 +438,18 @@ class RunConfig:
         path.write_text(self.to_yaml(), encoding="utf-8")
 
 
+def yaml_value(value: Any) -> str:
+    """A value as one line of YAML, as a config file or a --set argument writes it."""
+    return yaml.safe_dump(value, default_flow_style=True, width=10_000).strip().removesuffix("...").strip()
+
+
+def set_argument(key: str, value: Any) -> str:
+    """`--set key=value`, quoted for a shell."""
+    return f"--set {shlex.quote(f'{key}={yaml_value(value)}')}"
+
+
 def _yaml_line(name: str, value: Any, comment: str, indent: str) -> str:
-    rendered = yaml.safe_dump(value, default_flow_style=True, width=10_000).strip().removesuffix("...").strip()
-    line = f"{indent}{name}: {rendered}"
+    line = f"{indent}{name}: {yaml_value(value)}"
     return f"{line}  # {comment}" if comment else line
 
 
@@ -522,6 +532,16 @@ def _with_paths_resolved(layer: Given, base: Path) -> Given:
     return resolved
 
 
+def output_dir_problem(output: str) -> Problem | None:
+    """An explicit output directory must be new or empty: tuneterm never writes into an existing run."""
+    path = Path(output).expanduser()
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        return Problem(f"{path} already exists and is not empty; tuneterm never writes into an existing run. Choose "
+                       "a new directory, or leave output_dir unset to get a fresh one under runs/",
+                       Location(key="training.output_dir"))
+    return None
+
+
 def config_from_mapping(data: Mapping[str, Any], source: str = "config") -> RunConfig:
     """Validate an in-memory nested config (the same shape as the YAML)."""
     return load_config(base=data, base_source=source)
@@ -602,15 +622,15 @@ def _check_value(option: Option, value: Any, origin: Location, problems: list[Pr
     return value
 
 
-def check_value(key: str, value: Any) -> str | None:
-    """What is wrong with one value for a key tuneterm knows, or None: for a screen that checks a field as it is
-    typed (the whole config is validated again before anything runs)."""
+def check_value(key: str, value: Any) -> tuple[Any, str | None]:
+    """One value for a key, as validation reads it ("2e-4" becomes a number), and what is wrong with it or None:
+    for a screen that checks a field as it is typed (the whole config is validated again before anything runs)."""
     option = OPTION_BY_KEY.get(key)
     if option is None:
-        return None
+        return value, None
     problems: list[Problem] = []
-    _check_value(option, value, Location(key=key), problems)
-    return problems[0].message if problems else None
+    checked = _check_value(option, value, Location(key=key), problems)
+    return (value, problems[0].message) if problems else (checked, None)
 
 
 def _coerce(value: Any, types: tuple[type, ...]) -> Any:

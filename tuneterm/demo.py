@@ -53,10 +53,16 @@ def cache_root() -> Path:
     return Path(user_cache_dir("tuneterm"))
 
 
+def built_demo_dir() -> Path | None:
+    """The demo's directory when it has been built already."""
+    target = cache_root() / f"demo-{DEMO_VERSION}"
+    return target if (target / "model" / "config.json").is_file() else None
+
+
 def demo_dir() -> Path:
     """The demo's model and data, built on first use."""
     target = cache_root() / f"demo-{DEMO_VERSION}"
-    if (target / "model" / "config.json").is_file():
+    if built_demo_dir() is not None:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".demo-", dir=target.parent))

@@ -40,7 +40,7 @@ class Work:
     """The cancel flag and progress callback of one piece of work."""
 
     def __init__(self, cancel: threading.Event | None = None,
-                 on_progress: Callable[[Progress], None] | None = None, interval: float = 0.1):
+                 on_progress: Callable[[Progress], object] | None = None, interval: float = 0.1):
         self.cancel_event = cancel or threading.Event()
         self.on_progress = on_progress
         self.interval = interval
@@ -68,3 +68,24 @@ class Work:
         if force or now - self._last_report >= self.interval:
             self._last_report = now
             self.on_progress(Progress(stage, done, total, fraction))
+
+
+_IMPORTING = threading.Lock()
+
+
+def import_training_libraries() -> None:
+    """Import torch and transformers' classes under a lock before using them from a worker thread.
+
+    transformers builds its lazy modules on first use, and two threads doing that at once fail with "cannot import
+    name 'AutoConfig' from 'transformers'" (seen when the app read a model's parameters and its data side by side).
+    Cheap once imported.
+    """
+    with _IMPORTING:
+        import torch  # noqa: F401
+        from transformers import (  # noqa: F401
+            AutoConfig,
+            AutoModelForCausalLM,
+            AutoTokenizer,
+            EarlyStoppingCallback,
+            TrainerCallback,
+        )

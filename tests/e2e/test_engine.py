@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import random
 import threading
 from pathlib import Path
@@ -248,3 +249,17 @@ def test_train_accepts_other_formats_through_the_same_data_layer(base_config: di
     assert started.train_examples + started.eval_examples == len(distinct)
     evals = [e.eval_loss for e in of_type(events, EvalFinished)]
     assert min(evals) < evals[0]
+
+
+def test_the_planned_learning_rates_are_the_ones_the_trainer_logs(finished_run) -> None:
+    from tuneterm.plan.schedule import learning_rates
+
+    started = of_type(finished_run.events, RunStarted)[0]
+    training = started.config["training"]
+    warmup = math.ceil(training["warmup_steps"] * started.total_steps)
+    planned = dict(learning_rates(training["lr_scheduler_type"], training["learning_rate"], warmup,
+                                  started.total_steps))
+    logged = {e.step: e.learning_rate for e in of_type(finished_run.events, StepLogged)}
+    assert planned.keys() == logged.keys()
+    for step, rate in logged.items():
+        assert planned[step] == pytest.approx(rate, rel=1e-6, abs=1e-12), step

@@ -236,6 +236,6 @@ def test_relative_paths_in_a_config_file_are_relative_to_that_file(tmp_path: Pat
 
 
 def test_a_field_is_checked_on_its_own_as_a_screen_types_it() -> None:
-    assert check_value("training.learning_rate", "abc") == "expected a number, got 'abc'"
-    assert check_value("lora.r", 0) == "0 must be greater than 0"
-    assert check_value("training.learning_rate", "1e-4") is None
+    assert check_value("training.learning_rate", "abc") == ("abc", "expected a number, got 'abc'")
+    assert check_value("lora.r", 0) == (0, "0 must be greater than 0")
+    assert check_value("training.learning_rate", "1e-4") == (1e-4, None)

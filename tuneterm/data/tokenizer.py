@@ -16,10 +16,12 @@ from tuneterm.config import RunConfig
 from tuneterm.data.chat import DEFAULT_CHAT_TEMPLATE
 from tuneterm.errors import LoadError
 from tuneterm.hub import open_source
+from tuneterm.work import import_training_libraries
 
 
 def load_tokenizer(config: RunConfig) -> tuple[Any, list[str]]:
     """The tokenizer with the chat template the run uses, and warnings about that template."""
+    import_training_libraries()
     from transformers import AutoTokenizer
 
     path = config.get("model.path")

@@ -10,19 +10,25 @@ Layout of RUN_DIR:
   training_loss.png, training_eval_loss.png
   adapter_check.json           proof that the adapter weights changed
   error.log                    the traceback, when a run failed
+  .lock                        held (flock) by the process running it, so a run list can tell a live run from
+                               one whose process died
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
 import re
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
-from tuneterm.config import RunConfig
+from tuneterm.config import RunConfig, output_dir_problem
 from tuneterm.errors import RunDirError
-from tuneterm.plan.planner import output_dir_problem
 
 CONFIG_FILE = "config.yaml"
+LOCK_FILE = ".lock"
 DEFAULT_RUNS_ROOT = Path("runs")
 
 # Files without which a checkpoint cannot be resumed from (weights are checked separately).
@@ -99,3 +105,39 @@ def resume_point(run_dir: Path) -> Path:
         raise RunDirError(f"{run_dir}: no complete checkpoint to resume from; start it again with "
                           f"tuneterm train {run_dir / CONFIG_FILE}")
     return checkpoint
+
+
+@contextlib.contextmanager
+def holding_run_lock(run_dir: Path) -> Iterator[None]:
+    """Held while a process runs this run; the kernel lets go when the process dies, even by kill -9."""
+    descriptor = os.open(run_dir / LOCK_FILE, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        for attempt in range(40):  # a run list may hold it for a moment to look
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if attempt == 39:
+                    raise RunDirError(f"{run_dir}: another process is running this run; watch it with tuneterm "
+                                      f"monitor {run_dir}") from None
+                time.sleep(0.05)
+        os.ftruncate(descriptor, 0)
+        os.write(descriptor, str(os.getpid()).encode())
+        yield
+    finally:
+        os.close(descriptor)
+
+
+def is_live(run_dir: Path) -> bool:
+    """Whether a process holds the run's lock now."""
+    try:
+        descriptor = os.open(run_dir / LOCK_FILE, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(descriptor)
+    return False

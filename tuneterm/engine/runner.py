@@ -34,12 +34,12 @@ from tuneterm.engine.events import (
     read_events,
 )
 from tuneterm.engine.loading import detect_device, load_model
-from tuneterm.engine.rundir import CONFIG_FILE, DEFAULT_RUNS_ROOT, create_run_dir, resume_point
+from tuneterm.engine.rundir import CONFIG_FILE, DEFAULT_RUNS_ROOT, create_run_dir, holding_run_lock, resume_point
 from tuneterm.errors import Cancelled, ConfigError, RunDirError, TuneTermError, first_sentence
 from tuneterm.hardware import CPU, Device, choose_cpu_threads
 from tuneterm.plan.planner import model_facts, startup_problems
 from tuneterm.plan.resolve import resolve, schedule_of
-from tuneterm.work import Progress, Work
+from tuneterm.work import Progress, Work, import_training_libraries
 
 ADAPTER_CHECK_FILE = "adapter_check.json"
 ERROR_LOG = "error.log"
@@ -96,7 +96,9 @@ class _Stopped(Exception):
 def run(plan: RunPlan, sink: EventSink | None = None, control: RunControl | None = None) -> Event:
     """Run to the end and return the last event: RunFinished or RunFailed."""
     control = control or RunControl()
-    with EventLog(plan.run_dir / EVENTS_FILE, sink) as emit, library_output_as_events(emit):
+    import_training_libraries()
+    with holding_run_lock(plan.run_dir), EventLog(plan.run_dir / EVENTS_FILE, sink) as emit, \
+            library_output_as_events(emit):
         try:
             result: Event = _Run(plan, emit, control).execute()
         except (_Stopped, Cancelled):

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from tuneterm.config import GUIDE_COMPLETE, GUIDE_HYPERPARAMS, GUIDE_RANK, GUIDE_UNSLOTH, RunConfig
+from tuneterm.config import GUIDE_COMPLETE, GUIDE_HYPERPARAMS, GUIDE_RANK, GUIDE_UNSLOTH, RunConfig, set_argument
 from tuneterm.errors import LEVELS, Level
 from tuneterm.hardware import Device
 from tuneterm.plan.model import ModelFacts
@@ -31,11 +31,7 @@ class Advice:
     fix: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def as_set_arguments(self) -> str:
-        return " ".join(f"--set {key}={_yaml_scalar(value)}" for key, value in self.fix.items())
-
-
-def _yaml_scalar(value: Any) -> str:
-    return str(value).lower() if isinstance(value, bool) else str(value)
+        return " ".join(set_argument(key, value) for key, value in self.fix.items())
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from typing import Any
 
 from tuneterm.errors import LoadError, first_sentence
 from tuneterm.hub import open_source
+from tuneterm.work import import_training_libraries
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,7 @@ def load_model_facts(path: str, revision: str | None = None, trust_remote_code: 
 
 @functools.lru_cache(maxsize=16)
 def _facts(path: str, revision: str | None, trust_remote_code: bool) -> ModelFacts:
+    import_training_libraries()
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tuneterm.config import AUTO, RunConfig
+from tuneterm.config import AUTO, RunConfig, output_dir_problem
 from tuneterm.data.prepare import summarise, view_of
 from tuneterm.data.summary import DataSummary, DataView
 from tuneterm.data.tokenizer import load_tokenizer
@@ -148,16 +148,6 @@ def startup_problems(config: RunConfig, need_data: bool = True) -> list[Problem]
     output = config.get("training.output_dir")
     problem = output_dir_problem(output) if output else None
     return problems + ([problem] if problem else [])
-
-
-def output_dir_problem(output: str) -> Problem | None:
-    """An explicit output directory must be new or empty: tuneterm never writes into an existing run."""
-    path = Path(output).expanduser()
-    if path.exists() and (not path.is_dir() or any(path.iterdir())):
-        return Problem(f"{path} already exists and is not empty; tuneterm never writes into an existing run. Choose "
-                       "a new directory, or leave output_dir unset to get a fresh one under runs/",
-                       Location(key="training.output_dir"))
-    return None
 
 
 def plan_run(config: RunConfig, facts: ModelFacts, summary: DataSummary | None, gpus: GpuSurvey,

@@ -54,3 +54,33 @@ def schedule_for(micro_batch: int, accumulation: int, epochs: float, max_steps: 
                     eval_examples=eval_examples, steps_per_epoch=per_epoch, total_steps=total,
                     warmup_steps=warmup_steps(total, warmup), eval_steps=eval_steps if eval_examples else None,
                     save_steps=save_steps)
+
+
+# The learning-rate schedules of transformers.optimization, as multipliers of the base rate at a step.
+_SCHEDULES = {
+    "linear": lambda progress: max(0.0, 1.0 - progress),
+    "cosine": lambda progress: max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress))),
+    "cosine_with_restarts": lambda progress: (0.0 if progress >= 1.0
+                                              else 0.5 * (1.0 + math.cos(math.pi * (progress % 1.0)))),
+    "constant_with_warmup": lambda progress: 1.0,
+}
+
+
+def learning_rates(scheduler: str, base_rate: float, warmup: int, total: int,
+                   points: int | None = None) -> list[tuple[int, float]] | None:
+    """The learning rate each optimizer step runs with (what the Trainer logs for it), as transformers'
+    schedulers compute it: (step, rate) from step 1 to `total`, thinned to about `points` points. None for a
+    scheduler whose curve depends on the run (reduce_lr_on_plateau) or on extra arguments."""
+    if scheduler == "constant":
+        return [(1, base_rate), (max(total, 1), base_rate)]
+    shape = _SCHEDULES.get(scheduler)
+    if shape is None or total <= 0:
+        return None
+    stride = max(1, total // points) if points else 1
+    steps = sorted({*range(1, total + 1, stride), *(s for s in (warmup, warmup + 1, total) if 1 <= s <= total)})
+    curve = []
+    for step in steps:
+        done = step - 1  # step N runs with the rate the scheduler set after N - 1 steps
+        factor = done / max(1, warmup) if done < warmup else shape((done - warmup) / max(1, total - warmup))
+        curve.append((step, base_rate * factor))
+    return curve

@@ -1,0 +1,188 @@
+"""The wizard driven with the keyboard, as a person would: on the offline tiny model and data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.ui.conftest import wait_until
+from tuneterm.config import load_config
+from tuneterm.ui.app import Opening, make_app
+from tuneterm.ui.draft import Draft
+from tuneterm.ui.screens.wizard import WizardScreen
+from tuneterm.ui.widgets.fields import SettingField
+
+
+async def type_into(pilot, selector: str, text: str, submit: bool = True) -> None:
+    widget = pilot.app.screen.query_one(selector)
+    widget.focus()
+    widget.value = ""
+    await pilot.press(*text)
+    if submit:
+        await pilot.press("enter")
+    await pilot.pause()
+
+
+async def choose_model_and_data(pilot, model: Path, data: Path) -> WizardScreen:
+    wizard = pilot.app.screen
+    assert isinstance(wizard, WizardScreen)
+    await type_into(pilot, "#model-path", str(model))
+    await wait_until(pilot, lambda: wizard.facts is not None, what="the model's facts")
+    await pilot.press("ctrl+n")
+    await type_into(pilot, "#data-path", str(data))
+    await wait_until(pilot, lambda: wizard.summary is not None, what="the data summary")
+    return wizard
+
+
+async def test_walk_the_wizard_back_and_forth_take_advice_and_get_the_config(services, tiny_model: Path,
+                                                                             chat_data: dict, tmp_path: Path) -> None:
+    app = make_app(services, Opening("wizard", Draft()))
+    async with app.run_test(size=(100, 30)) as pilot:
+        wizard = await choose_model_and_data(pilot, tiny_model, chat_data["train"])
+        assert wizard.step == "data"
+        assert wizard.plan is not None and wizard.plan.schedule is not None, "the data gives the schedule"
+        assert wizard.plan.schedule.train_examples == 144  # 160 examples, 10% held out
+
+        await pilot.press("ctrl+n")
+        assert wizard.step == "settings"
+        await type_into(pilot, "#field-training-learning_rate #control", "1e-3", submit=False)
+        assert wizard.draft.get("training.learning_rate") == 1e-3
+        field = wizard.query_one("#field-training-learning_rate", SettingField)
+        assert field.advice is not None and "well above the recommended 2e-4" in field.advice.message
+        await pilot.press("ctrl+t")  # take the suggestion of the focused field
+        assert wizard.draft.get("training.learning_rate") == 2e-4
+        await type_into(pilot, "#field-training-per_device_train_batch_size #control", "4", submit=False)
+
+        # Back twice and forward again: nothing entered is lost.
+        await pilot.press("escape", "escape")
+        assert wizard.step == "model"
+        await pilot.press("ctrl+n", "ctrl+n", "ctrl+n")
+        assert wizard.step == "review"
+        assert wizard.draft.values == {"model.path": str(tiny_model), "data.train": str(chat_data["train"]),
+                                       "training.learning_rate": 2e-4, "training.per_device_train_batch_size": 4}
+        assert wizard.config is not None and not [p for p in wizard.problems if p.level == "error"]
+        assert wizard.plan.config.get("training.max_length") % 64 == 0, "derived from the data"
+
+        # Save, and the file is the config: it loads to the same values.
+        target = tmp_path / "saved.yaml"
+        await pilot.press("ctrl+s")
+        await type_into(pilot, "#path", str(target))
+        assert target.is_file()
+        saved = load_config(target)
+        assert saved.get("training.learning_rate") == 2e-4 and saved.get("training.per_device_train_batch_size") == 4
+        assert saved.get("data.train") == str(chat_data["train"])
+        assert not wizard.draft.dirty and f"tuneterm train {target}" in wizard.draft.command_line()
+
+
+async def test_a_saved_file_is_never_replaced_without_asking(services, tiny_model: Path, chat_data: dict,
+                                                           tmp_path: Path) -> None:
+    target = tmp_path / "exists.yaml"
+    target.write_text("precious: true\n")
+    draft = Draft.from_mapping({"model": {"path": str(tiny_model)}, "data": {"train": str(chat_data["train"])}})
+    app = make_app(services, Opening("wizard", draft, "review"))
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.press("ctrl+s")
+        await type_into(pilot, "#path", str(target))
+        await pilot.press("enter")  # the question's default answer is Cancel
+        await pilot.pause()
+        assert yaml.safe_load(target.read_text()) == {"precious": True}
+
+
+async def test_launch_names_what_is_missing(services) -> None:
+    app = make_app(services, Opening("wizard", Draft()))
+    async with app.run_test(size=(100, 30), notifications=True) as pilot:
+        await pilot.press("ctrl+r")
+        await pilot.pause()
+        messages = [n.message for n in app._notifications]
+        assert any("choose a model" in m and "choose a dataset" in m for m in messages), messages
+
+
+async def test_leaving_with_unsaved_settings_asks_first(services, tiny_model: Path) -> None:
+    app = make_app(services, Opening("wizard", Draft()))
+    async with app.run_test(size=(100, 30)) as pilot:
+        await type_into(pilot, "#model-path", str(tiny_model))
+        await pilot.press("escape")  # from the first step: leave the wizard
+        await pilot.pause()
+        assert type(app.screen).__name__ == "Confirm"
+        await pilot.press("escape")  # no
+        await pilot.pause()
+        assert isinstance(app.screen, WizardScreen) and app.screen.draft.get("model.path") == str(tiny_model)
+        await pilot.press("ctrl+q")
+        await pilot.pause()
+        assert type(app.screen).__name__ == "Confirm", "quitting asks too"
+
+
+async def test_a_broken_dataset_shows_its_lines(services, tiny_model: Path, tmp_path: Path) -> None:
+    from tests.helpers import DATA
+
+    broken = DATA / "bad" / "unknown_role.jsonl"
+    app = make_app(services, Opening("wizard", Draft()))
+    async with app.run_test(size=(100, 30)) as pilot:
+        wizard = app.screen
+        await type_into(pilot, "#model-path", str(tiny_model))
+        await wait_until(pilot, lambda: wizard.facts is not None)
+        await pilot.press("ctrl+n")
+        await type_into(pilot, "#data-path", str(broken))
+        await wait_until(pilot, lambda: wizard.summary is not None or wizard.data_error is not None)
+        report = str(wizard.query_one("#data-report").render())
+        assert f"{broken}:2: messages[1]: unknown role 'robot'" in report
+        assert any(p.level == "error" and p.location.key == "data.train" for p in wizard.problems)
+
+
+async def test_unknown_columns_get_a_column_mapper_that_fixes_them(services, tiny_model: Path,
+                                                                  tmp_path: Path) -> None:
+    from tests.helpers import write_jsonl
+
+    data = write_jsonl(tmp_path / "qa.jsonl", [{"question": f"What is {i} plus 1?", "answer": f"{i + 1}."}
+                                               for i in range(30)])
+    app = make_app(services, Opening("wizard", Draft()))
+    async with app.run_test(size=(100, 30)) as pilot:
+        wizard = app.screen
+        await type_into(pilot, "#model-path", str(tiny_model))
+        await wait_until(pilot, lambda: wizard.facts is not None)
+        await pilot.press("ctrl+n")
+        await type_into(pilot, "#data-path", str(data))
+        await wait_until(pilot, lambda: wizard.data_error is not None)
+        assert wizard.query_one("#column-mapper").display
+        wizard.query_one("#map-instruction").value = "question"
+        wizard.query_one("#map-output").value = "answer"
+        await wait_until(pilot, lambda: wizard.summary is not None, what="the data read with the mapping")
+        assert wizard.draft.get("data.columns") == {"instruction": "question", "output": "answer"}
+        assert wizard.summary.train.detection.format == "alpaca"
+
+
+async def test_a_config_file_opens_at_the_review_step(services, tiny_model: Path, chat_data: dict,
+                                                      tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tuneterm import cli
+    from tuneterm.ui import app as app_module
+
+    path = tmp_path / "run.yaml"
+    path.write_text(f"model:\n  path: {tiny_model}\ndata:\n  train: {chat_data['train']}\ntraining:\n"
+                    "  learning_rate: 1e-4\n")
+    opened: list = []
+    monkeypatch.setattr(app_module.TuneTermApp, "run", lambda self: opened.append(self.opening))
+    assert cli.main([str(path)]) == 0
+    [opening] = opened
+    assert opening.screen == "wizard" and opening.step == "review"
+    assert opening.draft.values["training.learning_rate"] == 1e-4 and opening.draft.source == path
+    app = make_app(services, opening)
+    async with app.run_test(size=(100, 30)) as pilot:
+        wizard = app.screen
+        await wait_until(pilot, lambda: wizard.plan is not None and wizard.plan.data is not None)
+        assert wizard.step == "review" and not wizard.draft.dirty
+        assert wizard.draft.command_line() == f"tuneterm train {path}"
+        assert "Ready to launch" in str(wizard.query_one("#review-status").render())
+
+
+async def test_the_command_palette_runs_the_wizard_actions(services) -> None:
+    app = make_app(services, Opening("wizard", Draft()))
+    async with app.run_test(size=(100, 30), notifications=True) as pilot:
+        await pilot.press("ctrl+p")
+        await pilot.pause()
+        await pilot.press(*"launch the run")
+        await pilot.pause(0.5)
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: any("Not ready" in n.message for n in app._notifications),
+                         what="the launch action run from the palette")

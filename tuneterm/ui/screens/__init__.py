@@ -1,0 +1,1 @@
+"""The app's screens: start, wizard, help and small dialogs."""

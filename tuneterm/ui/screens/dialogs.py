@@ -1,0 +1,86 @@
+"""Small modal dialogs: a yes/no question, and a path to save to."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.screen import ModalScreen
+from textual.widgets import Button, Input, Label, Static
+
+
+class Confirm(ModalScreen[bool]):
+    """A question with two answers; escape answers no."""
+
+    BINDINGS = [Binding("escape", "answer(False)", "Cancel")]
+
+    def __init__(self, question: str, yes: str = "Yes", no: str = "Cancel"):
+        super().__init__()
+        self.question, self.yes, self.no = question, yes, no
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog"):
+            yield Static(self.question)
+            with Horizontal(classes="dialog-buttons"):
+                yield Button(self.yes, id="yes", variant="warning")
+                yield Button(self.no, id="no", variant="primary")
+
+    def on_mount(self) -> None:
+        self.query_one("#no", Button).focus()
+
+    def action_answer(self, answer: bool) -> None:
+        self.dismiss(answer)
+
+    @on(Button.Pressed)
+    def _pressed(self, event: Button.Pressed) -> None:
+        self.dismiss(event.button.id == "yes")
+
+
+class AskPath(ModalScreen["Path | None"]):
+    """A file path to write; an existing file is only replaced after asking."""
+
+    BINDINGS = [Binding("escape", "cancel", "Cancel")]
+
+    def __init__(self, title: str, suggested: Path):
+        super().__init__()
+        self.title_text, self.suggested = title, suggested
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog"):
+            yield Label(self.title_text)
+            yield Input(str(self.suggested), id="path")
+            yield Static(id="path-problem")
+            with Horizontal(classes="dialog-buttons"):
+                yield Button("Save", id="save", variant="primary")
+                yield Button("Cancel", id="cancel")
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+    @on(Button.Pressed, "#cancel")
+    def _cancelled(self) -> None:
+        self.dismiss(None)
+
+    @on(Input.Submitted, "#path")
+    @on(Button.Pressed, "#save")
+    def _chosen(self) -> None:
+        path = Path(self.query_one("#path", Input).value.strip()).expanduser()
+        problem = self.query_one("#path-problem", Static)
+        if not path.name:
+            problem.update("[$error]Give a file name.[/]")
+            return
+        if path.is_dir():
+            problem.update(f"[$error]{path} is a directory; give a file name.[/]")
+            return
+        if not path.exists():
+            self.dismiss(path)
+            return
+
+        def replace(answer: bool | None) -> None:
+            if answer:
+                self.dismiss(path)
+
+        self.app.push_screen(Confirm(f"{path} exists. Replace it?", yes="Replace"), replace)

@@ -1,0 +1,115 @@
+"""The first screen: start a new run, open a config file, try the demo, or pick one of the recent runs."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.markup import escape
+from textual.message import Message
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Header, OptionList, Static
+from textual.widgets.option_list import Option
+
+from tuneterm.engine.runs import RunSummary, list_runs
+from tuneterm.ui.services import Services
+
+STATUS_COLOURS = {"running": "accent", "completed": "success", "early_stopped": "success", "stopped": "warning",
+                  "failed": "error", "interrupted": "error"}
+
+
+class RunsListed(Message):
+    def __init__(self, runs: list[RunSummary]):
+        super().__init__()
+        self.runs = runs
+
+
+class RunChosen(Message):
+    def __init__(self, run_dir: Path):
+        super().__init__()
+        self.run_dir = run_dir
+
+
+def age(seconds: float, now: float) -> str:
+    delta = now - seconds
+    if delta < 90:
+        return "just now"
+    if delta < 3600:
+        return f"{delta / 60:.0f} min ago"
+    if delta < 86400:
+        return f"{delta / 3600:.0f} h ago"
+    return time.strftime("%Y-%m-%d", time.localtime(seconds))
+
+
+class StartScreen(Screen[None]):
+    TITLE = "tuneterm"
+    SUB_TITLE = "fine-tune a language model from a terminal"
+    BINDINGS = [
+        Binding("n", "app.new_run", "New run", id="new"),
+        Binding("o,ctrl+o", "app.open_config", "Open config", id="open"),
+        Binding("d", "app.demo", "Demo", id="demo"),
+        Binding("r", "refresh_runs", "Refresh runs", id="refresh"),
+    ]
+
+    def __init__(self, services: Services):
+        super().__init__()
+        self.services = services
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield Static("Fine-tune a model with LoRA or QLoRA. tuneterm plans the run (memory, steps, the guides' "
+                     "advice) before anything loads, and trains it with TRL.", id="intro")
+        yield OptionList(
+            Option("New run: choose a model, data and settings", id="new"),
+            Option("Open a config file and review it", id="open"),
+            Option("Demo: a tiny model and chat data built here (offline, trains on a CPU in minutes)", id="demo"),
+            id="actions")
+        yield Static(id="runs-title", classes="group-title")
+        table: DataTable[str] = DataTable(id="runs", cursor_type="row", zebra_stripes=True)
+        table.add_columns("run", "status", "method", "model", "step", "best eval", "started")
+        yield table
+        yield Footer(compact=True)
+
+    def on_mount(self) -> None:
+        self.action_refresh_runs()
+
+    def on_screen_resume(self) -> None:
+        self.action_refresh_runs()
+
+    def action_refresh_runs(self) -> None:
+        self.read_runs()
+
+    @work(thread=True, exclusive=True, group="runs", exit_on_error=False)
+    def read_runs(self) -> None:
+        self.post_message(RunsListed(list_runs(self.services.runs_dir)))
+
+    @on(RunsListed)
+    def _runs(self, message: RunsListed) -> None:
+        table = self.query_one("#runs", DataTable)
+        table.clear()
+        now = self.services.now()
+        colours = self.app.get_css_variables()
+        for run in message.runs[:50]:
+            colour = colours.get(STATUS_COLOURS.get(run.status, "foreground"), colours["foreground"])
+            step = f"{run.step:,}" + (f"/{run.total_steps:,}" if run.total_steps else "")
+            best = f"{run.best_eval_loss:.4f}" if run.best_eval_loss is not None else "-"
+            model = Path(run.model).name if run.model else "?"
+            table.add_row(Text(run.name), Text(run.status.replace("_", " "), style=colour), run.method or "?",
+                          Text(model), step, best, age(run.started, now), key=str(run.run_dir))
+        table.display = bool(message.runs)
+        self.query_one("#runs-title", Static).update(
+            f"Recent runs in {escape(str(self.services.runs_dir))}" if message.runs else
+            f"No runs yet in {escape(str(self.services.runs_dir))}: start a new run, or try the demo.")
+
+    @on(OptionList.OptionSelected, "#actions")
+    async def _action(self, event: OptionList.OptionSelected) -> None:
+        await self.app.run_action({"new": "new_run", "open": "open_config", "demo": "demo"}[event.option.id or "new"])
+
+    @on(DataTable.RowSelected, "#runs")
+    def _run(self, event: DataTable.RowSelected) -> None:
+        if event.row_key.value and Path(event.row_key.value).is_dir():
+            self.post_message(RunChosen(Path(event.row_key.value)))

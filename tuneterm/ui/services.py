@@ -1,0 +1,32 @@
+"""What the app reads from the machine and the world, gathered in one object so tests can replace it.
+
+The app never calls NVML, psutil, the Hugging Face cache or the clock directly: it asks these services. The
+command line builds them from the real machine; tests build them with a fixed GPU, a temporary runs directory and
+a frozen clock, so that screens are the same on every machine.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tuneterm.demo import built_demo_dir, demo_dir
+from tuneterm.hardware import GpuSurvey, HostReading, read_gpus, read_host
+from tuneterm.plan.catalog import ModelEntry, cached_models
+
+
+@dataclass
+class Services:
+    runs_dir: Path = Path("runs")
+    read_gpus: Callable[[], GpuSurvey] = read_gpus
+    read_host: Callable[[], HostReading] = read_host
+    cached_models: Callable[[], list[ModelEntry]] = cached_models
+    model_roots: tuple[Path, ...] = field(default_factory=lambda: (Path.cwd(),))
+    """Where local model directories are looked for (two levels deep)."""
+    demo_dir: Callable[[], Path] = demo_dir
+    """Builds the demo model and data on first use (seconds), then returns where they are."""
+    built_demo: Callable[[], Path | None] = built_demo_dir
+    """Where the demo is when it has been built already (listing models never builds it)."""
+    now: Callable[[], float] = time.time

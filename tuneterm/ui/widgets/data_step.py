@@ -1,0 +1,245 @@
+"""Wizard step 2: the data. A file, folder or hub dataset id; what reading it found (format and evidence,
+problems with their lines); examples as the model sees them, the trained text highlighted; token lengths and
+what the max length cuts; the held-out share or an eval file.
+
+The reading itself runs in a worker of the wizard (with progress and cancel); this step shows its results and
+posts what the person changes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from textual import on
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, VerticalScroll
+from textual.markup import escape
+from textual.message import Message
+from textual.widget import Widget
+from textual.widgets import Button, Input, Label, ProgressBar, Select, Sparkline, Static
+
+from tuneterm.data.formats import FIELDS, FORMATS
+from tuneterm.data.records import FILE_SUFFIXES
+from tuneterm.data.summary import DataView, Preview, SourceSummary
+from tuneterm.errors import Problem
+from tuneterm.ui.widgets.fields import parse
+from tuneterm.ui.widgets.paths import PathSuggester
+from tuneterm.work import Progress
+
+UNMAPPED = "(not in the data)"
+
+
+class DataSettingChanged(Message):
+    """data.train, data.eval, data.val_size, data.format or data.columns changed."""
+
+    def __init__(self, key: str, value: Any):
+        super().__init__()
+        self.key, self.value = key, value
+
+
+class BrowseRequested(Message):
+    pass
+
+
+class CancelRequested(Message):
+    pass
+
+
+class PreviewPane(Widget, can_focus=True):
+    """One example at a time as the model is trained on it: trained text bold, masked text dim; left and right
+    step through the examples, and a max length that cuts the example is marked where it cuts."""
+
+    BINDINGS = [Binding("left", "step(-1)", "Previous example", show=False),
+                Binding("right", "step(1)", "Next example", show=False)]
+
+    def __init__(self, id: str | None = None):
+        super().__init__(id=id)
+        self.previews: list[Preview] = []
+        self.index = 0
+        self.max_length: int | None = None
+
+    def show(self, previews: list[Preview], max_length: int | None) -> None:
+        self.previews, self.max_length = previews, max_length
+        self.index = min(self.index, max(len(previews) - 1, 0))
+        self.refresh(layout=True)
+
+    def action_step(self, delta: int) -> None:
+        if self.previews:
+            self.index = (self.index + delta) % len(self.previews)
+            self.refresh(layout=True)
+
+    def render(self) -> str:
+        if not self.previews:
+            return "[$text-muted]Examples appear here once the data is read.[/]"
+        preview = self.previews[self.index]
+        cut = preview.cut_at(self.max_length) if self.max_length else None
+        header = (f"[b]example {self.index + 1} of {len(self.previews)}[/b] ({escape(preview.location.where())}): "
+                  f"{preview.trained_tokens} of {preview.total_tokens} tokens trained, [b $success]in bold[/]")
+        if cut is not None:
+            header += f"\n[$warning]max length {self.max_length} cuts this example at ✂[/]"
+        body, position = [], 0
+        for text, trained in preview.segments:
+            pieces = [text]
+            if cut is not None and position <= cut < position + len(text):
+                pieces = [text[:cut - position], "\0", text[cut - position:]]
+            for piece in pieces:
+                if piece == "\0":
+                    body.append("[$warning]✂[/]")
+                elif piece:
+                    body.append(f"[b $success]{escape(piece)}[/]" if trained else f"[dim]{escape(piece)}[/]")
+            position += len(text)
+        return header + "\n" + "".join(body)
+
+
+class DataStep(VerticalScroll):
+    def compose(self) -> ComposeResult:
+        yield Static("Training data: a .jsonl / .json / .csv / .parquet file, a folder, or a hub dataset id")
+        with Horizontal(classes="path-row"):
+            yield Input(placeholder="e.g. data/train.jsonl or org/dataset:train", id="data-path",
+                        suggester=PathSuggester(accept=lambda path: path.suffix in FILE_SUFFIXES))
+            yield Button("Browse (ctrl+o)", id="browse", compact=True)
+        with Horizontal(classes="setting-row"):
+            yield Label("eval file", classes="setting-label")
+            yield Input(placeholder="none: hold out part of the training data", id="eval-path", compact=True,
+                        suggester=PathSuggester(accept=lambda path: path.suffix in FILE_SUFFIXES))
+        with Horizontal(classes="setting-row"):
+            yield Label("held out", classes="setting-label")
+            yield Input(placeholder="0.1 (default: 10% for the eval loss)", id="val-size", compact=True)
+        with Horizontal(classes="setting-row"):
+            yield Label("format", classes="setting-label")
+            yield Select([(f, f) for f in ("auto", *FORMATS)], value="auto", allow_blank=False, id="format",
+                         compact=True)
+        with Horizontal(id="reading"):
+            yield ProgressBar(id="data-progress", show_eta=False)
+            yield Static(id="data-progress-text")
+            yield Button("Cancel", id="cancel-data", compact=True)
+        yield Static(id="data-report")
+        yield Static("Columns: which of your columns holds what", id="mapper-title", classes="group-title")
+        with Horizontal(id="column-mapper"):
+            for role in sorted({name for fields in FIELDS.values() for name in fields}):
+                yield Select([(UNMAPPED, UNMAPPED)], value=UNMAPPED, allow_blank=False, id=f"map-{role}",
+                             prompt=role, compact=True, classes="column-select")
+        yield Static("Examples as trained (← → when focused)", classes="group-title")
+        yield PreviewPane(id="preview")
+        yield Static("Token lengths", classes="group-title")
+        yield Sparkline([], id="histogram")
+        yield Static(id="lengths")
+
+    def on_mount(self) -> None:
+        self.query_one("#reading").display = False
+        self.show_columns({}, {})
+
+    def show_values(self, train: str | None, evaluation: str | None, val_size: Any, fmt: str) -> None:
+        for selector, value in (("#data-path", train), ("#eval-path", evaluation),
+                                ("#val-size", None if val_size is None else str(val_size))):
+            field = self.query_one(selector, Input)
+            if not field.has_focus and field.value != (value or ""):
+                with field.prevent(Input.Changed):
+                    field.value = value or ""
+        select = self.query_one("#format", Select)
+        with select.prevent(Select.Changed):
+            select.value = fmt or "auto"
+
+    def show_progress(self, progress: Progress | None) -> None:
+        self.query_one("#reading").display = progress is not None
+        if progress is None:
+            return
+        bar = self.query_one("#data-progress", ProgressBar)
+        share = progress.share
+        bar.update(total=100 if share is not None else None, progress=round(100 * share) if share else 0)
+        self.query_one("#data-progress-text", Static).update(f" {progress.stage}: {progress.done:,} records")
+
+    def show_columns(self, found: dict[str, int], mapping: dict[str, str]) -> None:
+        """The column mapper, when the format could not be told from the columns."""
+        self.query_one("#column-mapper").display = bool(found)
+        self.query_one("#mapper-title").display = bool(found)
+        for select in self.query(".column-select").results(Select):
+            role = (select.id or "").removeprefix("map-")
+            with select.prevent(Select.Changed):
+                select.set_options([(UNMAPPED, UNMAPPED), *((f"{column} ({count})", column)
+                                                            for column, count in found.items())])
+                select.value = mapping.get(role, UNMAPPED) if mapping.get(role) in found else UNMAPPED
+            select.prompt = role
+
+    def show_failure(self, message: str, problems: list[Problem]) -> None:
+        lines = [f"[$error]✗ {escape(message)}[/]"] + [f"  {escape(str(p))}" for p in problems[:20]]
+        if len(problems) > 20:
+            lines.append(f"  ... and {len(problems) - 20} more")
+        self.query_one("#data-report", Static).update("\n".join(lines))
+        self.query_one("#lengths", Static).update("")
+        self.query_one("#histogram", Sparkline).data = []
+        self.query_one(PreviewPane).show([], None)
+
+    def show_summary(self, train: SourceSummary, evaluation: SourceSummary | None, view: DataView | None,
+                     findings: list[Problem]) -> None:
+        lines = [f"[b]{train.detection.format}[/b] ({escape(train.detection.evidence)})",
+                 f"{train.read.records:,} records read, [b]{train.examples:,}[/b] usable, {train.invalid.count:,} "
+                 f"invalid, {train.duplicates.count:,} duplicates"]
+        if evaluation is not None:
+            lines.append(f"eval file: {evaluation.examples:,} usable of {evaluation.read.records:,} records")
+        for problem in findings:
+            colour = "$error" if problem.level == "error" else "$warning"
+            lines.append(f"[{colour}]{'✗' if problem.level == 'error' else '●'} {escape(str(problem))}[/]")
+            lines += [f"    {escape(str(detail))}" for detail in problem.details[:10]]
+            if len(problem.details) > 10:
+                lines.append(f"    ... and {len(problem.details) - 10} more")
+        self.query_one("#data-report", Static).update("\n".join(lines))
+        if view is None:
+            return
+        self.query_one("#histogram", Sparkline).data = [bucket["count"] for bucket in view.histogram]
+        t, cut = view.lengths, view.truncation
+        low, high = view.histogram[0]["start"], view.histogram[-1]["end"]
+        lines = [f"[$text-muted]{low:,} … {high:,} tokens[/]",
+                 f"p50 [b]{t['p50']:,}[/b]  p95 [b]{t['p95']:,}[/b]  p99 [b]{t['p99']:,}[/b]  max [b]{t['max']:,}[/b]",
+                 f"at max length [b]{cut.max_length}[/b] ({escape(view.max_length_why)}): "
+                 f"{cut.truncated_examples:,} examples cut, {cut.response_tokens_lost:,} response tokens lost"]
+        if view.max_length != view.suggested_max_length:
+            lines.append(f"[$accent]suggested {view.suggested_max_length}[/] ({escape(view.suggestion_why)}) "
+                         "[$text-muted]ctrl+t accepts it[/]")
+        self.query_one("#lengths", Static).update("\n".join(lines))
+        self.query_one(PreviewPane).show(train.previews, view.max_length)
+
+    @on(Input.Submitted, "#data-path")
+    def _train(self, event: Input.Submitted) -> None:
+        event.stop()
+        self.post_message(DataSettingChanged("data.train", event.value.strip() or None))
+
+    @on(Input.Submitted, "#eval-path")
+    def _eval(self, event: Input.Submitted) -> None:
+        event.stop()
+        self.post_message(DataSettingChanged("data.eval", event.value.strip() or None))
+
+    @on(Input.Changed, "#val-size")
+    def _val_size(self, event: Input.Changed) -> None:
+        event.stop()
+        self.post_message(DataSettingChanged("data.val_size", parse(event.value)))
+
+    @on(Select.Changed, "#format")
+    def _format(self, event: Select.Changed) -> None:
+        event.stop()
+        self.post_message(DataSettingChanged("data.format", None if event.value == "auto" else event.value))
+
+    @on(Select.Changed, ".column-select")
+    def _column(self, event: Select.Changed) -> None:
+        event.stop()
+        mapping = {}
+        for select in self.query(".column-select").results(Select):
+            if select.value not in (UNMAPPED, Select.NULL):
+                mapping[(select.id or "").removeprefix("map-")] = select.value
+        self.post_message(DataSettingChanged("data.columns", mapping or None))
+
+    @on(Button.Pressed, "#browse")
+    def _browse(self, event: Button.Pressed) -> None:
+        event.stop()
+        self.post_message(BrowseRequested())
+
+    @on(Button.Pressed, "#cancel-data")
+    def _cancel(self, event: Button.Pressed) -> None:
+        event.stop()
+        self.post_message(CancelRequested())
+
+
+def data_file_filter(path: Path) -> bool:
+    return path.suffix in FILE_SUFFIXES

@@ -1,0 +1,35 @@
+"""Completion for paths and hub ids typed into an input: the next directory entry, or a known name."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+from textual.suggester import Suggester
+
+
+class PathSuggester(Suggester):
+    """Completes a known name (hub ids of cached models), else the next matching entry of the typed directory;
+    `accept` filters files (directories are always offered)."""
+
+    def __init__(self, names: Callable[[], list[str]] = list, accept: Callable[[Path], bool] = lambda path: True):
+        super().__init__(use_cache=False, case_sensitive=True)
+        self.names, self.accept = names, accept
+
+    async def get_suggestion(self, value: str) -> str | None:
+        if not value:
+            return None
+        for name in self.names():
+            if name.startswith(value) and name != value:
+                return name
+        typed = Path(value).expanduser()
+        parent, prefix = (typed, "") if value.endswith("/") else (typed.parent, typed.name)
+        try:
+            entries = sorted(parent.iterdir())
+        except OSError:
+            return None
+        for entry in entries:
+            if entry.name.startswith(prefix) and not entry.name.startswith(".") and (entry.is_dir() or
+                                                                                     self.accept(entry)):
+                return value + entry.name[len(prefix):] + ("/" if entry.is_dir() else "")
+        return None

@@ -1,0 +1,73 @@
+"""Wizard step 4: the run as it will start. The resolved config as YAML (what the person set plain, tuneterm's
+defaults and what the data decided marked), the `tuneterm train` command that starts the same run, what is
+still missing, and the actions: save the config, launch."""
+
+from __future__ import annotations
+
+from textual import on
+from textual.app import ComposeResult
+from textual.containers import Horizontal, VerticalScroll
+from textual.markup import escape
+from textual.message import Message
+from textual.widgets import Button, Static
+
+from tuneterm.config import RunConfig
+from tuneterm.errors import Problem
+
+
+class SaveRequested(Message):
+    pass
+
+
+class LaunchRequested(Message):
+    pass
+
+
+def marked_yaml(config: RunConfig) -> str:
+    """The config's YAML with the comments on defaulted values dim and on derived values in the accent colour."""
+    lines = []
+    for line in config.to_yaml().splitlines()[2:]:
+        value, _, comment = line.partition("  # ")
+        if comment.startswith("derived:"):
+            lines.append(f"{escape(value)}  [$accent]# {escape(comment)}[/]")
+        elif comment:
+            lines.append(f"{escape(value)}  [$text-muted]# {escape(comment)}[/]")
+        else:
+            lines.append(f"[b]{escape(value)}[/b]")
+    return "\n".join(lines)
+
+
+class ReviewStep(VerticalScroll):
+    def compose(self) -> ComposeResult:
+        yield Static(id="review-status")
+        yield Static("The same run from a shell", classes="group-title")
+        yield Static(id="review-command")
+        with Horizontal(id="review-actions"):
+            yield Button("Save config (ctrl+s)", id="save", compact=True)
+            yield Button("Launch (ctrl+r)", id="launch", variant="primary", compact=True)
+        yield Static("Resolved config: [b]bold[/b] is yours, [$text-muted]dim[/] tuneterm's default, "
+                     "[$accent]accent[/] derived from the data and the machine", classes="group-title")
+        yield Static(id="review-yaml")
+
+    def show(self, config: RunConfig | None, problems: list[Problem], command: str, source: str | None) -> None:
+        status = self.query_one("#review-status", Static)
+        blocking = [p for p in problems if p.level == "error"]
+        if blocking:
+            status.update("[$error][b]Not ready to launch:[/b][/]\n" +
+                          "\n".join(f"  [$error]✗[/] {escape(str(p))}" for p in blocking))
+        else:
+            saved = f" (saved as {escape(source)})" if source else ""
+            status.update(f"[$success][b]Ready to launch.[/b][/]{saved}")
+        self.query_one("#launch", Button).disabled = bool(blocking)
+        self.query_one("#review-command", Static).update(escape(command))
+        self.query_one("#review-yaml", Static).update(marked_yaml(config) if config is not None else "")
+
+    @on(Button.Pressed, "#save")
+    def _save(self, event: Button.Pressed) -> None:
+        event.stop()
+        self.post_message(SaveRequested())
+
+    @on(Button.Pressed, "#launch")
+    def _launch(self, event: Button.Pressed) -> None:
+        event.stop()
+        self.post_message(LaunchRequested())
