@@ -63,7 +63,7 @@ def test_models_in_the_hugging_face_cache_are_listed(tmp_path: Path, monkeypatch
     assert entry.size_bytes and entry.size_bytes > 0
 
 
-def _run(runs: Path, name: str, events: list, started: float) -> Path:  # noqa: ARG001
+def _run(runs: Path, name: str, events: list) -> Path:
     run = runs / name
     run.mkdir(parents=True)
     (run / "config.yaml").write_text("method: qlora\nmodel:\n  path: org/model\n")
@@ -80,11 +80,11 @@ def test_runs_are_listed_with_a_truthful_status(tmp_path: Path) -> None:
     evaluation = EvalFinished(step=4, epoch=0.8, eval_loss=1.2, best_eval_loss=1.1, best_step=2,
                               evals_since_improvement=1, patience=3)
     _run(runs, "done", [PhaseStarted(time=10.0, phase="loading"), started, step,
-                        RunFinished(status="completed", run_dir="", global_step=10, best_eval_loss=0.9)], 10)
+                        RunFinished(status="completed", run_dir="", global_step=10, best_eval_loss=0.9)])
     _run(runs, "broken", [PhaseStarted(time=20.0, phase="loading"), RunFailed(reason="data.train: 3 of 9 records "
-                                                                                     "are not valid")], 20)
-    _run(runs, "killed", [PhaseStarted(time=30.0, phase="loading"), started, step, evaluation], 30)
-    live = _run(runs, "live", [PhaseStarted(time=40.0, phase="loading"), started, step, evaluation], 40)
+                                                                                     "are not valid")])
+    _run(runs, "killed", [PhaseStarted(time=30.0, phase="loading"), started, step, evaluation])
+    live = _run(runs, "live", [PhaseStarted(time=40.0, phase="loading"), started, step, evaluation])
     (runs / "not-a-run").mkdir()
     with holding_run_lock(live):
         by_name = {r.name: r for r in list_runs(runs)}
