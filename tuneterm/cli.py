@@ -8,9 +8,7 @@ libraries, so the engine is imported inside the commands.
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +16,7 @@ from tuneterm import __version__
 from tuneterm.config import RunConfig, load_config
 from tuneterm.errors import ConfigError, RunDirError, TuneTermError, listed
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -186,14 +184,15 @@ def _train(args: argparse.Namespace) -> int:
     from tuneterm.engine.runner import new_run, resume_run
 
     if args.resume:
-        if args.config or args.overrides or args.preset:
-            print("tuneterm train --resume takes only the run directory: a resumed run keeps its own "
-                  "config.yaml", file=sys.stderr)
+        if args.config or args.preset:
+            print("tuneterm train --resume takes the run directory (and --set for what may change on resume): a "
+                  "resumed run keeps its own config.yaml", file=sys.stderr)
             return EXIT_USAGE
-        plan = resume_run(args.resume)
+        plan = resume_run(args.resume, args.overrides)
     else:
-        if args.config is None and args.preset is None:
-            print("tuneterm train: give a CONFIG.yaml (or --preset), or --resume RUN_DIR", file=sys.stderr)
+        if args.config is None and args.preset is None and not args.overrides:
+            print("tuneterm train: give a CONFIG.yaml (or --preset, or --set KEY=VALUE for each setting), or "
+                  "--resume RUN_DIR", file=sys.stderr)
             return EXIT_USAGE
         plan = new_run(load_config(args.config, preset=args.preset, overrides=args.overrides), args.runs_dir)
     return _run_headless(plan)
@@ -234,29 +233,15 @@ def _run_headless(plan: Any) -> int:
     from tuneterm.engine.control import RunControl
     from tuneterm.engine.events import RunFinished
     from tuneterm.engine.runner import run
+    from tuneterm.engine.signals import StopOnSignals
 
     print(f"Run directory: {plan.run_dir}", flush=True)
     control = RunControl()
-    with _first_interrupt_stops(control):
-        result = run(plan, ConsoleProgress(), control)
+    try:
+        with StopOnSignals(control, lambda message: print(f"\n{message}", file=sys.stderr, flush=True)):
+            result = run(plan, ConsoleProgress(), control)
+    except KeyboardInterrupt:
+        print(f"Aborted. Continue from the last complete checkpoint with: tuneterm train --resume {plan.run_dir}",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
     return EXIT_OK if isinstance(result, RunFinished) else EXIT_FAILED
-
-
-class _first_interrupt_stops:
-    """Ctrl-C once: stop after the current step and save. Ctrl-C again: abort now."""
-
-    def __init__(self, control: Any):
-        self.control = control
-        self.previous: Callable[..., Any] | int | None = None
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if self.control.stop_requested:
-            raise KeyboardInterrupt
-        print("\nStopping after the current step (Ctrl-C again to abort)...", file=sys.stderr, flush=True)
-        self.control.request_stop("Ctrl-C")
-
-    def __enter__(self) -> None:
-        self.previous = signal.signal(signal.SIGINT, self._handle)
-
-    def __exit__(self, *exc: object) -> None:
-        signal.signal(signal.SIGINT, self.previous)

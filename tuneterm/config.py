@@ -219,7 +219,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("training.save_steps", (int,), AUTO, check=_auto_or(_positive),
            why="Same as eval_steps, so that every evaluated step has a checkpoint to return to."),
     Option("training.save_total_limit", (int,), 3, check=_positive,
-           why="Keeps disk use bounded; the best checkpoint is always kept besides."),
+           why="Keeps disk use bounded; the best checkpoint and the last one are always kept (so at least 2)."),
     Option("training.load_best_model_at_end", (bool,), True,
            why="The best checkpoint is often not the last one; the saved adapter is the best one "
                f"({GUIDE_COMPLETE}, section 8)."),
@@ -239,7 +239,8 @@ OPTIONS: tuple[Option, ...] = (
 
 OPTION_BY_KEY: dict[str, Option] = {o.key: o for o in OPTIONS}
 
-# Keys that people carry over from other tools or older library versions, with what to write instead.
+# Keys that people carry over from other tools or older library versions (and secrets, which a run never keeps),
+# with what to write instead.
 
 # Keys that people carry over from other tools or older library versions, with what to write instead.
 RENAMED = {
@@ -271,6 +272,10 @@ RENAMED = {
     "lora.task_type": "tuneterm trains causal language models (CAUSAL_LM) only",
     "quantization.load_in_8bit": "tuneterm's qlora loads the base model in 4 bits",
     "data.cutoff_len": "write training.max_length",
+    "training.hub_token": "tuneterm never writes a token into a run (config.yaml, events, checkpoints): log in with "
+                          "`hf auth login` or set HF_TOKEN in the environment instead",
+    "training.push_to_hub_token": "tuneterm never writes a token into a run: log in with `hf auth login` or set "
+                                  "HF_TOKEN in the environment instead",
 }
 
 # HF boolean precision flags, accepted as another spelling of training.precision.

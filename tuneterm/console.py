@@ -24,6 +24,7 @@ from tuneterm.engine.events import (
     StopRequested,
     WarningIssued,
 )
+from tuneterm.engine.failures import remedies_as_arguments
 from tuneterm.errors import SHOWN_PROBLEMS, Location
 
 
@@ -58,8 +59,11 @@ class ConsoleProgress:
         if isinstance(event, EvalFinished):
             patience = f"  no improvement {event.evals_since_improvement}/{event.patience}" \
                 if event.patience else ""
-            return (f"eval  step {event.step:>6,}  loss {event.eval_loss:.4f}  best {event.best_eval_loss:.4f} "
-                    f"at step {event.best_step:,}{patience}")
+            if event.step == 0:
+                return f"eval  step      0  loss {event.eval_loss:.4f}  (before training: the baseline)"
+            best = (f"best {event.best_eval_loss:.4f} at step {event.best_step:,}" if event.best_eval_loss is not None
+                    else "no evaluation has beaten the baseline yet")
+            return f"eval  step {event.step:>6,}  loss {event.eval_loss:.4f}  {best}{patience}"
         if isinstance(event, CheckpointSaved):
             return f"checkpoint saved: {event.path}"
         if isinstance(event, StopRequested):
@@ -86,11 +90,15 @@ def _failed(event: RunFailed) -> str:
     log = f" (traceback in {event.log_path})" if event.log_path else ""
     lines = [f"Run failed: {event.reason}{log}"]
     for problem in event.problems[:SHOWN_PROBLEMS]:
-        fields = {k: v for k, v in problem.items() if k not in ("message", "level")}
-        where = str(Location(**fields))
+        where = str(Location.from_json(problem))
         lines.append(f"  {where}: {problem['message']}" if where else f"  {problem['message']}")
     if len(event.problems) > SHOWN_PROBLEMS:
         lines.append(f"  ... and {len(event.problems) - SHOWN_PROBLEMS} more")
+    if event.remedies:
+        lines.append("What would let it run:")
+        for remedy, arguments in zip(event.remedies, remedies_as_arguments(event.remedies)):
+            how = "resume with" if remedy["resume"] else "start again with"
+            lines.append(f"  {remedy['why']}: {how} {arguments}")
     return "\n".join(lines)
 
 
@@ -98,12 +106,20 @@ def _finished(event: RunFinished) -> str:
     status = {"completed": "completed", "early_stopped": "stopped early (eval loss stopped improving)",
               "stopped": "stopped on request"}.get(event.status, event.status)
     lines = [f"Run {status} at step {event.global_step:,}."]
-    if event.best_eval_loss is not None:
-        lines.append(f"Best eval loss {event.best_eval_loss:.4f}" +
+    if event.outcome == "improved" and event.best_eval_loss is not None:
+        baseline = f", from {event.baseline_eval_loss:.4f} before training" if event.baseline_eval_loss else ""
+        lines.append(f"Best eval loss {event.best_eval_loss:.4f}{baseline}" +
                      (f" ({event.best_checkpoint})" if event.best_checkpoint else ""))
+    elif event.outcome == "worse_than_baseline":
+        lines.append(f"No evaluation beat the eval loss before training ({event.baseline_eval_loss:.4f}; the last "
+                     f"was {event.final_eval_loss:.4f}): training made the eval loss worse. The adapter saved is "
+                     "the last one; nothing is called best.")
     if event.adapter_check is not None:
         check = event.adapter_check
-        verdict = "all changed" if event.adapter_changed else f"{len(check['unchanged'])} UNCHANGED"
+        if check.get("non_finite"):
+            verdict = f"{len(check['non_finite'])} hold NaN or Inf"
+        else:
+            verdict = "all changed" if check["all_changed"] else f"{len(check['unchanged'])} UNCHANGED"
         lines.append(f"Adapter weights: {check['changed']}/{check['tensors']} tensors changed ({verdict})")
     if event.adapter_dir:
         lines.append(f"Adapter saved in {event.adapter_dir}")

@@ -51,6 +51,11 @@ class Location:
     def to_json(self) -> dict[str, Any]:
         return {name: value for name, value in asdict(self).items() if value is not None}
 
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Location:
+        """The location in a problem's JSON (which holds other fields too)."""
+        return cls(**{name: data[name] for name in ("file", "line", "row", "key", "argument") if name in data})
+
     def __str__(self) -> str:
         return ": ".join(part for part in (self.where(), self.key) if part)
 
@@ -65,6 +70,8 @@ class Problem:
     details: tuple[Problem, ...] = ()
     """The records behind a problem about many of them ("12 of 900 records are not valid"), each with its own
     location; the first ones when there are many."""
+    reason: str = ""
+    """A short name that groups problems of the same kind ("malformed JSON", "unknown role"), for counts."""
 
     def __str__(self) -> str:
         where = str(self.location)
@@ -72,6 +79,8 @@ class Problem:
 
     def to_json(self) -> dict[str, Any]:
         found = {**self.location.to_json(), "message": self.message, "level": self.level}
+        if self.reason:
+            found["reason"] = self.reason
         if self.details:
             found["details"] = [detail.to_json() for detail in self.details]
         return found

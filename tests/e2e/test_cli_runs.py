@@ -46,7 +46,7 @@ def test_a_run_that_fails_on_its_data_lists_every_line_and_stays_a_run(base_conf
     run_dir = Path(base_config["training"]["output_dir"])
     assert (run_dir / "config.yaml").is_file() and (run_dir / "error.log").is_file()
     assert main(["train", "--resume", str(run_dir)]) == 2
-    assert f"start it again with tuneterm train {run_dir / 'config.yaml'}" in capsys.readouterr().err
+    assert f"Start it again with tuneterm train {run_dir / 'config.yaml'}" in capsys.readouterr().err
 
 
 def test_a_saved_config_runs_again_into_a_new_directory(base_config: dict, tmp_path: Path,

@@ -31,7 +31,7 @@ def test_config_problems_exit_2_before_any_run_directory_exists(base_config: dic
 
 
 def test_resume_takes_only_the_run_directory(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["train", "--resume", str(tmp_path), "--set", "lora.r=4"]) == 2
+    assert main(["train", "--resume", str(tmp_path), "other.yaml"]) == 2
     assert "keeps its own config.yaml" in capsys.readouterr().err
     assert main(["train", "--resume", str(tmp_path)]) == 2
     assert "not a tuneterm run directory" in capsys.readouterr().err

@@ -14,7 +14,7 @@ from tuneterm.config import config_from_mapping
 from tuneterm.data.tokenizer import load_tokenizer
 from tuneterm.engine.capture import library_output_as_events
 from tuneterm.engine.events import WarningIssued
-from tuneterm.engine.rundir import last_complete_checkpoint, resume_point
+from tuneterm.engine.rundir import mark_complete, resume_point
 from tuneterm.errors import ConfigError, LoadError, RunDirError, first_sentence
 from tuneterm.hardware import Device, choose_cpu_threads, resolve_precision
 
@@ -33,28 +33,47 @@ def test_auto_precision_follows_the_hardware() -> None:
         resolve_precision("fp16", CPU)
 
 
-def _checkpoint(run_dir: Path, step: int, complete: bool) -> Path:
+def _checkpoint(run_dir: Path, step: int, marked: bool = True,
+                files: tuple[str, ...] = ("trainer_state.json", "adapter_model.safetensors", "optimizer.pt",
+                                          "scheduler.pt")) -> Path:
     path = run_dir / f"checkpoint-{step}"
     path.mkdir(parents=True)
-    names = ["trainer_state.json", "adapter_model.safetensors", "optimizer.pt"]
-    for name in names + (["scheduler.pt"] if complete else []):
-        (path / name).write_text("x")
+    for name in files:
+        (path / name).write_bytes(f"{name} of step {step}".encode() * 100)
+    if marked:
+        mark_complete(path)
     return path
 
 
-def test_resume_uses_the_last_complete_checkpoint(tmp_path: Path) -> None:
+def test_resume_takes_the_newest_intact_checkpoint_and_names_the_ones_it_skips(tmp_path: Path) -> None:
     (tmp_path / "config.yaml").write_text("method: lora\n")
-    _checkpoint(tmp_path, 5, complete=True)
-    ten = _checkpoint(tmp_path, 10, complete=True)
-    _checkpoint(tmp_path, 15, complete=False)  # interrupted while saving
-    assert last_complete_checkpoint(tmp_path) == ten
-    assert resume_point(tmp_path) == ten
+    _checkpoint(tmp_path, 5)
+    ten = _checkpoint(tmp_path, 10)
+    truncated = _checkpoint(tmp_path, 15)
+    garbage = _checkpoint(tmp_path, 20)
+    _checkpoint(tmp_path, 25, marked=False)  # the process died while saving it
+    _checkpoint(tmp_path, 30, files=("trainer_state.json", "adapter_model.safetensors", "scheduler.pt"))
+    with open(truncated / "optimizer.pt", "r+b") as handle:
+        handle.truncate(100)
+    data = bytearray((garbage / "adapter_model.safetensors").read_bytes())
+    data[10:20] = b"0123456789"
+    (garbage / "adapter_model.safetensors").write_bytes(bytes(data))
+
+    checkpoint, skipped = resume_point(tmp_path)
+    assert checkpoint == ten
+    assert skipped == [
+        "checkpoint-30 skipped: it has no optimizer.pt, so the optimizer and schedule would restart",
+        "checkpoint-25 skipped: it was never completed (the process stopped while saving it)",
+        "checkpoint-20 skipped: adapter_model.safetensors does not match what was saved (corrupted)",
+        "checkpoint-15 skipped: optimizer.pt is 100 bytes instead of 2,300 (truncated or replaced)",
+    ]
 
 
 def test_no_checkpoint_means_no_resume(tmp_path: Path) -> None:
     (tmp_path / "config.yaml").write_text("method: lora\n")
-    _checkpoint(tmp_path, 3, complete=False)
-    with pytest.raises(RunDirError, match="no complete checkpoint"):
+    _checkpoint(tmp_path, 3, marked=False)
+    with pytest.raises(RunDirError, match="no complete checkpoint to resume from; checkpoint-3 skipped: it was "
+                                          "never completed"):
         resume_point(tmp_path)
 
 
@@ -76,6 +95,9 @@ def test_library_warnings_become_events_once_and_are_restored() -> None:
 
 
 def test_hub_id_in_offline_mode_fails_at_once_with_what_to_do(tmp_path: Path) -> None:
+    from tuneterm.work import import_training_libraries
+
+    import_training_libraries()  # seconds on their own; the hub's answer is what must be quick
     config = config_from_mapping({"model": {"path": "example-org/no-such-model"}})
     started = time.monotonic()
     with pytest.raises(LoadError, match=r"hub cannot be reached from this machine \(offline mode is on.*Download it"):

@@ -99,7 +99,11 @@ def detect_format(records: list[Record], columns: Columns | None = None) -> Dete
 
 
 class Invalid(ValueError):
-    """A record that cannot be used; the message says what is wrong with it."""
+    """A record that cannot be used; the message says what is wrong with it, the reason groups it with others."""
+
+    def __init__(self, message: str, reason: str):
+        super().__init__(message)
+        self.reason = reason
 
 
 def to_conversation(fields: dict[str, Any], fmt: str, columns: Columns) -> Conversation:
@@ -112,27 +116,29 @@ def to_conversation(fields: dict[str, Any], fmt: str, columns: Columns) -> Conve
 def _text(value: Any, name: str, *, required: bool = True) -> str:
     if value is None or value == "":
         if required:
-            raise Invalid(f"'{name}' is missing or empty")
+            raise Invalid(f"'{name}' is missing or empty", "missing field")
         return ""
     if not isinstance(value, str):
-        raise Invalid(f"'{name}' must be text, got {type(value).__name__} {str(value)[:40]!r}")
+        raise Invalid(f"'{name}' must be text, got {type(value).__name__} {str(value)[:40]!r}", "not text")
     if required and not value.strip():
-        raise Invalid(f"'{name}' is only whitespace")
+        raise Invalid(f"'{name}' is only whitespace", "empty text")
     return value
 
 
 def _messages(value: Any, name: str, role_key: str, content_key: str, roles: Mapping[str, str]) -> Conversation:
     if not isinstance(value, list) or not value:
-        raise Invalid(f"'{name}' must be a non-empty list of {{{role_key}, {content_key}}} objects")
+        raise Invalid(f"'{name}' must be a non-empty list of {{{role_key}, {content_key}}} objects",
+                      "missing field")
     conversation: Conversation = []
     for index, message in enumerate(value):
         if not isinstance(message, dict):
-            raise Invalid(f"{name}[{index}] must be an object with '{role_key}' and '{content_key}'")
+            raise Invalid(f"{name}[{index}] must be an object with '{role_key}' and '{content_key}'",
+                          "malformed message")
         raw_role = message.get(role_key)
         role = raw_role if raw_role in CHAT_ROLES else roles.get(str(raw_role).lower() if raw_role else "")
         if role is None:
             raise Invalid(f"{name}[{index}]: unknown role {raw_role!r}; expected one of "
-                          f"{', '.join(sorted(set(CHAT_ROLES) | set(roles)))}")
+                          f"{', '.join(sorted(set(CHAT_ROLES) | set(roles)))}", "unknown role")
         content = _text(message.get(content_key), f"{name}[{index}].{content_key}")
         conversation.append({"role": role, "content": content})
     return conversation
@@ -164,10 +170,11 @@ def _from_alpaca(fields: dict[str, Any], columns: Columns) -> Conversation:
         conversation.append({"role": "system", "content": system})
     history = fields.get(columns["history"]) or []
     if not isinstance(history, list):
-        raise Invalid(f"'{columns['history']}' must be a list of [instruction, response] pairs")
+        raise Invalid(f"'{columns['history']}' must be a list of [instruction, response] pairs", "malformed history")
     for index, pair in enumerate(history):
         if not (isinstance(pair, list) and len(pair) == 2):
-            raise Invalid(f"{columns['history']}[{index}] must be an [instruction, response] pair")
+            raise Invalid(f"{columns['history']}[{index}] must be an [instruction, response] pair",
+                          "malformed history")
         conversation.append({"role": "user", "content": _text(pair[0], f"history[{index}][0]")})
         conversation.append({"role": "assistant", "content": _text(pair[1], f"history[{index}][1]")})
     prompt = f"{instruction}\n\n{extra}" if extra.strip() else instruction
@@ -182,7 +189,7 @@ def _from_prompt_completion(fields: dict[str, Any], columns: Columns) -> Convers
         head = _messages(prompt, columns["prompt"], "role", "content", MESSAGE_ROLE_ALIASES)
         tail = _messages(completion, columns["completion"], "role", "content", MESSAGE_ROLE_ALIASES)
         if any(m["role"] != "assistant" for m in tail):
-            raise Invalid(f"'{columns['completion']}' messages must all be the assistant's")
+            raise Invalid(f"'{columns['completion']}' messages must all be the assistant's", "turn order")
         return head + tail
     return [{"role": "prompt", "content": _text(prompt, columns["prompt"])},
             {"role": "completion", "content": _text(completion, columns["completion"])}]
@@ -202,13 +209,13 @@ def check_turns(conversation: Conversation) -> None:
     """A system message may open; then user and assistant alternate, and the last turn is the assistant's."""
     turns = conversation[1:] if conversation[0]["role"] == "system" else conversation
     if not turns:
-        raise Invalid("has only a system message; add user and assistant turns")
+        raise Invalid("has only a system message; add user and assistant turns", "no turns")
     for index, message in enumerate(turns):
         expected = "user" if index % 2 == 0 else "assistant"
         if message["role"] != expected:
             position = index + len(conversation) - len(turns)
             raise Invalid(f"messages[{position}] is {message['role']!r} where {expected!r} was expected: "
-                          "after an optional system message, user and assistant turns must alternate")
+                          "after an optional system message, user and assistant turns must alternate", "turn order")
     if turns[-1]["role"] != "assistant":
         raise Invalid("the conversation ends with a user turn; the last turn must be the assistant's reply to "
-                      "train on")
+                      "train on", "ends with a user turn")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,16 +32,22 @@ KEPT_PROBLEMS = 1000
 
 
 class ProblemList:
-    """Problems of one kind: the first KEPT_PROBLEMS with their locations, all of them counted."""
+    """Problems of one kind: the first KEPT_PROBLEMS with their locations, all of them counted by reason."""
 
     def __init__(self) -> None:
         self.items: list[Problem] = []
         self.count = 0
+        self.reasons: Counter[str] = Counter()
 
     def add(self, problem: Problem) -> None:
         self.count += 1
+        self.reasons[problem.reason or "other"] += 1
         if len(self.items) < KEPT_PROBLEMS:
             self.items.append(problem)
+
+    def breakdown(self) -> str:
+        """"8 malformed JSON, 4 unknown role"."""
+        return ", ".join(f"{count:,} {reason}" for reason, count in self.reasons.most_common())
 
     def __bool__(self) -> bool:
         return self.count > 0
@@ -96,7 +103,7 @@ def _examples(items: Iterable[Record | Problem], fmt: str, columns: Columns, rep
         try:
             conversation = to_conversation(item.fields, fmt, columns)
         except Invalid as exc:
-            report.invalid.add(Problem(str(exc), item.location))
+            report.invalid.add(Problem(str(exc), item.location, reason=exc.reason))
             continue
         if not keep_duplicates:
             key = hashlib.blake2b(json.dumps(conversation, sort_keys=True).encode(), digest_size=12).digest()

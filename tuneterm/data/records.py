@@ -89,17 +89,18 @@ def _read_jsonl(path: Path, work: Work) -> Iterator[Record | Problem]:
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
-                yield Problem(f"not UTF-8 text (byte {exc.start + 1} of the line); re-save the file as UTF-8", where)
+                yield Problem(f"not UTF-8 text (byte {exc.start + 1} of the line); re-save the file as UTF-8", where,
+                              reason="not UTF-8")
                 continue
             if not line.strip():
                 continue
             try:
                 value = json.loads(line)
             except json.JSONDecodeError as exc:
-                yield Problem(f"malformed JSON at column {exc.colno}: {exc.msg}", where)
+                yield Problem(f"malformed JSON at column {exc.colno}: {exc.msg}", where, reason="malformed JSON")
                 continue
             if not isinstance(value, dict):
-                yield Problem(f"expected a JSON object, got {type(value).__name__}", where)
+                yield Problem(f"expected a JSON object, got {type(value).__name__}", where, reason="not an object")
                 continue
             yield Record(value, where)
 
@@ -121,7 +122,7 @@ def _read_json(path: Path, work: Work) -> Iterator[Record | Problem]:
         if isinstance(row, dict):
             yield Record(row, where)
         else:
-            yield Problem(f"expected a JSON object, got {type(row).__name__}", where)
+            yield Problem(f"expected a JSON object, got {type(row).__name__}", where, reason="not an object")
 
 
 def _json_rows(value: Any, path: Path) -> list[Any]:
@@ -157,7 +158,8 @@ def _read_csv(path: Path, work: Work) -> Iterator[Record | Problem]:
                 where = Location(str(path), line + 1)  # the line the record starts on
                 line = reader.line_num
                 if None in row:
-                    yield Problem(f"{len(row[None])} more values than the {len(reader.fieldnames)} columns", where)
+                    yield Problem(f"{len(row[None])} more values than the {len(reader.fieldnames)} columns", where,
+                                  reason="too many values")
                     continue
                 yield Record({k: ("" if v is None else v) for k, v in row.items()}, where)
     except UnicodeDecodeError as exc:

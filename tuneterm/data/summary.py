@@ -102,8 +102,8 @@ class SourceSummary:
         found: list[Problem] = []
         read, encode = self.read, self.encode
         if read.invalid:
-            message = (f"{read.invalid.count} of {read.records} records are not valid "
-                       f"{self.detection.format} data ({self.detection.evidence})")
+            message = (f"{read.invalid.count} of {read.records} records are not valid {self.detection.format} data "
+                       f"({read.invalid.breakdown()}; the format was detected because {self.detection.evidence})")
             details = tuple(sorted(read.invalid.items, key=lambda p: p.location.order()))
             if strict:
                 found.append(self._finding("error", f"{message}; fix them, or set data.strict: false to leave them out",

@@ -1,92 +1,166 @@
-"""The bridge from the Hugging Face Trainer to tuneterm's events and control.
+"""The bridge from the Hugging Face Trainer to tuneterm's events and control, and the run's guard.
 
-The Trainer calls this between steps: it turns the trainer state into StepLogged / EvalFinished /
-CheckpointSaved events, and it is where a stop or save-now request from another thread takes effect, always
-after a whole optimizer step. The early-stopping state it reports is read from the EarlyStoppingCallback that
-actually stops the run, so what a person sees is what will happen.
+The Trainer calls this between steps: it turns the trainer state into StepLogged / EvalFinished / CheckpointSaved
+events, and it is where a request from another thread (stop, save now, evaluate now, a new patience) takes effect,
+always after a whole optimizer step. It also keeps what is reported true:
+- the first evaluation (before any training) is the baseline; an evaluation is "best" only when it beats it;
+- a non-finite loss, gradient norm or weight stops the run at once, before anything non-finite is saved;
+- a checkpoint gets its completion marker (every file's size and hash) only after the Trainer wrote all of it.
+The early-stopping state it reports is read from the EarlyStoppingCallback that actually stops the run.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from transformers import EarlyStoppingCallback, TrainerCallback
 
 from tuneterm.engine.control import RunControl
-from tuneterm.engine.events import CheckpointSaved, EvalFinished, EventSink, StepLogged, StopRequested
+from tuneterm.engine.events import (
+    CheckpointSaved,
+    EvalFinished,
+    EventSink,
+    PatienceChanged,
+    StepLogged,
+    StopRequested,
+)
+from tuneterm.engine.rundir import mark_complete
+
+
+@dataclass(frozen=True)
+class NonFinite:
+    step: int
+    what: str
+    """"the loss", "the gradient norm" or "12 adapter tensors"."""
+
+
+def _finite(value: float | None) -> bool:
+    return value is None or math.isfinite(value)
 
 
 class EventCallback(TrainerCallback):
-    def __init__(self, sink: EventSink, control: RunControl, early_stopping: EarlyStoppingCallback | None):
+    def __init__(self, sink: EventSink, control: RunControl, early_stopping: EarlyStoppingCallback | None,
+                 precision: str):
         self.sink = sink
         self.run_control = control
         self.early_stopping = early_stopping
-        self.best_eval_loss = math.inf
-        self.best_step = 0
+        self.precision = precision
+        self.baseline: float | None = None
+        """The eval loss before any training (step 0)."""
+        self.best: tuple[float, int] | None = None
+        """(eval loss, step) of the best evaluation that beat the baseline; None while none has."""
+        self.last_eval: float | None = None
+        self.nonfinite: NonFinite | None = None
         self.stop_announced = False
         self._last_log: tuple[float, int] | None = None
 
+    # The eval history -----------------------------------------------------------------------------------------
+
+    def _record(self, loss: float, step: int) -> None:
+        self.last_eval = loss
+        if step == 0 and self.baseline is None:
+            self.baseline = loss
+            return
+        beats_baseline = self.baseline is None or loss < self.baseline
+        if math.isfinite(loss) and beats_baseline and (self.best is None or loss < self.best[0]):
+            self.best = (loss, step)
+
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-        # On resume the log history comes back with the checkpoint: replay its evaluations so that the best loss
-        # and the early-stopping count carry on where the interrupted run left them.
+        # On resume the log history comes back with the checkpoint: replay its evaluations so that the baseline,
+        # the best loss and the early-stopping count carry on where the interrupted run left them.
         threshold = self.early_stopping.early_stopping_threshold if self.early_stopping else 0.0
-        since = 0
+        since, reference = 0, None
         for entry in state.log_history:
             if "eval_loss" not in entry:
                 continue
             loss = entry["eval_loss"]
-            improved = loss < self.best_eval_loss
-            since = 0 if improved and abs(loss - self.best_eval_loss) > threshold else since + 1
-            if improved:
-                self.best_eval_loss, self.best_step = loss, entry.get("step", 0)
+            self._record(loss, entry.get("step", 0))
+            improved = reference is None or (loss < reference and abs(loss - reference) > threshold)
+            since = 0 if improved else since + 1
+            if reference is None or loss < reference:
+                reference = loss
         if self.early_stopping:
             self.early_stopping.early_stopping_patience_counter = since
+        # A run directory that was moved or copied: its best checkpoint is where the run directory is now.
+        if state.best_model_checkpoint and Path(state.best_model_checkpoint).parent != Path(args.output_dir):
+            state.best_model_checkpoint = str(Path(args.output_dir) / Path(state.best_model_checkpoint).name)
         self._last_log = (time.perf_counter(), state.num_input_tokens_seen or 0)
 
-    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+    # Between steps --------------------------------------------------------------------------------------------
+
+    def on_step_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
         if self.run_control.take_save_request():
             control.should_save = True
+        if self.run_control.take_evaluate_request():
+            control.should_evaluate = True
+        patience = self.run_control.take_patience()
+        if patience is not None and self.early_stopping is not None:
+            self.early_stopping.early_stopping_patience = patience
+            self.sink(PatienceChanged(step=state.global_step, patience=patience))
         if self.run_control.stop_requested:
             control.should_save = True
             control.should_training_stop = True
             if not self.stop_announced:
                 self.stop_announced = True
                 self.sink(StopRequested(reason=self.run_control.stop_reason))
+        if model is not None and (control.should_save or control.should_evaluate or control.should_training_stop):
+            broken = [name for name, p in model.named_parameters() if p.requires_grad and not p.isfinite().all()]
+            if broken:
+                self._stop_nonfinite(state, control, f"{len(broken)} trainable tensors (e.g. {broken[0]})")
+
+    def _stop_nonfinite(self, state: Any, control: Any, what: str) -> None:
+        """Stop now, and save or evaluate nothing more: what the run holds is no longer a model."""
+        if self.nonfinite is None:
+            self.nonfinite = NonFinite(state.global_step, what)
+        control.should_training_stop = True
+        control.should_save = False
+        control.should_evaluate = False
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None,
                **kwargs: Any) -> None:
         if not logs or "loss" not in logs:
             return
+        loss, grad_norm = float(logs["loss"]), _float_or_none(logs.get("grad_norm"))
         now, tokens = time.perf_counter(), state.num_input_tokens_seen or 0
         tokens_per_second = None
         if self._last_log is not None and now > self._last_log[0] and tokens > self._last_log[1]:
             tokens_per_second = (tokens - self._last_log[1]) / (now - self._last_log[0])
         self._last_log = (now, tokens)
         self.sink(StepLogged(step=state.global_step, max_steps=state.max_steps, epoch=state.epoch or 0.0,
-                             loss=float(logs["loss"]), learning_rate=float(logs.get("learning_rate", 0.0)),
-                             grad_norm=_float_or_none(logs.get("grad_norm")), tokens_per_second=tokens_per_second))
+                             loss=loss, learning_rate=float(logs.get("learning_rate", 0.0)), grad_norm=grad_norm,
+                             tokens_per_second=tokens_per_second))
+        if not math.isfinite(loss):
+            self._stop_nonfinite(state, control, "the loss")
+        elif not _finite(grad_norm) and self.precision != "fp16":  # fp16's loss scaler skips such steps itself
+            self._stop_nonfinite(state, control, "the gradient norm")
 
     def on_evaluate(self, args: Any, state: Any, control: Any, metrics: dict[str, float] | None = None,
                     **kwargs: Any) -> None:
         if not metrics or "eval_loss" not in metrics:
             return
         eval_loss = float(metrics["eval_loss"])
-        if eval_loss < self.best_eval_loss:
-            self.best_eval_loss, self.best_step = eval_loss, state.global_step
+        self._record(eval_loss, state.global_step)
         patience = self.early_stopping.early_stopping_patience if self.early_stopping else None
         since = self.early_stopping.early_stopping_patience_counter if self.early_stopping else 0
         self.sink(EvalFinished(step=state.global_step, epoch=state.epoch or 0.0, eval_loss=eval_loss,
-                               best_eval_loss=self.best_eval_loss, best_step=self.best_step,
+                               baseline_eval_loss=self.baseline,
+                               best_eval_loss=self.best[0] if self.best else None,
+                               best_step=self.best[1] if self.best else None,
                                evals_since_improvement=since, patience=patience))
+        if not math.isfinite(eval_loss):
+            self._stop_nonfinite(state, control, "the eval loss")
         # Evaluation time is not training time: restart the throughput clock.
         self._last_log = (time.perf_counter(), state.num_input_tokens_seen or 0)
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        self.sink(CheckpointSaved(step=state.global_step, path=str(path)))
+        if self.nonfinite is None and path.is_dir():
+            mark_complete(path)
+            self.sink(CheckpointSaved(step=state.global_step, path=str(path)))
 
     @property
     def early_stopped(self) -> bool:

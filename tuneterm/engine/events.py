@@ -7,16 +7,19 @@ terminal can replay or follow a run while it is live. Names are in the past tens
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import threading
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Literal
 
 RunStatus = Literal["completed", "early_stopped", "stopped"]
+Outcome = Literal["improved", "worse_than_baseline", "not_evaluated"]
 
 EVENTS_FILE = "events.jsonl"
 
@@ -93,10 +96,22 @@ class EvalFinished(Event):
     step: int
     epoch: float
     eval_loss: float
-    best_eval_loss: float
-    best_step: int
-    evals_since_improvement: int
-    patience: int | None
+    """NaN when the model's outputs are no longer numbers (never written as a number it is not)."""
+    baseline_eval_loss: float | None = None
+    """The eval loss before any training (step 0), when the run evaluated then."""
+    best_eval_loss: float | None = None
+    """The lowest eval loss of an evaluation that beat the baseline; None while none has."""
+    best_step: int | None = None
+    evals_since_improvement: int = 0
+    patience: int | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class PatienceChanged(Event):
+    """Early stopping's patience was changed while the run was going."""
+
+    step: int
+    patience: int
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -121,7 +136,12 @@ class RunFinished(Event):
     global_step: int
     adapter_dir: str | None = None
     best_checkpoint: str | None = None
+    """The checkpoint the saved adapter comes from; None when no evaluation beat the baseline."""
     best_eval_loss: float | None = None
+    baseline_eval_loss: float | None = None
+    final_eval_loss: float | None = None
+    outcome: Outcome = "not_evaluated"
+    """Whether training made the eval loss better than before training."""
     adapter_changed: bool | None = None
     adapter_check: dict[str, Any] | None = None
 
@@ -135,11 +155,15 @@ class RunFailed(Event):
     log_path: str | None = None
     problems: list[dict[str, Any]] = field(default_factory=list)
     """The problems behind the failure, each with its location (file and line, key) and message."""
+    remedies: list[dict[str, Any]] = field(default_factory=list)
+    """Changes that would let it run: {"set": {key: value}, "why": sentence, "resume": whether the run can
+    resume with them (or must start again)}."""
+    last_good_checkpoint: str | None = None
 
 
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.__name__: cls for cls in (PhaseStarted, PhaseProgressed, WarningIssued, RunStarted, StepLogged, EvalFinished,
-                                  CheckpointSaved, StopRequested, RunFinished, RunFailed)
+                                  PatienceChanged, CheckpointSaved, StopRequested, RunFinished, RunFailed)
 }
 
 EventSink = Callable[[Event], None]
@@ -163,24 +187,44 @@ def iter_events(path: Path) -> Iterator[Event]:
                 yield event_from_json(line)
 
 
+SINK_ERROR_LOG = "sink-error.log"
+
+
 class EventLog:
-    """Appends events to events.jsonl as they happen and passes each on to a sink (the UI or the console)."""
+    """Appends events to events.jsonl as they happen and passes each on to a sink (the UI or the console).
+
+    Neither a full disk nor a failing sink stops the run: a write that fails is remembered (the run's end says
+    so) and later events still reach the sink; a sink that raises gets its traceback written to sink-error.log
+    next to the events, once, and training goes on.
+    """
 
     def __init__(self, path: Path, sink: EventSink | None = None):
         self.path = path
         self._sink = sink
         self._lock = threading.Lock()
         self._handle: IO[str] = open(path, "a", encoding="utf-8")
+        self.write_error: OSError | None = None
+        self.sink_failed = False
 
     def __call__(self, event: Event) -> None:
         with self._lock:
-            self._handle.write(event.to_json() + "\n")
-            self._handle.flush()
-        if self._sink is not None:
+            try:
+                self._handle.write(event.to_json() + "\n")
+                self._handle.flush()
+            except OSError as exc:
+                self.write_error = self.write_error or exc
+        if self._sink is None:
+            return
+        try:
             self._sink(event)
+        except Exception:  # noqa: BLE001 - whatever the display does wrong, the run goes on
+            if not self.sink_failed:
+                self.sink_failed = True
+                with contextlib.suppress(OSError):
+                    (self.path.parent / SINK_ERROR_LOG).write_text(traceback.format_exc(), encoding="utf-8")
 
     def close(self) -> None:
-        with self._lock:
+        with self._lock, contextlib.suppress(OSError):
             self._handle.close()
 
     def __enter__(self) -> EventLog:

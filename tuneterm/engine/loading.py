@@ -53,5 +53,5 @@ def load_model(config: RunConfig, precision: str, device: Device) -> Any:
     except ImportError as exc:
         raise LoadError(f"model.attn_implementation or quantization needs a package that is not installed: "
                         f"{exc}") from None
-    except (OSError, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001 - damaged weights raise safetensors', torch's or pickle's own errors
         raise source.failure(exc) from None

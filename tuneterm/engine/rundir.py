@@ -3,7 +3,8 @@
 Layout of RUN_DIR:
   config.yaml                  the resolved config (defaulted and derived values commented)
   events.jsonl                 every event of the run, one JSON object per line, appended live
-  checkpoint-N/                Trainer checkpoints (adapter, optimizer, scheduler, RNG, trainer_state.json)
+  checkpoint-N/                Trainer checkpoints (adapter, optimizer, scheduler, RNG, trainer_state.json) and,
+                               written last, tuneterm-complete.json: every file's size and hash
   adapter_model.safetensors    the final (best, when evaluating) adapter, with adapter_config.json
   tokenizer files              so the adapter directory loads on its own
   trainer_state.json           the Trainer's log history
@@ -18,6 +19,8 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
+import json
 import os
 import re
 import time
@@ -29,6 +32,7 @@ from tuneterm.errors import RunDirError
 
 CONFIG_FILE = "config.yaml"
 LOCK_FILE = ".lock"
+MARKER_FILE = "tuneterm-complete.json"
 DEFAULT_RUNS_ROOT = Path("runs")
 
 # Files without which a checkpoint cannot be resumed from (weights are checked separately).
@@ -86,25 +90,71 @@ def checkpoints(run_dir: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
 
 
-def is_complete_checkpoint(path: Path) -> bool:
-    return all((path / name).is_file() for name in _CHECKPOINT_FILES) and \
-        any((path / name).is_file() for name in _WEIGHT_FILES)
+def _digest(path: Path) -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
-def last_complete_checkpoint(run_dir: Path) -> Path | None:
-    complete = [p for p in checkpoints(run_dir) if is_complete_checkpoint(p)]
-    return complete[-1] if complete else None
+def mark_complete(checkpoint: Path) -> None:
+    """Written last, after every file of the checkpoint: their sizes and hashes. A checkpoint without it (the
+    process died while saving) or whose files no longer match it (truncated, overwritten) is never resumed from."""
+    files = {str(path.relative_to(checkpoint)): {"size": path.stat().st_size, "blake2b": _digest(path)}
+             for path in sorted(checkpoint.rglob("*")) if path.is_file() and path.name != MARKER_FILE}
+    staging = checkpoint / f".{MARKER_FILE}.tmp"
+    staging.write_text(json.dumps({"files": files}, indent=1), encoding="utf-8")
+    os.replace(staging, checkpoint / MARKER_FILE)
 
 
-def resume_point(run_dir: Path) -> Path:
-    """The checkpoint a stopped or interrupted run continues from, or a RunDirError saying why there is none."""
+def checkpoint_problem(checkpoint: Path) -> str | None:
+    """Why a checkpoint cannot be resumed from, or None when it is complete and intact."""
+    try:
+        marker = json.loads((checkpoint / MARKER_FILE).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return "it was never completed (the process stopped while saving it)"
+    except (OSError, ValueError):
+        return f"its {MARKER_FILE} is unreadable"
+    names = set(marker["files"])
+    for required in _CHECKPOINT_FILES:
+        if required not in names:
+            return f"it has no {required}, so the optimizer and schedule would restart"
+    if not names & set(_WEIGHT_FILES):
+        return "it holds no weights"
+    for name, expected in marker["files"].items():
+        path = checkpoint / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != expected["size"]:
+            return f"{name} is {path.stat().st_size:,} bytes instead of {expected['size']:,} (truncated or replaced)"
+        if _digest(path) != expected["blake2b"]:
+            return f"{name} does not match what was saved (corrupted)"
+    return None
+
+
+def last_complete_checkpoint(run_dir: Path) -> tuple[Path | None, list[str]]:
+    """The newest checkpoint that is complete and intact, and why each newer one was skipped."""
+    skipped: list[str] = []
+    for checkpoint in reversed(checkpoints(run_dir)):
+        problem = checkpoint_problem(checkpoint)
+        if problem is None:
+            return checkpoint, skipped
+        skipped.append(f"{checkpoint.name} skipped: {problem}")
+    return None, skipped
+
+
+def resume_point(run_dir: Path) -> tuple[Path, list[str]]:
+    """The checkpoint a stopped or interrupted run continues from (and the newer ones skipped, each with why),
+    or a RunDirError saying why there is none."""
     if not (run_dir / CONFIG_FILE).is_file():
         raise RunDirError(f"{run_dir}: not a tuneterm run directory (no {CONFIG_FILE})")
-    checkpoint = last_complete_checkpoint(run_dir)
+    checkpoint, skipped = last_complete_checkpoint(run_dir)
     if checkpoint is None:
-        raise RunDirError(f"{run_dir}: no complete checkpoint to resume from; start it again with "
+        reasons = "".join(f"; {reason}" for reason in skipped)
+        raise RunDirError(f"{run_dir}: no complete checkpoint to resume from{reasons}. Start it again with "
                           f"tuneterm train {run_dir / CONFIG_FILE}")
-    return checkpoint
+    return checkpoint, skipped
 
 
 @contextlib.contextmanager

@@ -7,16 +7,19 @@ RUN_DIR/events.jsonl) and listens to the control object between optimizer steps.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import traceback
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tuneterm.config import RunConfig, load_config
+from tuneterm.config import RunConfig, load_config, parse_override
 from tuneterm.data.prepare import PreparedData, prepare
 from tuneterm.data.tokenizer import load_tokenizer
+from tuneterm.engine import failures, fingerprint
 from tuneterm.engine.capture import library_output_as_events
 from tuneterm.engine.control import RunControl
 from tuneterm.engine.events import (
@@ -24,6 +27,7 @@ from tuneterm.engine.events import (
     Event,
     EventLog,
     EventSink,
+    Outcome,
     PhaseProgressed,
     PhaseStarted,
     RunFailed,
@@ -35,7 +39,7 @@ from tuneterm.engine.events import (
 )
 from tuneterm.engine.loading import detect_device, load_model
 from tuneterm.engine.rundir import CONFIG_FILE, DEFAULT_RUNS_ROOT, create_run_dir, holding_run_lock, resume_point
-from tuneterm.errors import Cancelled, ConfigError, RunDirError, TuneTermError, first_sentence
+from tuneterm.errors import Cancelled, ConfigError, Location, Problem, RunDirError, TuneTermError, first_sentence
 from tuneterm.hardware import CPU, Device, choose_cpu_threads
 from tuneterm.plan.planner import model_facts, startup_problems
 from tuneterm.plan.resolve import resolve, schedule_of
@@ -54,6 +58,8 @@ class RunPlan:
     config: RunConfig
     run_dir: Path
     resume_from: Path | None = None
+    skipped: tuple[str, ...] = ()
+    """Newer checkpoints that resuming passes over, each with why."""
 
 
 def new_run(config: RunConfig, runs_root: Path = DEFAULT_RUNS_ROOT) -> RunPlan:
@@ -77,16 +83,32 @@ def run_config(config: RunConfig) -> RunConfig:
                                                           f"{config.get('training.output_dir')}")})
 
 
-def resume_run(run_dir: Path) -> RunPlan:
-    """Continue a stopped or interrupted run from its last complete checkpoint, with its saved config."""
-    checkpoint = resume_point(run_dir)
+def resume_run(run_dir: Path, overrides: Iterable[str] = ()) -> RunPlan:
+    """Continue a stopped or interrupted run from its last complete checkpoint, with its saved config, after
+    checking that the data, the model and the config are still those the run started from. `overrides` (--set)
+    may change only what does not change what is trained (the eval batch, gradient checkpointing, patience...)."""
+    checkpoint, skipped = resume_point(run_dir)
     events_path = run_dir / EVENTS_FILE
     if events_path.exists():
         finished = [e for e in read_events(events_path) if isinstance(e, RunFinished)]
         if finished and finished[-1].status in ("completed", "early_stopped"):
             raise RunDirError(f"{run_dir}: this run already {finished[-1].status.replace('_', ' ')}; "
                               f"start a new one with tuneterm train {run_dir / CONFIG_FILE}")
-    return RunPlan(load_config(run_dir / CONFIG_FILE), run_dir, checkpoint)
+    config = load_config(run_dir / CONFIG_FILE, overrides=overrides)
+    changing = {parse_override(text)[0] for text in overrides} - fingerprint.CHANGEABLE_ON_RESUME
+    if changing:
+        raise ConfigError([Problem("cannot change when resuming: the checkpoint's optimizer state and schedule "
+                                   "belong to the run as it started; start a new run to change it (keys that may "
+                                   f"change: {', '.join(sorted(fingerprint.CHANGEABLE_ON_RESUME))})",
+                                   Location(key=key)) for key in sorted(changing)])
+    if overrides:
+        config.save(run_dir / CONFIG_FILE)
+    changed = fingerprint.changes(config, run_dir)
+    if changed:
+        raise RunDirError(f"{run_dir}: cannot resume: what the run was started from has changed, and its "
+                          "checkpoint's optimizer state and schedule belong to the original. "
+                          + "; ".join(changed) + f". Start a new run instead: tuneterm train {run_dir / CONFIG_FILE}")
+    return RunPlan(config, run_dir, checkpoint, tuple(skipped))
 
 
 class _Stopped(Exception):
@@ -108,22 +130,37 @@ def run(plan: RunPlan, sink: EventSink | None = None, control: RunControl | None
                            error_type="KeyboardInterrupt"))
             raise
         except Exception as exc:  # the one place a run's failure is turned into an event
-            log_path = plan.run_dir / ERROR_LOG
-            log_path.write_text(traceback.format_exc(), encoding="utf-8")
-            result = failure_event(exc, log_path)
+            result = failure_event(exc, _write_traceback(plan.run_dir))
         finally:
             release_library_state()
         emit(result)
+        if emit.write_error is not None and isinstance(result, RunFinished):
+            emit(WarningIssued(message=f"events.jsonl is incomplete: writing it failed ({emit.write_error})"))
         return result
 
 
-def failure_event(exc: BaseException, log_path: Path) -> RunFailed:
-    """A failure as one sentence a person can act on, with the problems behind it and their locations."""
+def _write_traceback(run_dir: Path) -> Path | None:
+    """The traceback in error.log, or None when even that cannot be written (a full disk)."""
+    path = run_dir / ERROR_LOG
+    try:
+        path.write_text(traceback.format_exc(), encoding="utf-8")
+    except OSError:
+        return None
+    return path
+
+
+def failure_event(exc: BaseException, log_path: Path | None) -> RunFailed:
+    """A failure as one sentence a person can act on, with the problems behind it and their locations, and what
+    to change."""
+    log = str(log_path) if log_path else None
     if isinstance(exc, TuneTermError):
-        return RunFailed(reason=exc.summary, error_type=type(exc).__name__, log_path=str(log_path),
-                         problems=[p.to_json() for p in sorted(exc.problems, key=lambda p: p.location.order())])
+        checkpoint = getattr(exc, "last_good_checkpoint", None)
+        return RunFailed(reason=exc.summary, error_type=type(exc).__name__, log_path=log,
+                         problems=[p.to_json() for p in sorted(exc.problems, key=lambda p: p.location.order())],
+                         remedies=getattr(exc, "remedies", []),
+                         last_good_checkpoint=str(checkpoint) if checkpoint else None)
     return RunFailed(reason=first_sentence(str(exc)) or type(exc).__name__, error_type=type(exc).__name__,
-                     log_path=str(log_path))
+                     log_path=log)
 
 
 def release_library_state() -> None:
@@ -166,6 +203,7 @@ class _Run:
 
     def execute(self) -> Event:
         config = self.plan.config
+        self.warn(list(self.plan.skipped))
         self.phase("loading tokenizer", config.get("model.path"))
         tokenizer, warnings = load_tokenizer(config)
         self.warn(warnings)
@@ -180,6 +218,7 @@ class _Run:
             config = self.set_cpu_threads(config)
         if self.plan.resume_from is None:
             run_config(config).save(self.run_dir / CONFIG_FILE)
+            fingerprint.record(run_config(config), self.run_dir)
         if data.eval is None:
             self.warn(["no eval split (data.val_size is 0 and no data.eval): overfitting is invisible, and early "
                        "stopping and best-checkpoint selection are off"])
@@ -201,27 +240,64 @@ class _Run:
         if self.control.stop_requested:
             raise _Stopped
         self.emit(PhaseStarted(phase="training"))
-        trainer.train(resume_from_checkpoint=str(self.plan.resume_from) if self.plan.resume_from else None)
+        try:
+            trainer.train(resume_from_checkpoint=str(self.plan.resume_from) if self.plan.resume_from else None)
+        except Exception as exc:
+            raise self.explained(exc, config, trainer.state.global_step, callback, data) from exc
+        self.save_history(trainer)
+        if callback.nonfinite is not None:
+            raise failures.diverged(config, callback.nonfinite.step, callback.nonfinite.what, self.run_dir)
 
         self.emit(PhaseStarted(phase="saving", detail=str(self.run_dir)))
-        trainer.save_model(str(self.run_dir))
-        tokenizer.save_pretrained(str(self.run_dir))
-        trainer.state.save_to_json(str(self.run_dir / "trainer_state.json"))
-        check = compare_saved(before, trainer.model, self.run_dir)
-        (self.run_dir / ADAPTER_CHECK_FILE).write_text(json.dumps(check, indent=2) + "\n", encoding="utf-8")
+        try:
+            trainer.save_model(str(self.run_dir))
+            tokenizer.save_pretrained(str(self.run_dir))
+            check = compare_saved(before, trainer.model, self.run_dir)
+            (self.run_dir / ADAPTER_CHECK_FILE).write_text(json.dumps(check, indent=2) + "\n", encoding="utf-8")
+        except Exception as exc:
+            raise self.explained(exc, config, trainer.state.global_step, callback, data) from exc
+        if check["non_finite"]:
+            raise failures.diverged(config, trainer.state.global_step,
+                                    f"{len(check['non_finite'])} tensors of the saved adapter", self.run_dir)
         if not check["all_changed"]:
             self.warn([f"training left {len(check['unchanged'])} of {check['tensors']} trainable tensors exactly "
                        f"unchanged (see {ADAPTER_CHECK_FILE})"])
+        return self.finished(trainer, callback, check, has_eval=data.eval is not None)
+
+    def explained(self, exc: Exception, config: RunConfig, step: int, callback: Any,
+                  data: PreparedData) -> Exception:
+        """The failures tuneterm can explain, as a RunFailure; anything else as it is."""
+        if failures.is_out_of_memory(exc):
+            return failures.out_of_memory(config, step, failures.raised_in_evaluation(exc), self.run_dir,
+                                          data.view.lengths["p95"])
+        if failures.is_disk_full(exc):
+            return failures.disk_full(self.run_dir, step)
+        return exc
+
+    def save_history(self, trainer: Any) -> None:
+        """The Trainer's log history and the loss curves, whatever the end (best effort on a full disk)."""
         from tuneterm.engine.plots import save_loss_plots
 
-        save_loss_plots(read_events(self.run_dir / EVENTS_FILE), self.run_dir)
+        with contextlib.suppress(OSError):
+            trainer.state.save_to_json(str(self.run_dir / "trainer_state.json"))
+            save_loss_plots(read_events(self.run_dir / EVENTS_FILE), self.run_dir)
+
+    def finished(self, trainer: Any, callback: Any, check: dict[str, Any], has_eval: bool) -> RunFinished:
+        """The end as it truly is: "best" only for an evaluation that beat the untrained baseline."""
         status: RunStatus = ("stopped" if self.control.stop_requested
-                  else "early_stopped" if callback.early_stopped else "completed")
-        best = callback.best_eval_loss
+                             else "early_stopped" if callback.early_stopped else "completed")
+        outcome: Outcome = ("not_evaluated" if not has_eval else "improved" if callback.best is not None
+                            else "worse_than_baseline")
+        if outcome == "worse_than_baseline":
+            self.warn([f"no evaluation beat the eval loss before training ({callback.baseline:.4f}): training made "
+                       "the eval loss worse. The adapter saved is the last one, and nothing is called best. Try a "
+                       "lower learning rate, or look at whether the eval data is like the training data."])
+        best_checkpoint = trainer.state.best_model_checkpoint if outcome == "improved" else None
         return RunFinished(status=status, run_dir=str(self.run_dir), global_step=trainer.state.global_step,
-                           adapter_dir=str(self.run_dir), best_checkpoint=trainer.state.best_model_checkpoint,
-                           best_eval_loss=best if best != float("inf") else None,
-                           adapter_changed=check["all_changed"], adapter_check=check)
+                           adapter_dir=str(self.run_dir), best_checkpoint=best_checkpoint,
+                           best_eval_loss=callback.best[0] if callback.best else None,
+                           baseline_eval_loss=callback.baseline, final_eval_loss=callback.last_eval,
+                           outcome=outcome, adapter_changed=check["ok"], adapter_check=check)
 
     def set_cpu_threads(self, config: RunConfig) -> RunConfig:
         import torch
@@ -241,7 +317,7 @@ class _Run:
         if eval_dataset is not None:
             early_stopping = EarlyStoppingCallback(config.get("training.early_stopping_patience"),
                                                    config.get("training.early_stopping_threshold"))
-        callback = EventCallback(self.emit, self.control, early_stopping)
+        callback = EventCallback(self.emit, self.control, early_stopping, config.get("training.precision"))
         callbacks = [c for c in (early_stopping, callback) if c is not None]
         trainer = build_trainer(config, model, tokenizer, train_dataset, eval_dataset, self.run_dir, device,
                                 callbacks, resuming=self.plan.resume_from is not None)
@@ -270,6 +346,11 @@ def build_trainer(config: RunConfig, model: Any, tokenizer: Any, train_dataset: 
         eval_on_start=training["eval_on_start"] and has_eval and not resuming,
         report_to="none",
         disable_tqdm=True,
+        # A NaN loss must be seen as NaN (the default replaces it with an average, or 0.0 at the start).
+        logging_nan_inf_filter=False,
+        # With a limit of 1 the Trainer deletes the last checkpoint at the end when the best is another one; the
+        # last complete checkpoint is never deleted.
+        save_total_limit=max(training["save_total_limit"], 2) if has_eval else training["save_total_limit"],
         include_num_input_tokens_seen="non_padding",
     )
     trainer = SFTTrainer(model=model, args=SFTConfig(**arguments), train_dataset=train_dataset,

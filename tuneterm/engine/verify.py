@@ -1,9 +1,10 @@
 """Proof that training changed the weights it was meant to change.
 
 A LoRA run can finish with a normal-looking loss and an adapter that never moved (B still all zero, a frozen
-adapter, a dtype that underflowed). Comparing with a tolerance (allclose) misses small but real changes in
-lora_A, so every trainable tensor is fingerprinted exactly, before training and after saving, as Unsloth's LoRA
-hyperparameters guide recommends ("Verifying LoRA weight updates").
+adapter, a dtype that underflowed), or one whose weights are NaN, which differ from the start too: both fail.
+Comparing with a tolerance (allclose) misses small but real changes in lora_A, so every trainable tensor is
+fingerprinted exactly, before training and after saving, as Unsloth's LoRA hyperparameters guide recommends
+("Verifying LoRA weight updates").
 """
 
 from __future__ import annotations
@@ -32,12 +33,17 @@ def compare(before: Mapping[str, str], after_tensors: Mapping[str, Any]) -> dict
     missing = sorted(set(before) - set(after))
     zero_b = sorted(name for name, tensor in after_tensors.items()
                     if "lora_B" in name and not bool(tensor.detach().abs().sum() > 0))
+    non_finite = sorted(name for name, tensor in after_tensors.items()
+                        if tensor.is_floating_point() and not bool(tensor.detach().isfinite().all()))
+    all_changed = bool(before) and not unchanged and not missing
     return {
         "tensors": len(before),
         "changed": len(changed),
         "unchanged": unchanged,
         "missing_from_saved": missing,
         "lora_B_all_zero": zero_b,
-        "all_changed": bool(before) and not unchanged and not missing,
-        "method": "sha256 of each tensor's bytes before training vs. the saved weights",
+        "non_finite": non_finite,
+        "all_changed": all_changed,
+        "ok": all_changed and not non_finite,
+        "method": "sha256 of each tensor's bytes before training vs. the saved weights; NaN and Inf checked",
     }

@@ -141,6 +141,9 @@ def startup_problems(config: RunConfig, need_data: bool = True) -> list[Problem]
     if need_data and not config.get("data.train"):
         problems.append(Problem("choose the training data (a file, a directory or a hub dataset id)",
                                 Location(key="data.train")))
+    model = config.get("model.path")
+    if model and not Path(model).exists() and not looks_like_hub_id(model):
+        problems.append(Problem(f"{model}: no such directory, and not a hub id (org/name)", Location(key="model.path")))
     for key in ("data.train", "data.eval"):
         value = config.get(key)
         if value and not Path(value).exists() and not looks_like_hub_id(value):

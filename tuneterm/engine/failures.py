@@ -1,0 +1,148 @@
+"""Failures of a running training, explained: what happened, what is kept, and what to do.
+
+Out of GPU memory (in training or in evaluation), a full disk, and a loss or weights that stopped being numbers
+each become a RunFailure: one sentence that names what overflowed or what broke (from the plan's memory
+breakdown, the config, the step), the last good checkpoint, and remedies as config changes, each saying
+whether the run can resume with it or must start again. The app offers the remedies as a one-key retry; the
+command line prints them as --set arguments.
+"""
+
+from __future__ import annotations
+
+import errno
+from pathlib import Path
+from typing import Any
+
+from tuneterm.config import RunConfig, set_argument
+from tuneterm.engine.fingerprint import CHANGEABLE_ON_RESUME
+from tuneterm.engine.rundir import last_complete_checkpoint
+from tuneterm.errors import TuneTermError
+from tuneterm.plan.memory import estimate_memory, size
+from tuneterm.plan.planner import memory_setup, model_facts
+
+
+class RunFailure(TuneTermError):
+    """A training that could not go on, with what to change and the checkpoint that is kept."""
+
+    def __init__(self, summary: str, remedies: list[dict[str, Any]] | None = None,
+                 last_good_checkpoint: Path | None = None):
+        super().__init__(summary)
+        self.remedies = remedies or []
+        self.last_good_checkpoint = last_good_checkpoint
+
+
+def remedy(changes: dict[str, Any], why: str, checkpoint: Path | None) -> dict[str, Any]:
+    """A change that lets the run go on: resumed from the checkpoint when the change leaves what is trained
+    alone, else started again."""
+    return {"set": changes, "why": why, "resume": checkpoint is not None and set(changes) <= CHANGEABLE_ON_RESUME}
+
+
+def _kept(run_dir: Path) -> tuple[Path | None, str]:
+    checkpoint, _ = last_complete_checkpoint(run_dir)
+    if checkpoint is None:
+        return None, "No checkpoint was saved before it."
+    return checkpoint, f"The last good checkpoint, {checkpoint.name}, is kept."
+
+
+_FIXED = ("cuda_context", "allocator_slack")
+"""Parts of the estimate that follow from the others: never what to shrink."""
+
+
+def raised_in_evaluation(exc: BaseException) -> bool:
+    """Whether the exception came from inside an evaluation (the Trainer's evaluation loop)."""
+    traceback = exc.__traceback__
+    while traceback is not None:
+        if traceback.tb_frame.f_code.co_name in ("evaluation_loop", "prediction_step", "evaluate"):
+            return True
+        traceback = traceback.tb_next
+    return False
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    import torch
+
+    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+def is_disk_full(exc: BaseException | None) -> bool:
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC or "no space left on device" in str(exc).lower():
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+def out_of_memory(config: RunConfig, step: int, evaluating: bool, run_dir: Path,
+                  data_p95: int | None = None) -> RunFailure:
+    """Names the largest parts of the plan's memory breakdown, and the remedies that keep the effective batch.
+    An evaluation that ran out never changes the training batch."""
+    estimate = estimate_memory(model_facts(config), memory_setup(config))
+    largest = sorted(((v, k) for k, v in estimate.breakdown.items() if v > 0 and k not in _FIXED), reverse=True)[:3]
+    parts = ", ".join(f"{name.replace('_', ' ')} {size(value)}" for value, name in largest)
+    micro = config.get("training.per_device_train_batch_size")
+    accumulation = config.get("training.gradient_accumulation_steps")
+    eval_batch = config.get("training.per_device_eval_batch_size")
+    eval_batch = eval_batch if isinstance(eval_batch, int) else micro
+    remedies = []
+    checkpoint, kept = _kept(run_dir)
+    if evaluating:
+        if eval_batch > 1:
+            remedies.append(remedy({"training.per_device_eval_batch_size": max(1, eval_batch // 2)},
+                                   "evaluation holds a whole eval batch at once; a smaller one does not change "
+                                   "training at all", checkpoint))
+    else:
+        if micro > 1:
+            remedies.append(remedy({"training.per_device_train_batch_size": micro // 2,
+                                    "training.gradient_accumulation_steps": accumulation * 2},
+                                   f"half the micro-batch with twice the accumulation keeps the effective batch of "
+                                   f"{micro * accumulation}", checkpoint))
+        if not config.get("training.gradient_checkpointing"):
+            remedies.append(remedy({"training.gradient_checkpointing": True},
+                                   "recomputing activations in backward instead of keeping them trades about 20% "
+                                   "speed for most of the activation memory", checkpoint))
+        length = config.get("training.max_length")
+        if isinstance(length, int) and data_p95 and data_p95 < length:
+            shorter = max(64, -(-data_p95 // 64) * 64)
+            if shorter < length:
+                remedies.append(remedy({"training.max_length": shorter},
+                                       f"the data's 95th percentile is {data_p95} tokens: activations grow with the "
+                                       "sequence length", checkpoint))
+        if config.method == "lora":
+            remedies.append(remedy({"method": "qlora"}, "4-bit base weights take about a quarter of the memory",
+                                   checkpoint))
+    where = "evaluation" if evaluating else "training"
+    return RunFailure(f"Out of GPU memory during {where} at step {step}. The plan's largest parts: {parts}. {kept}",
+                      remedies, checkpoint)
+
+
+def disk_full(run_dir: Path, step: int) -> RunFailure:
+    checkpoint, kept = _kept(run_dir)
+    return RunFailure(f"The disk is full (no space left on device) while saving at step {step} in {run_dir}. {kept} "
+                      f"Free some space, then continue with: tuneterm train --resume {run_dir}", [], checkpoint)
+
+
+def diverged(config: RunConfig, step: int, what: str, run_dir: Path) -> RunFailure:
+    """The loss, the gradients or the weights stopped being numbers: nothing after it is saved."""
+    rate = config.get("training.learning_rate")
+    causes = []
+    remedies = []
+    checkpoint, kept = _kept(run_dir)
+    recommended = 2e-5 if config.method == "full" else 2e-4
+    if rate > 1.5 * recommended:
+        causes.append(f"the learning rate {rate:g} is high")
+        lower = recommended if rate > 10 * recommended else rate / 10
+        remedies.append(remedy({"training.learning_rate": lower},
+                               f"a lower rate keeps the updates from blowing up (the guides start "
+                               f"{'full fine-tuning' if config.method == 'full' else 'LoRA'} at {recommended:g})",
+                               checkpoint))
+    if config.get("training.precision") == "fp16":
+        causes.append("fp16 overflows above 65,504")
+        remedies.append(remedy({"training.precision": "bf16"}, "bf16 has fp32's range (on Ampere or newer GPUs)",
+                               checkpoint))
+    causes.append("or bad data in the last batches")
+    return RunFailure(f"Training stopped at step {step}: {what} became NaN or infinite. Likely causes: "
+                      f"{'; '.join(causes)}. Nothing after it was saved as the adapter. {kept}", remedies, checkpoint)
+
+
+def remedies_as_arguments(remedies: list[dict[str, Any]]) -> list[str]:
+    return [" ".join(set_argument(k, v) for k, v in item["set"].items()) for item in remedies]
