@@ -107,3 +107,35 @@ def test_a_second_signal_aborts_at_once_without_a_traceback(tiny_run: dict, tmp_
     assert "Aborted. Continue from the last complete checkpoint with: tuneterm train --resume" in err
     assert "Traceback" not in err
     assert summarise_run(run_dir).status == "failed"  # the abort is recorded: RunFailed "interrupted"
+
+
+def test_an_early_stopped_run_killed_while_saving_resumes_without_more_steps(base_config: dict,
+                                                                              tmp_path: Path) -> None:
+    import random
+
+    from tests.helpers import write_jsonl
+
+    rng = random.Random(0)
+    words = ["alpha", "bravo", "delta", "echo", "golf", "hotel", "kilo", "lima"]
+    rows = [{"messages": [{"role": "user", "content": f"Code word {rng.randint(100, 999)}?"},
+                          {"role": "assistant", "content": " ".join(rng.choices(words, k=6)) + "."}]}
+            for _ in range(32)]
+    config = with_changes(base_config, data={"train": str(write_jsonl(tmp_path / "t.jsonl", rows[:16])),
+                                             "eval": str(write_jsonl(tmp_path / "e.jsonl", rows[16:]))},
+                          lora={"r": 32, "lora_alpha": 64},
+                          training={"learning_rate": 2e-2, "num_train_epochs": 40, "per_device_train_batch_size": 4,
+                                    "gradient_accumulation_steps": 1, "eval_steps": 2, "early_stopping_patience": 2,
+                                    "warmup_steps": 0, "lr_scheduler_type": "constant"})
+    run_dir = Path(config["training"]["output_dir"])
+    flag = tmp_path / "saving-final"
+    process = start_training(write_config(tmp_path / "run.yaml", config),
+                             hang_when("tuneterm.engine.runner.compare_saved", "True", str(flag)))
+    wait_for(flag.exists, what="the final save")
+    stopped_at = logged_step(run_dir)
+    kill(process)
+    process.wait(30)
+
+    result = run(resume_run(run_dir))
+    assert isinstance(result, RunFinished) and result.status == "early_stopped"
+    assert result.global_step == stopped_at
+    assert _steps_after_the_last_start(run_dir) == []

@@ -72,19 +72,13 @@ class EventCallback(TrainerCallback):
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         # On resume the log history comes back with the checkpoint: replay its evaluations so that the baseline,
         # the best loss and the early-stopping count carry on where the interrupted run left them.
-        threshold = self.early_stopping.early_stopping_threshold if self.early_stopping else 0.0
-        since, reference = 0, None
+        threshold = (self.early_stopping.early_stopping_threshold or 0.0) if self.early_stopping else 0.0
         for entry in state.log_history:
-            if "eval_loss" not in entry:
-                continue
-            loss = entry["eval_loss"]
-            self._record(loss, entry.get("step", 0))
-            improved = reference is None or (loss < reference and abs(loss - reference) > threshold)
-            since = 0 if improved else since + 1
-            if reference is None or loss < reference:
-                reference = loss
+            if "eval_loss" in entry:
+                self._record(entry["eval_loss"], entry.get("step", 0))
         if self.early_stopping:
-            self.early_stopping.early_stopping_patience_counter = since
+            self.early_stopping.early_stopping_patience_counter = evaluations_without_improvement(
+                state.log_history, threshold)
         # A run directory that was moved or copied: its best checkpoint is where the run directory is now.
         if state.best_model_checkpoint and Path(state.best_model_checkpoint).parent != Path(args.output_dir):
             state.best_model_checkpoint = str(Path(args.output_dir) / Path(state.best_model_checkpoint).name)
@@ -166,6 +160,20 @@ class EventCallback(TrainerCallback):
     def early_stopped(self) -> bool:
         return bool(self.early_stopping and
                     self.early_stopping.early_stopping_patience_counter >= self.early_stopping.early_stopping_patience)
+
+
+def evaluations_without_improvement(log_history: list[dict[str, Any]], threshold: float) -> int:
+    """Early stopping's count, replayed from a Trainer's log history as EarlyStoppingCallback counts."""
+    since, reference = 0, None
+    for entry in log_history:
+        if "eval_loss" not in entry:
+            continue
+        loss = entry["eval_loss"]
+        improved = reference is None or (loss < reference and abs(loss - reference) > threshold)
+        since = 0 if improved else since + 1
+        if reference is None or loss < reference:
+            reference = loss
+    return since
 
 
 def _float_or_none(value: Any) -> float | None:

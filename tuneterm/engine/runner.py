@@ -239,6 +239,8 @@ class _Run:
             resumed_from=str(self.plan.resume_from) if self.plan.resume_from else None))
         if self.control.stop_requested:
             raise _Stopped
+        if self.plan.resume_from is not None:
+            self.stop_where_it_ended(trainer, config)
         self.emit(PhaseStarted(phase="training"))
         try:
             trainer.train(resume_from_checkpoint=str(self.plan.resume_from) if self.plan.resume_from else None)
@@ -263,6 +265,16 @@ class _Run:
             self.warn([f"training left {len(check['unchanged'])} of {check['tensors']} trainable tensors exactly "
                        f"unchanged (see {ADAPTER_CHECK_FILE})"])
         return self.finished(trainer, callback, check, has_eval=data.eval is not None)
+
+    def stop_where_it_ended(self, trainer: Any, config: RunConfig) -> None:
+        """A run whose early stopping had already fired (it was interrupted while saving) trains no further."""
+        from tuneterm.engine.callback import evaluations_without_improvement
+
+        assert self.plan.resume_from is not None
+        state = json.loads((self.plan.resume_from / "trainer_state.json").read_text(encoding="utf-8"))
+        since = evaluations_without_improvement(state["log_history"], config.get("training.early_stopping_threshold"))
+        if trainer.eval_dataset is not None and since >= config.get("training.early_stopping_patience"):
+            trainer.args.max_steps = state["global_step"]
 
     def explained(self, exc: Exception, config: RunConfig, step: int, callback: Any,
                   data: PreparedData) -> Exception:
