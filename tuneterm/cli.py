@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILED
 
 
-COMMANDS = ("train", "plan", "inspect", "demo")
+COMMANDS = ("train", "plan", "inspect", "demo", "monitor", "runs", "stop")
 
 
 def _app_parser() -> argparse.ArgumentParser:
@@ -73,6 +73,9 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", type=Path, metavar="RUN_DIR",
                        help="continue a stopped or interrupted run from its last complete checkpoint")
     _runs_dir_argument(train)
+    train.add_argument("--detach", action="store_true",
+                       help="run in a process of its own that outlives the terminal; print its run directory")
+    train.add_argument("--prepared", type=Path, help=argparse.SUPPRESS)  # the process --detach starts
     train.set_defaults(command=_train, name="train")
 
     plan = commands.add_parser("plan", help="show what a run will cost and what the guides advise, without training",
@@ -104,6 +107,28 @@ def _parser() -> argparse.ArgumentParser:
                          help="suggest the 95th percentile instead of the 99th")
     inspect.add_argument("--json", action="store_true", help="print JSON instead of text")
     inspect.set_defaults(command=_inspect, name="inspect")
+
+    monitor = commands.add_parser("monitor", help="watch a run, live or finished, from any terminal",
+                                  description="Open the monitor on a run directory: a finished run is replayed, a "
+                                              "live one followed, with stop, save-now, evaluate-now and patience.")
+    monitor.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    monitor.set_defaults(command=_monitor, name="monitor")
+
+    runs = commands.add_parser("runs", help="list the runs of a runs directory and open one",
+                               description="The runs with their status (running, completed, stopped, failed, "
+                                           "interrupted...), step and best eval loss; enter opens one.")
+    _runs_dir_argument(runs)
+    runs.add_argument("--plain", action="store_true", help="print the list instead of opening the app")
+    runs.set_defaults(command=_runs, name="runs")
+
+    stop = commands.add_parser("stop", help="stop a running run after its current step, with a checkpoint",
+                               description="Ask a run (whoever started it) to finish the current step, save a "
+                                           "checkpoint and the adapter, and stop; wait until it has.")
+    stop.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    stop.add_argument("--no-wait", action="store_true", help="ask and return at once")
+    stop.add_argument("--timeout", type=float, default=600, metavar="SECONDS",
+                      help="how long to wait for the run to stop (default 600)")
+    stop.set_defaults(command=_stop, name="stop")
 
     demo = commands.add_parser("demo", help="fine-tune the built-in tiny model (offline, CPU, a few minutes)",
                                description="Build (once) a tiny model and chat dataset and fine-tune a LoRA "
@@ -181,8 +206,10 @@ def _context_length_or_none(config: RunConfig) -> int | None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from tuneterm.engine.runner import new_run, resume_run
+    from tuneterm.engine.runner import new_run, prepared_run, resume_run
 
+    if args.prepared:
+        return _run_headless(prepared_run(args.prepared))
     if args.resume:
         if args.config or args.preset:
             print("tuneterm train --resume takes the run directory (and --set for what may change on resume): a "
@@ -195,7 +222,75 @@ def _train(args: argparse.Namespace) -> int:
                   "--resume RUN_DIR", file=sys.stderr)
             return EXIT_USAGE
         plan = new_run(load_config(args.config, preset=args.preset, overrides=args.overrides), args.runs_dir)
+    if args.detach:
+        from tuneterm.engine.detach import LOG_FILE, start_detached
+
+        pid = start_detached(plan.run_dir, resume=plan.resume_from is not None)
+        print(f"Run directory: {plan.run_dir}\nRunning detached (process {pid}); it goes on when this terminal "
+              f"closes. Its output: {plan.run_dir / LOG_FILE}\n"
+              f"  watch it:  tuneterm monitor {plan.run_dir}\n  stop it:   tuneterm stop {plan.run_dir}")
+        return EXIT_OK
     return _run_headless(plan)
+
+
+def _monitor(args: argparse.Namespace) -> int:
+    from tuneterm.ui.app import Opening, make_app
+    from tuneterm.ui.services import Services
+
+    if not (args.run_dir / "config.yaml").is_file():
+        print(f"tuneterm monitor: {args.run_dir} is not a tuneterm run directory (no config.yaml)", file=sys.stderr)
+        return EXIT_USAGE
+    make_app(Services(runs_dir=args.run_dir.parent), Opening("monitor", run_dir=args.run_dir)).run()
+    return EXIT_OK
+
+
+def _runs(args: argparse.Namespace) -> int:
+    from tuneterm.engine.runs import list_runs
+
+    if args.plain:
+        for summary in list_runs(args.runs_dir):
+            best = f"{summary.best_eval_loss:.4f}" if summary.best_eval_loss is not None else "-"
+            total = f"/{summary.total_steps}" if summary.total_steps else ""
+            print(f"{summary.status:13s} {summary.step:>7}{total:<8} best {best:>8}  {summary.method or '?':6s} "
+                  f"{summary.run_dir}")
+        return EXIT_OK
+    from tuneterm.ui.app import Opening, make_app
+    from tuneterm.ui.services import Services
+
+    make_app(Services(runs_dir=args.runs_dir), Opening("start")).run()
+    return EXIT_OK
+
+
+def _stop(args: argparse.Namespace) -> int:
+    import time
+
+    from tuneterm.engine.channel import send
+    from tuneterm.engine.rundir import is_live
+    from tuneterm.engine.runs import summarise_run
+
+    summary = summarise_run(args.run_dir)
+    if summary is None:
+        print(f"tuneterm stop: {args.run_dir} is not a tuneterm run directory", file=sys.stderr)
+        return EXIT_USAGE
+    if not is_live(args.run_dir):
+        print(f"{args.run_dir} is not running (it is {summary.status.replace('_', ' ')}).", file=sys.stderr)
+        return EXIT_FAILED
+    send(args.run_dir, "stop", reason="tuneterm stop")
+    print(f"Asked {args.run_dir} to stop after its current step and save a checkpoint.", flush=True)
+    if args.no_wait:
+        return EXIT_OK
+    deadline = time.monotonic() + args.timeout
+    while is_live(args.run_dir):
+        if time.monotonic() > deadline:
+            print(f"It is still running after {args.timeout:.0f} s (a long step or save?); it will stop when it "
+                  "can.", file=sys.stderr)
+            return EXIT_FAILED
+        time.sleep(0.5)
+    summary = summarise_run(args.run_dir)
+    assert summary is not None
+    print(f"Stopped at step {summary.step:,} ({summary.status.replace('_', ' ')}). Continue it with: "
+          f"tuneterm train --resume {args.run_dir}")
+    return EXIT_OK
 
 
 def _app(args: argparse.Namespace) -> int:

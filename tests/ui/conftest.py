@@ -25,7 +25,8 @@ FAKE_HOST = HostReading(cpu_count=16, cpu_percent=3.0, memory_total=64_000_000_0
 
 def make_services(runs_dir: Path, **changes: object) -> Services:
     services = Services(runs_dir=runs_dir, read_gpus=lambda: FAKE_GPU, read_host=lambda: FAKE_HOST,
-                        cached_models=list, model_roots=(), built_demo=lambda: None, now=lambda: NOW)
+                        cached_models=list, model_roots=(), built_demo=lambda: None, now=lambda: NOW,
+                        over_ssh=False)
     for name, value in changes.items():
         setattr(services, name, value)
     return services

@@ -21,6 +21,7 @@ from tuneterm.data.prepare import PreparedData, prepare
 from tuneterm.data.tokenizer import load_tokenizer
 from tuneterm.engine import failures, fingerprint
 from tuneterm.engine.capture import library_output_as_events
+from tuneterm.engine.channel import ChannelListener
 from tuneterm.engine.control import RunControl
 from tuneterm.engine.events import (
     EVENTS_FILE,
@@ -74,6 +75,11 @@ def new_run(config: RunConfig, runs_root: Path = DEFAULT_RUNS_ROOT) -> RunPlan:
     return RunPlan(config, run_dir)
 
 
+def prepared_run(run_dir: Path) -> RunPlan:
+    """A run directory made by new_run whose run has not started yet (a detached run starts this way)."""
+    return RunPlan(load_config(run_dir / CONFIG_FILE), run_dir)
+
+
 def run_config(config: RunConfig) -> RunConfig:
     """The config as a run directory keeps it: without the output directory, so that running it again makes a
     new run instead of being refused for writing into this one."""
@@ -119,8 +125,8 @@ def run(plan: RunPlan, sink: EventSink | None = None, control: RunControl | None
     """Run to the end and return the last event: RunFinished or RunFailed."""
     control = control or RunControl()
     import_training_libraries()
-    with holding_run_lock(plan.run_dir), EventLog(plan.run_dir / EVENTS_FILE, sink) as emit, \
-            library_output_as_events(emit):
+    with holding_run_lock(plan.run_dir), ChannelListener(plan.run_dir, control), \
+            EventLog(plan.run_dir / EVENTS_FILE, sink) as emit, library_output_as_events(emit):
         try:
             result: Event = _Run(plan, emit, control).execute()
         except (_Stopped, Cancelled):

@@ -5,29 +5,36 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from textual import on, work
+from textual import events, on, work
 from textual.app import App
 from textual.binding import Binding
+from textual.screen import Screen
 from textual.worker import Worker, WorkerState
 
 from tuneterm.config import RunConfig, load_config
+from tuneterm.engine.control import RunControl
+from tuneterm.engine.runner import RunPlan
 from tuneterm.errors import TuneTermError
 from tuneterm.ui.commands import ActionCommands
 from tuneterm.ui.draft import Draft
 from tuneterm.ui.screens.dialogs import Confirm
+from tuneterm.ui.screens.monitor import MonitorScreen, RunEventsPosted
 from tuneterm.ui.screens.start import RunChosen, StartScreen
 from tuneterm.ui.services import Services
+from tuneterm.ui.training import TrainingInApp
 
 
 @dataclass(frozen=True)
 class Opening:
     """What the app shows first."""
 
-    screen: Literal["start", "wizard"] = "start"
+    screen: Literal["start", "wizard", "monitor"] = "start"
     draft: Draft | None = None
     step: str = "model"
+    run_dir: Path | None = None
+    """The run the monitor opens on."""
     demo: bool = False
     """Build (once) and open the demo in the wizard."""
     demo_overrides: tuple[str, ...] = ()
@@ -57,8 +64,13 @@ class TuneTermApp(App[None]):
         super().__init__()
         self.services = services or Services()
         self.opening = opening
+        self.training: TrainingInApp | None = None
+        self.monitors: dict[Path, MonitorScreen] = {}
 
     def on_mount(self) -> None:
+        if self.opening.screen == "monitor" and self.opening.run_dir is not None:
+            self.open_monitor(self.opening.run_dir)  # the start screen comes when the monitor is left
+            return
         self.push_screen(StartScreen(self.services))
         if self.opening.demo:
             self.action_demo()
@@ -117,37 +129,98 @@ class TuneTermApp(App[None]):
 
     @on(RunChosen)
     def _run_chosen(self, message: RunChosen) -> None:
-        self.open_config(message.run_dir / "config.yaml")
+        self.open_monitor(message.run_dir)
 
-    # Launch ---------------------------------------------------------------------------------------------------
+    # Runs -----------------------------------------------------------------------------------------------------
 
-    def launch(self, config: RunConfig, draft: Draft) -> None:
-        """Start the run in a background thread and say where it writes."""
+    def leave(self, screen: Screen[Any]) -> None:
+        """Back from a screen: to the one under it, or to the start screen when it was the first."""
+        if len(self.screen_stack) > 2:
+            screen.dismiss()
+        else:
+            self.switch_screen(StartScreen(self.services))
+
+    def open_monitor(self, run_dir: Path, control: RunControl | None = None) -> MonitorScreen:
+        """The run's monitor, kept while the app runs so that leaving it and coming back loses nothing."""
+        run_dir = run_dir.resolve()
+        screen = self.monitors.get(run_dir)
+        if screen is None or control is not None:
+            screen = MonitorScreen(self.services, run_dir, control, self.retry)
+            self.monitors[run_dir] = screen
+        if screen not in self.screen_stack:
+            self.push_screen(screen)
+        return screen
+
+    def launch(self, config: RunConfig, detached: bool) -> None:
+        """Start a run from the wizard: in a thread of this app, or detached in a process of its own."""
         from tuneterm.engine.runner import new_run
 
+        if not detached and self.training is not None and self.training.active:
+            self.notify("A run is already training in this app: stop it first, or launch this one detached.",
+                        title="Cannot start the run", severity="warning", timeout=15)
+            return
         try:
             plan = new_run(config, self.services.runs_dir)
         except TuneTermError as exc:
             self.notify(str(exc), title="Cannot start the run", severity="error", timeout=20)
             return
-        self.notify(f"Training in the background; everything is written to {plan.run_dir}", title="Run started",
-                    timeout=20)
-        self.train(plan)
+        self.start(plan, detached)
 
-    @work(thread=True, group="runs", exit_on_error=False)
-    def train(self, plan: object) -> None:
-        from tuneterm.engine.runner import run
+    def start(self, plan: RunPlan, detached: bool) -> None:
+        from tuneterm.engine.detach import start_detached
 
-        result = run(plan)  # type: ignore[arg-type]
-        self.call_from_thread(self.notify, f"{type(result).__name__}: {getattr(result, 'status', '')} "
-                                           f"{getattr(result, 'reason', '')}", title="Run ended", timeout=30)
+        if detached:
+            try:
+                start_detached(plan.run_dir, resume=plan.resume_from is not None)
+            except TuneTermError as exc:
+                self.notify(str(exc), title="The run did not start", severity="error", timeout=20)
+                return
+            self.open_monitor(plan.run_dir)
+            self.notify(f"Running detached: it goes on if this terminal closes. Watch it again with tuneterm "
+                        f"monitor {plan.run_dir}", title="Run started", timeout=15)
+            return
+        training = TrainingInApp(plan, lambda events: None)
+        screen = self.open_monitor(plan.run_dir, training.control)
+        training.deliver = lambda events: screen.post_message(RunEventsPosted(events))
+        self.training = training
+        training.guard_against_hangup()
+        self.begin_capture_print(self)
+        self.train(training)
+
+    @work(thread=True, group="training", exit_on_error=False)
+    def train(self, training: TrainingInApp) -> None:
+        training.train()
+
+    def on_print(self, event: events.Print) -> None:
+        if self.training is not None:
+            self.training.write_print(event.text)
+
+    def retry(self, run_dir: Path, remedy: dict[str, Any]) -> None:
+        """A failed run again with one of its remedies: resumed when the change allows it, else started anew."""
+        from tuneterm.config import yaml_value
+        from tuneterm.engine.runner import new_run, resume_run
+
+        overrides = [f"{key}={yaml_value(value)}" for key, value in remedy["set"].items()]
+        in_app = self.training is not None and self.training.run_dir == run_dir
+        try:
+            plan = (resume_run(run_dir, overrides) if remedy["resume"]
+                    else new_run(load_config(run_dir / "config.yaml", overrides=overrides), self.services.runs_dir))
+        except TuneTermError as exc:
+            self.notify(str(exc), title="Cannot retry", severity="error", timeout=20)
+            return
+        self.monitors.pop(run_dir.resolve(), None)
+        self.start(plan, detached=not in_app)
 
     @on(Worker.StateChanged)
-    def _worker_failed(self, event: Worker.StateChanged) -> None:
-        """Worker errors of every screen, in one place: said, never a crash."""
+    def _worker_changed(self, event: Worker.StateChanged) -> None:
+        """Worker errors of every screen, in one place: said, never a crash; and the end of an in-app run."""
         if event.state == WorkerState.ERROR and event.worker.error is not None:
             self.notify(f"{type(event.worker.error).__name__}: {event.worker.error}", title="Unexpected error",
                         severity="error", timeout=15)
+        if event.worker.group == "training" and event.state in (WorkerState.SUCCESS, WorkerState.ERROR):
+            if self.training is not None:
+                self.training.release_hangup()
+            self.end_capture_print(self)
 
     # Quitting -------------------------------------------------------------------------------------------------
 
@@ -155,16 +228,31 @@ class TuneTermApp(App[None]):
         return any(getattr(screen, "unsaved_work", False) for screen in self.screen_stack)
 
     async def action_quit(self) -> None:
-        if not self.unsaved_work():
+        training = self.training if self.training is not None and self.training.active else None
+        if training is None and not self.unsaved_work():
             self.exit()
             return
 
         def answered(quit_now: bool | None) -> None:
-            if quit_now:
+            if not quit_now:
+                return
+            if training is None:
                 self.exit()
+                return
+            training.control.request_stop("quitting the app")
+            self.notify("Stopping the run after its current step and saving a checkpoint, then quitting...",
+                        title="Quit", timeout=600)
+            self.quit_when_stopped(training)
 
-        self.push_screen(Confirm("Quit tuneterm? The settings you entered in the wizard are not saved.",
-                                 yes="Quit"), answered)
+        question = ("A run is training in this app. Stop it after its current step (its checkpoint and adapter "
+                    "are saved, and it can be resumed) and quit?" if training is not None else
+                    "Quit tuneterm? The settings you entered in the wizard are not saved.")
+        self.push_screen(Confirm(question, yes="Stop and quit" if training else "Quit"), answered)
+
+    @work(thread=True, group="quitting", exit_on_error=False)
+    def quit_when_stopped(self, training: TrainingInApp) -> None:
+        training.wait()
+        self.call_from_thread(self.exit)
 
 
 def make_app(services: Services | None = None, opening: Opening = Opening()) -> TuneTermApp:

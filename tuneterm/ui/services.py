@@ -7,6 +7,7 @@ a frozen clock, so that screens are the same on every machine.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -30,3 +31,5 @@ class Services:
     built_demo: Callable[[], Path | None] = built_demo_dir
     """Where the demo is when it has been built already (listing models never builds it)."""
     now: Callable[[], float] = time.time
+    over_ssh: bool = field(default_factory=lambda: bool(os.environ.get("SSH_CONNECTION") or os.environ.get("SSH_TTY")))
+    """Launching detaches by default in an SSH session: a dropped connection must never cost a run."""

@@ -1,15 +1,17 @@
-"""Small modal dialogs: a yes/no question, and a path to save to."""
+"""Small modal dialogs: a yes/no question, a path to save to, a number, a choice."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import ModalScreen
-from textual.widgets import Button, Input, Label, Static
+from textual.widgets import Button, Input, Label, OptionList, Static
+from textual.widgets.option_list import Option
 
 
 class Confirm(ModalScreen[bool]):
@@ -84,3 +86,56 @@ class AskPath(ModalScreen["Path | None"]):
                 self.dismiss(path)
 
         self.app.push_screen(Confirm(f"{path} exists. Replace it?", yes="Replace"), replace)
+
+
+class AskNumber(ModalScreen["int | None"]):
+    """A positive whole number."""
+
+    BINDINGS = [Binding("escape", "cancel", "Cancel")]
+
+    def __init__(self, question: str, current: int):
+        super().__init__()
+        self.question, self.current = question, current
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog"):
+            yield Label(self.question)
+            yield Input(str(self.current), id="number", type="integer")
+            yield Static(id="number-problem")
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+    @on(Input.Submitted, "#number")
+    def _chosen(self, event: Input.Submitted) -> None:
+        try:
+            number = int(event.value)
+        except ValueError:
+            number = 0
+        if number < 1:
+            self.query_one("#number-problem", Static).update("[$error]A whole number, 1 or more.[/]")
+            return
+        self.dismiss(number)
+
+
+class Choose(ModalScreen[Any]):
+    """One of a few options, or none (escape)."""
+
+    BINDINGS = [Binding("escape", "cancel", "Cancel")]
+
+    def __init__(self, title: str, options: list[tuple[str, Any]]):
+        super().__init__()
+        self.title_text, self.options = title, options
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog"):
+            yield Label(self.title_text)
+            yield OptionList(*(Option(label, id=str(index)) for index, (label, _) in enumerate(self.options)),
+                             id="choices")
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+    @on(OptionList.OptionSelected, "#choices")
+    def _chosen(self, event: OptionList.OptionSelected) -> None:
+        self.dismiss(self.options[int(event.option.id or 0)][1])

@@ -54,8 +54,8 @@ STEPS = (("model", "Model"), ("data", "Data"), ("settings", "Settings"), ("revie
 DATA_KEYS = ("data.train", "data.eval", "data.format", "data.columns", "data.train_on")
 GPU_POLL_SECONDS = 2.0
 
-Launcher = Callable[[RunConfig, Draft], None]
-"""What launching does: the app decides (a run in a thread, a detached process, the monitor)."""
+Launcher = Callable[[RunConfig, bool], None]
+"""What launching does, given the config and whether to run detached: the app decides."""
 
 
 class WizardCommands(ActionCommands):
@@ -109,7 +109,7 @@ class WizardScreen(Screen[None]):
                 yield ModelStep(id="model")
                 yield DataStep(id="data")
                 yield SettingsStep(id="settings")
-                yield ReviewStep(id="review")
+                yield ReviewStep(self.services.over_ssh, id="review")
             yield PlanPanel(id="plan")
         yield Footer(compact=True)
 
@@ -486,7 +486,7 @@ class WizardScreen(Screen[None]):
             missing = "; ".join(str(p) for p in blocking[:3]) or "wait until the model and the data are read"
             self.notify(f"Not ready: {missing}", title="Cannot launch yet", severity="warning")
             return
-        self.launcher(self.config, self.draft)
+        self.launcher(self.config, self.query_one(ReviewStep).detached)
 
 
 def _slug(text: str) -> str:

@@ -75,7 +75,8 @@ class PlanPanel(VerticalScroll):
                                    plan.config.get("training.learning_rate"), plan.schedule.warmup_steps,
                                    plan.schedule.total_steps, points=200)
         if curve:
-            chart.set_series("planned", "planned", curve, "accent")
+            steps, rates = zip(*curve)
+            chart.set_series("planned", "planned", steps, rates, "accent")
         else:
             chart.remove_series("planned")
 

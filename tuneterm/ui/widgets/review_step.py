@@ -9,7 +9,7 @@ from textual.app import ComposeResult
 from textual.containers import Horizontal, VerticalScroll
 from textual.markup import escape
 from textual.message import Message
-from textual.widgets import Button, Static
+from textual.widgets import Button, Checkbox, Static
 
 from tuneterm.config import RunConfig
 from tuneterm.errors import Problem
@@ -38,6 +38,15 @@ def marked_yaml(config: RunConfig) -> str:
 
 
 class ReviewStep(VerticalScroll):
+    def __init__(self, detached_by_default: bool, id: str | None = None):
+        super().__init__(id=id)
+        self.detached_by_default = detached_by_default
+        self.command = ""
+
+    @property
+    def detached(self) -> bool:
+        return self.query_one("#detached", Checkbox).value
+
     def compose(self) -> ComposeResult:
         yield Static(id="review-status")
         yield Static("The same run from a shell", classes="group-title")
@@ -45,6 +54,9 @@ class ReviewStep(VerticalScroll):
         with Horizontal(id="review-actions"):
             yield Button("Save config (ctrl+s)", id="save", compact=True)
             yield Button("Launch (ctrl+r)", id="launch", variant="primary", compact=True)
+        yield Checkbox("Run detached (goes on if this terminal closes)", self.detached_by_default, id="detached",
+                       compact=True, tooltip="The run gets its own process: closing this terminal or losing the SSH "
+                                             "connection does not stop it. Watch it again with tuneterm monitor.")
         yield Static("Resolved config: [b]bold[/b] is yours, [$text-muted]dim[/] tuneterm's default, "
                      "[$accent]accent[/] derived from the data and the machine", classes="group-title")
         yield Static(id="review-yaml")
@@ -59,8 +71,17 @@ class ReviewStep(VerticalScroll):
             saved = f" (saved as {escape(source)})" if source else ""
             status.update(f"[$success][b]Ready to launch.[/b][/]{saved}")
         self.query_one("#launch", Button).disabled = bool(blocking)
-        self.query_one("#review-command", Static).update(escape(command))
+        self.command = command
+        self.show_command()
         self.query_one("#review-yaml", Static).update(marked_yaml(config) if config is not None else "")
+
+    def show_command(self) -> None:
+        self.query_one("#review-command", Static).update(escape(self.command + (" --detach" if self.detached else "")))
+
+    @on(Checkbox.Changed, "#detached")
+    def _detached(self, event: Checkbox.Changed) -> None:
+        event.stop()
+        self.show_command()
 
     @on(Button.Pressed, "#save")
     def _save(self, event: Button.Pressed) -> None:

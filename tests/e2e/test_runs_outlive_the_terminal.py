@@ -1,0 +1,134 @@
+"""Runs that outlive the terminal: detached runs followed from a new monitor and stopped from any shell, and an
+in-app run whose terminal disappears."""
+
+from __future__ import annotations
+
+import copy
+import fcntl
+import os
+import pty
+import signal
+import struct
+import subprocess
+import sys
+import termios
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.helpers import ROOT
+from tuneterm.cli import main
+from tuneterm.engine.events import RunFinished, StepLogged, read_events
+from tuneterm.engine.rundir import MARKER_FILE, is_live
+from tuneterm.engine.runner import resume_run, run
+from tuneterm.engine.runs import summarise_run
+
+
+def write_config(tmp_path: Path, config: dict) -> Path:
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def wait_for(condition, timeout: float = 120.0, what: str = "") -> None:  # noqa: ANN001
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def logged_step(run_dir: Path) -> int:
+    path = run_dir / "events.jsonl"
+    steps = [e.step for e in read_events(path) if isinstance(e, StepLogged)] if path.exists() else []
+    return steps[-1] if steps else 0
+
+
+def long_run(base_config: dict) -> dict:
+    config = copy.deepcopy(base_config)
+    config["training"].update(max_steps=300, eval_steps=50, per_device_train_batch_size=2,
+                              gradient_accumulation_steps=1)
+    return config
+
+
+async def test_a_detached_run_goes_on_alone_and_a_new_monitor_follows_it_to_the_end(
+        base_config: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.ui.conftest import make_services, wait_until
+    from tuneterm.ui.app import Opening, make_app
+    from tuneterm.ui.screens.monitor import MonitorScreen
+
+    base_config["training"]["num_train_epochs"] = 1
+    assert main(["train", str(write_config(tmp_path, base_config)), "--detach"]) == 0
+    out = capsys.readouterr().out
+    run_dir = Path(base_config["training"]["output_dir"])
+    assert f"Run directory: {run_dir}" in out and f"tuneterm monitor {run_dir}" in out
+    # The process that started it has returned; the run goes on in its own session. A new monitor attaches.
+    app = make_app(make_services(run_dir.parent), Opening("monitor", run_dir=run_dir))
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_until(pilot, lambda: isinstance(app.screen, MonitorScreen))
+        monitor = app.screen
+        await wait_until(pilot, lambda: monitor.view.result is not None, timeout=180, what="the detached run's end")
+        assert isinstance(monitor.view.result, RunFinished) and monitor.view.result.status == "completed"
+        assert monitor.view.step == monitor.view.total_steps
+    assert (run_dir / "train.log").is_file() and "Run completed" in (run_dir / "train.log").read_text()
+
+
+def test_tuneterm_stop_stops_a_detached_run_with_a_checkpoint_that_resumes(
+        base_config: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = long_run(base_config)
+    assert main(["train", str(write_config(tmp_path, config)), "--detach"]) == 0
+    run_dir = Path(config["training"]["output_dir"])
+    wait_for(lambda: logged_step(run_dir) >= 5, what="five steps")
+    assert summarise_run(run_dir).status == "running"
+    assert main(["stop", str(run_dir)]) == 0
+    out = capsys.readouterr().out
+    summary = summarise_run(run_dir)
+    assert summary.status == "stopped" and 5 <= summary.step < 300
+    assert f"Stopped at step {summary.step}" in out
+    assert (run_dir / f"checkpoint-{summary.step}" / MARKER_FILE).is_file()
+    assert main(["stop", str(run_dir)]) == 1, "a run that is not running says so"
+    result = run(resume_run(run_dir))
+    assert isinstance(result, RunFinished) and result.status == "completed" and result.global_step == 300
+
+
+def test_an_in_app_run_whose_terminal_hangs_up_stops_with_a_checkpoint_that_resumes(base_config: dict,
+                                                                                    tmp_path: Path) -> None:
+    config = long_run(base_config)
+    run_dir = Path(config["training"]["output_dir"])
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))
+    environment = {**os.environ, "TERM": "xterm-256color", "PYTHONPATH": str(ROOT)}
+    environment.pop("SSH_CONNECTION", None)
+    environment.pop("SSH_TTY", None)
+    process = subprocess.Popen([sys.executable, "-m", "tuneterm", str(write_config(tmp_path, config))],
+                               stdin=slave, stdout=slave, stderr=slave, env=environment, close_fds=True,
+                               start_new_session=True)
+    os.close(slave)
+    screen = bytearray()
+
+    def drain() -> None:  # a terminal reads everything the app writes
+        while True:
+            try:
+                data = os.read(master, 65536)
+            except OSError:
+                return
+            if not data:
+                return
+            screen.extend(data)
+
+    threading.Thread(target=drain, daemon=True).start()
+    wait_for(lambda: b"Ready to launch" in screen.replace(b"\x1b[", b""), what="the review step")
+    time.sleep(0.5)
+    os.write(master, b"\x12")  # ctrl+r: launch, in the app (not over SSH, so not detached)
+    wait_for(lambda: logged_step(run_dir) >= 3, what="three steps")
+    assert is_live(run_dir)
+    process.send_signal(signal.SIGHUP)
+    process.wait(120)
+    os.close(master)
+    summary = summarise_run(run_dir)
+    assert summary.status == "stopped", summary
+    assert (run_dir / f"checkpoint-{summary.step}" / MARKER_FILE).is_file()
+    result = run(resume_run(run_dir))
+    assert isinstance(result, RunFinished) and result.status == "completed"

@@ -1,0 +1,82 @@
+"""The control channel of a run: requests from any process, carried by a file in the run directory.
+
+`tuneterm stop RUN_DIR`, the monitor of a detached run and any other process append one JSON line per request
+to RUN_DIR/control.jsonl (stop, save, evaluate, patience); the run, whoever started it, reads new lines twice a
+second and hands them to its RunControl, which applies them between optimizer steps. What became of a request is
+in events.jsonl (StopRequested, CheckpointSaved, EvalFinished, PatienceChanged). A file needs no server, works
+over any filesystem the run directory is on, and every process of a distributed run reads it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+from tuneterm.engine.control import RunControl
+
+CONTROL_FILE = "control.jsonl"
+Action = Literal["stop", "save", "evaluate", "patience"]
+POLL_SECONDS = 0.5
+
+
+def send(run_dir: Path, action: Action, **arguments: Any) -> None:
+    """Append one request; a single small write with O_APPEND, so concurrent senders never interleave."""
+    line = json.dumps({"action": action, "time": time.time(), "pid": os.getpid(), **arguments}) + "\n"
+    descriptor = os.open(run_dir / CONTROL_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(descriptor, line.encode("utf-8"))
+    finally:
+        os.close(descriptor)
+
+
+def apply(request: dict[str, Any], control: RunControl) -> None:
+    action = request.get("action")
+    if action == "stop":
+        control.request_stop(str(request.get("reason") or "tuneterm stop"))
+    elif action == "save":
+        control.request_save()
+    elif action == "evaluate":
+        control.request_evaluate()
+    elif action == "patience" and isinstance(request.get("patience"), int) and request["patience"] > 0:
+        control.set_patience(request["patience"])
+
+
+class ChannelListener:
+    """While held, a thread applies the requests appended after it started (older ones are history)."""
+
+    def __init__(self, run_dir: Path, control: RunControl):
+        self.path = run_dir / CONTROL_FILE
+        self.control = control
+        self._offset = self.path.stat().st_size if self.path.exists() else 0
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._listen, name="tuneterm-control", daemon=True)
+
+    def poll(self) -> None:
+        if not self.path.exists() or self.path.stat().st_size <= self._offset:
+            return
+        with open(self.path, "rb") as handle:
+            handle.seek(self._offset)
+            data = handle.read()
+        complete = data[:data.rfind(b"\n") + 1]  # a line still being written waits for the next poll
+        self._offset += len(complete)
+        for line in complete.splitlines():
+            try:
+                apply(json.loads(line), self.control)
+            except ValueError:
+                continue
+
+    def _listen(self) -> None:
+        while not self._done.wait(POLL_SECONDS):
+            self.poll()
+
+    def __enter__(self) -> ChannelListener:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._done.set()
+        self._thread.join(timeout=2 * POLL_SECONDS)

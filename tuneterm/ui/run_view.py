@@ -1,0 +1,304 @@
+"""What the monitor knows of a run, built from its events in order, whatever their source.
+
+Every loss point is kept, in compact arrays (a 100k-step run is a few MB); the log keeps its last lines. A
+resumed run logs again the steps after its checkpoint: the later values replace the earlier ones. The sentinels
+turn the numbers into the warnings the guides give, each with its reason. Pure: no textual import, so it is
+tested on recorded event streams.
+"""
+
+from __future__ import annotations
+
+import array
+import math
+import statistics
+from bisect import bisect_left, bisect_right
+from collections import deque
+from dataclasses import dataclass
+from typing import Literal
+
+from tuneterm.config import GUIDE_COMPLETE, GUIDE_HYPERPARAMS, GUIDE_UNSLOTH
+from tuneterm.engine.events import (
+    CheckpointSaved,
+    EvalFinished,
+    Event,
+    PatienceChanged,
+    PhaseProgressed,
+    PhaseStarted,
+    RunFailed,
+    RunFinished,
+    RunStarted,
+    StepLogged,
+    StopRequested,
+    WarningIssued,
+)
+from tuneterm.plan.schedule import learning_rates
+
+LOG_LINES = 2000
+MEMORISING_LOSS = 0.2
+SPIKE_FACTOR = 5.0
+SPIKE_WINDOW = 50
+
+State = Literal["starting", "running", "completed", "early_stopped", "stopped", "failed", "interrupted"]
+
+
+@dataclass(frozen=True)
+class Sentinel:
+    level: Literal["warning", "error"]
+    title: str
+    why: str
+    source: str
+
+
+EMA_WEIGHT = 0.9
+
+
+class Smoother:
+    """Exponential moving average with bias correction, as TensorBoard smooths (non-finite points skipped), kept
+    up to date one point at a time."""
+
+    def __init__(self, weight: float = EMA_WEIGHT):
+        self.weight, self.average, self.count = weight, 0.0, 0
+
+    def add(self, value: float) -> float:
+        if math.isfinite(value):
+            self.count += 1
+            self.average = self.weight * self.average + (1 - self.weight) * value
+        return self.average / (1 - self.weight ** self.count) if self.count else value
+
+
+def ema(values: list[float], weight: float = EMA_WEIGHT) -> list[float]:
+    smoother = Smoother(weight)
+    return [smoother.add(value) for value in values]
+
+
+class RunView:
+    def __init__(self) -> None:
+        self.steps = array.array("i")
+        self.losses = array.array("d")
+        self.smoothed = array.array("d")
+        """The losses' moving average, point for point."""
+        self._smoother = Smoother()
+        self.rates = array.array("d")
+        self.grad_norms = array.array("d")
+        self.throughput = array.array("d")
+        self.step_times = array.array("d")
+        self.evals: list[EvalFinished] = []
+        self.checkpoints: list[CheckpointSaved] = []
+        self.started: RunStarted | None = None
+        self.first_started: RunStarted | None = None
+        self.result: RunFinished | RunFailed | None = None
+        self.phase = "starting"
+        self.progress: PhaseProgressed | None = None
+        self.stop_requested: StopRequested | None = None
+        self.patience: int | None = None
+        self.log: deque[str] = deque(maxlen=LOG_LINES)
+        self.log_count = 0
+        """Lines logged so far, those that fell out of `log` included."""
+        self.warnings: list[str] = []
+        self.process_gone = False
+        """The run's process died without a last event."""
+        self.nonfinite_step: int | None = None
+        """The first step whose loss or gradient norm was NaN or infinite (never shown as a number)."""
+        self.version = 0
+        """Counts applied events: views redraw only when it moved."""
+
+    # Feeding -------------------------------------------------------------------------------------------------
+
+    def apply(self, event: Event) -> None:
+        self.version += 1
+        if isinstance(event, StepLogged):
+            self._step(event)
+        elif isinstance(event, EvalFinished):
+            self.evals = [e for e in self.evals if e.step < event.step] + [event]
+            self.patience = event.patience if event.patience is not None else self.patience
+            self._say(f"eval at step {event.step:,}: loss {event.eval_loss:.4f}")
+        elif isinstance(event, RunStarted):
+            self.started = event
+            self.first_started = self.first_started or event
+            self.phase, self.result, self.stop_requested, self.process_gone = "training", None, None, False
+            self.patience = event.config.get("training", {}).get("early_stopping_patience", self.patience)
+            self._say(f"training {event.train_examples:,} examples for {event.total_steps:,} steps on "
+                            f"{event.device}" + (f", resuming from {event.resumed_from}" if event.resumed_from else ""))
+        elif isinstance(event, PhaseStarted):
+            self.phase, self.progress = event.phase, None
+            self._say(f"[{event.phase}] {event.detail}".rstrip())
+        elif isinstance(event, PhaseProgressed):
+            self.progress = event
+        elif isinstance(event, CheckpointSaved):
+            self.checkpoints.append(event)
+            self._say(f"checkpoint saved: {event.path}")
+        elif isinstance(event, PatienceChanged):
+            self.patience = event.patience
+            self._say(f"patience set to {event.patience} at step {event.step:,}")
+        elif isinstance(event, StopRequested):
+            self.stop_requested = event
+            self._say(f"stop requested ({event.reason}): finishing the step and saving")
+        elif isinstance(event, WarningIssued):
+            self.warnings.append(event.message)
+            self._say(f"warning ({event.source}): {event.message}")
+        elif isinstance(event, (RunFinished, RunFailed)):
+            self.result = event
+            self.phase = "ended"
+            self._say(f"run {event.status.replace('_', ' ')} at step {event.global_step:,}"
+                            if isinstance(event, RunFinished) else f"run failed: {event.reason}")
+
+    def _say(self, line: str) -> None:
+        self.log.append(line)
+        self.log_count += 1
+
+    def new_log_lines(self, seen: int) -> list[str]:
+        """The lines logged after the first `seen` (those still kept)."""
+        return list(self.log)[max(0, len(self.log) - (self.log_count - seen)):] if self.log_count > seen else []
+
+    def _step(self, event: StepLogged) -> None:
+        if self.steps and event.step <= self.steps[-1]:  # a resumed run logs these steps again
+            keep = bisect_left(self.steps, event.step)
+            for values in (self.steps, self.losses, self.smoothed, self.rates, self.grad_norms, self.throughput,
+                           self.step_times):
+                del values[keep:]
+            self._smoother = Smoother()
+            for loss in self.losses:
+                self._smoother.add(loss)
+        self.steps.append(event.step)
+        self.losses.append(event.loss)
+        self.smoothed.append(self._smoother.add(event.loss))
+        self.rates.append(event.learning_rate)
+        self.grad_norms.append(event.grad_norm if event.grad_norm is not None else math.nan)
+        self.throughput.append(event.tokens_per_second or math.nan)
+        self.step_times.append(event.time)
+        if not math.isfinite(event.loss) or event.grad_norm is not None and not math.isfinite(event.grad_norm):
+            self.nonfinite_step = self.nonfinite_step or event.step
+
+    # Reading -------------------------------------------------------------------------------------------------
+
+    @property
+    def state(self) -> State:
+        if isinstance(self.result, RunFinished):
+            return self.result.status
+        if isinstance(self.result, RunFailed):
+            return "failed"
+        if self.process_gone:
+            return "interrupted"
+        return "running" if self.started else "starting"
+
+    @property
+    def live(self) -> bool:
+        return self.state in ("starting", "running")
+
+    @property
+    def step(self) -> int:
+        return self.steps[-1] if self.steps else 0
+
+    @property
+    def total_steps(self) -> int | None:
+        return self.started.total_steps if self.started else None
+
+    @property
+    def baseline(self) -> float | None:
+        return next((e.eval_loss for e in self.evals if e.step == 0), None)
+
+    @property
+    def best(self) -> EvalFinished | None:
+        """The evaluation that beat the baseline by the most; None while none has."""
+        last = self.evals[-1] if self.evals else None
+        if last is None or last.best_eval_loss is None:
+            return None
+        return next((e for e in self.evals if e.step == last.best_step), None)
+
+    def next_eval_step(self) -> int | None:
+        if not self.started:
+            return None
+        interval = self.started.config.get("training", {}).get("eval_steps")
+        if not isinstance(interval, int) or not self.started.eval_examples:
+            return None
+        return (self.step // interval + 1) * interval
+
+    def elapsed(self) -> float:
+        """Seconds of training so far (from the run's first logged step to its latest event)."""
+        if not self.first_started:
+            return 0.0
+        end = self.result.time if self.result else self.step_times[-1] if self.step_times else self.first_started.time
+        return max(0.0, end - self.first_started.time)
+
+    def eta(self) -> float | None:
+        """Seconds to the last step at the pace of the last 50 steps (evaluations included)."""
+        if self.result or len(self.step_times) < 2 or not self.total_steps:
+            return None
+        window = min(50, len(self.step_times) - 1)
+        pace = (self.step_times[-1] - self.step_times[-1 - window]) / (self.steps[-1] - self.steps[-1 - window])
+        return max(0.0, pace * (self.total_steps - self.step))
+
+    def samples_per_second(self) -> float | None:
+        if not self.started or len(self.step_times) < 2:
+            return None
+        window = min(50, len(self.step_times) - 1)
+        seconds = self.step_times[-1] - self.step_times[-1 - window]
+        steps = self.steps[-1] - self.steps[-1 - window]
+        batch = self.started.train_examples / max(self.started.steps_per_epoch, 1)
+        return steps * batch / seconds if seconds > 0 else None
+
+    def planned_rates(self, points: int = 400) -> list[tuple[int, float]] | None:
+        if not self.started:
+            return None
+        training = self.started.config.get("training", {})
+        warmup = training.get("warmup_steps", 0)
+        total = self.started.total_steps
+        warmup_steps = math.ceil(total * warmup) if isinstance(warmup, float) else int(warmup or 0)
+        return learning_rates(training.get("lr_scheduler_type", "linear"), training.get("learning_rate", 0.0),
+                              warmup_steps, total, points)
+
+    # Sentinels -----------------------------------------------------------------------------------------------
+
+    def sentinels(self) -> list[Sentinel]:
+        found = []
+        if self.nonfinite_step is not None:
+            found.append(Sentinel("error", f"non-finite loss or gradient norm at step {self.nonfinite_step:,}",
+                                  "the updates blew up: the usual causes are a learning rate too high, fp16 overflow "
+                                  "or bad data; the run stops and saves nothing after it",
+                                  f"{GUIDE_HYPERPARAMS}, chapters 1 and 6"))
+        recent = [x for x in self.losses[-20:] if math.isfinite(x)]
+        if recent and statistics.fmean(recent) < MEMORISING_LOSS:
+            found.append(Sentinel("warning", f"train loss {statistics.fmean(recent):.3f}, under {MEMORISING_LOSS}",
+                                  "a training loss this low usually means the model is memorising the training "
+                                  "data and will do worse on unseen inputs", GUIDE_UNSLOTH))
+        if self._eval_rising_while_train_falls():
+            found.append(Sentinel("warning", "eval loss rising while train loss falls",
+                                  "the adapter has started to learn the training examples instead of the task: "
+                                  "overfitting; early stopping returns to the best checkpoint",
+                                  f"{GUIDE_HYPERPARAMS}, chapter 4; {GUIDE_COMPLETE}"))
+        spike = self._recent_spike()
+        if spike is not None:
+            found.append(Sentinel("warning", f"gradient norm spike: {spike[1]:.2f} at step {spike[0]:,}",
+                                  "a sudden jump in the gradient norm is a violent update; warmup exists to prevent "
+                                  "them early, a lower learning rate later", f"{GUIDE_HYPERPARAMS}, chapter 3"))
+        after = [e for e in self.evals if e.step > 0 and math.isfinite(e.eval_loss)]
+        if self.baseline is not None and len(after) >= 2 and all(e.eval_loss >= self.baseline for e in after):
+            found.append(Sentinel("warning", "no evaluation has beaten the eval loss before training",
+                                  f"{len(after)} evaluations, all worse than {self.baseline:.4f}: training is making "
+                                  "the model worse on held-out data (a learning rate too high, or eval data unlike "
+                                  "the training data)", f"{GUIDE_HYPERPARAMS}, chapter 4"))
+        return found
+
+    def _eval_rising_while_train_falls(self) -> bool:
+        later = [e for e in self.evals if e.step > 0]
+        if len(later) < 3:
+            return False
+        last3 = later[-3:]
+        rising = last3[0].eval_loss < last3[1].eval_loss < last3[2].eval_loss
+        first, last = bisect_left(self.steps, last3[0].step), bisect_right(self.steps, last3[2].step)
+        span = [x for x in self.losses[first:last] if math.isfinite(x)]
+        falling = len(span) >= 4 and statistics.fmean(span[len(span) // 2:]) < statistics.fmean(span[:len(span) // 2])
+        return rising and falling
+
+    def _recent_spike(self) -> tuple[int, float] | None:
+        """The latest gradient norm of the last SPIKE_WINDOW steps that is over SPIKE_FACTOR times the median of the
+        SPIKE_WINDOW before it: shown for that many steps, so a spike between two redraws is not missed."""
+        end = len(self.grad_norms)
+        for index in range(end - 1, max(end - 1 - SPIKE_WINDOW, 0), -1):
+            norm = self.grad_norms[index]
+            if not math.isfinite(norm):
+                continue
+            before = [g for g in self.grad_norms[max(0, index - SPIKE_WINDOW):index] if math.isfinite(g)]
+            if len(before) >= 10 and norm > SPIKE_FACTOR * statistics.median(before) > 0:
+                return self.steps[index], norm
+        return None
