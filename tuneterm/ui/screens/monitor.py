@@ -282,7 +282,7 @@ class MonitorScreen(Screen[None]):
         chart.set_series("train", "train (EMA)" if self.smooth else "train", view.steps,
                          view.smoothed if self.smooth else view.losses, "primary")
         chart.set_series("eval", "eval", [e.step for e in view.evals], [e.eval_loss for e in view.evals], "accent",
-                         marker="dot")
+                         marker="●", joined=False)
         best = view.best
         chart.set_vertical("best", best.step if best else None, "success")
         chart.set_axes("step", "loss (log)" if self.log_y else "loss", self.log_y)

@@ -32,6 +32,8 @@ class Series:
     colour: str
     """A theme variable: "primary", "accent", "warning", "error", "success", "secondary"."""
     marker: str = "braille"
+    joined: bool = True
+    """False for points that are not a curve (evaluations): drawn as markers alone."""
 
 
 @dataclass
@@ -107,9 +109,9 @@ class LineChart(Widget):
     # The interface --------------------------------------------------------------------------------------------
 
     def set_series(self, key: str, label: str, xs: Sequence[float], ys: Sequence[float], colour: str = "primary",
-                   marker: str = "braille") -> None:
+                   marker: str = "braille", joined: bool = True) -> None:
         """A series as two columns; they may be live arrays that grow (call mark_changed when they do)."""
-        self.figure.series[key] = Series(label, xs, ys, colour, marker)
+        self.figure.series[key] = Series(label, xs, ys, colour, marker, joined)
         self._dirty = True
 
     def remove_series(self, key: str) -> None:
@@ -163,7 +165,8 @@ class LineChart(Widget):
         for series in self.figure.series.values():
             xs, ys = downsample(series.xs, series.ys, 2 * width, self.figure.log_y)
             if xs:
-                plt.plot(xs, ys, label=series.label, color=self._colour(series.colour), marker=series.marker)
+                draw = plt.plot if series.joined else plt.scatter
+                draw(xs, ys, label=series.label, color=self._colour(series.colour), marker=series.marker)
                 drawn = True
         for x, colour in self.figure.vertical.values():
             plt.vline(x, color=self._colour(colour))
