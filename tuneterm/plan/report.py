@@ -81,7 +81,8 @@ def format_plan(plan: Plan) -> str:
                      "follow from the number of examples")
     else:
         sc = plan.schedule
-        evaluation = f"eval every {sc.eval_steps} steps, " if sc.eval_steps else "no evaluation, "
+        evaluation = ("no evaluation, " if not sc.eval_steps else "eval every step, " if sc.eval_steps == 1
+                      else f"eval every {sc.eval_steps} steps, ")
         gpus = f"{s.world_size} GPU{'s' if s.world_size > 1 else ''}"
         lines.append(f"Schedule  effective batch {sc.effective_batch_size} ({s.micro_batch} x "
                      f"{plan.config.get('training.gradient_accumulation_steps')} x {gpus}); "

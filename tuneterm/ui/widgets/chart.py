@@ -162,9 +162,11 @@ class LineChart(Widget):
         plt.clear_figure()
         width = max(20, self.size.width)
         drawn = False
+        low, high = math.inf, -math.inf
         for series in self.figure.series.values():
             xs, ys = downsample(series.xs, series.ys, 2 * width, self.figure.log_y)
             if xs:
+                low, high = min(low, xs[0]), max(high, xs[-1])
                 draw = plt.plot if series.joined else plt.scatter
                 draw(xs, ys, label=series.label, color=self._colour(series.colour), marker=series.marker)
                 drawn = True
@@ -172,6 +174,8 @@ class LineChart(Widget):
             plt.vline(x, color=self._colour(colour))
         if self.figure.log_y and drawn:
             plt.yscale("log")
+        if high - low >= 4:  # x is a step count: ticks at whole steps
+            plt.xticks(sorted({round(low + (high - low) * i / 4) for i in range(5)}))
         plt.xlabel(self.figure.x_label)
         plt.ylabel(self.figure.y_label)
         plot.generation += 1

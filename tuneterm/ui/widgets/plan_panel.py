@@ -113,7 +113,8 @@ class PlanPanel(VerticalScroll):
             return (f"effective batch [b]{micro * accumulation}[/b] ({micro} x {accumulation})\n"
                     "[$text-muted]steps, warmup and evaluation follow once the data is read[/]")
         s = plan.schedule
-        evaluation = f"eval every [b]{s.eval_steps}[/b] steps" if s.eval_steps else "[$warning]no evaluation[/]"
+        evaluation = ("[$warning]no evaluation[/]" if not s.eval_steps else "eval every step" if s.eval_steps == 1
+                      else f"eval every [b]{s.eval_steps}[/b] steps")
         return (f"effective batch [b]{s.effective_batch_size}[/b] ({micro} x {accumulation})\n"
                 f"[b]{s.steps_per_epoch:,}[/b] steps per epoch, [b]{s.total_steps:,}[/b] in total\n"
                 f"warmup [b]{s.warmup_steps}[/b] steps, {evaluation}\n"
