@@ -257,7 +257,7 @@ def _runs(args: argparse.Namespace) -> int:
     from tuneterm.ui.app import Opening, make_app
     from tuneterm.ui.services import Services
 
-    make_app(Services(runs_dir=args.runs_dir), Opening("start")).run()
+    make_app(Services(runs_dir=args.runs_dir), Opening("runs")).run()
     return EXIT_OK
 
 

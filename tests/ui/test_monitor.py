@@ -139,3 +139,14 @@ async def test_a_replayed_run_shows_every_evaluation(tmp_path: Path) -> None:
         assert len(monitor.view.evals) == len(recorded)
         assert all(isinstance(e, EvalFinished) for e in monitor.view.evals)
         assert monitor.check_action("stop", ()) is None
+
+
+async def test_tuneterm_runs_opens_with_the_cursor_on_the_runs_and_enter_opens_the_monitor(tmp_path: Path) -> None:
+    run = tmp_path / "runs" / "recorded-run"
+    shutil.copytree(DATA / "recorded-run", run)
+    app = make_app(make_services(tmp_path / "runs"), Opening("runs"))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_until(pilot, lambda: app.focused is not None and app.focused.id == "runs", what="the run list")
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: isinstance(app.screen, MonitorScreen), what="the monitor")
+        assert app.screen.run_dir == run

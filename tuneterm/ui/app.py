@@ -30,7 +30,8 @@ from tuneterm.ui.training import TrainingInApp
 class Opening:
     """What the app shows first."""
 
-    screen: Literal["start", "wizard", "monitor"] = "start"
+    screen: Literal["start", "runs", "wizard", "monitor"] = "start"
+    """"runs": the start screen with the cursor on the recent runs."""
     draft: Draft | None = None
     step: str = "model"
     run_dir: Path | None = None
@@ -71,7 +72,7 @@ class TuneTermApp(App[None]):
         if self.opening.screen == "monitor" and self.opening.run_dir is not None:
             self.open_monitor(self.opening.run_dir)  # the start screen comes when the monitor is left
             return
-        self.push_screen(StartScreen(self.services))
+        self.push_screen(StartScreen(self.services, runs_first=self.opening.screen == "runs"))
         if self.opening.demo:
             self.action_demo()
         elif self.opening.screen == "wizard":

@@ -55,9 +55,11 @@ class StartScreen(Screen[None]):
         Binding("r", "refresh_runs", "Refresh runs", id="refresh"),
     ]
 
-    def __init__(self, services: Services):
+    def __init__(self, services: Services, runs_first: bool = False):
         super().__init__()
         self.services = services
+        self.runs_first = runs_first
+        """Opened by `tuneterm runs`: the cursor starts on the newest run, not on "new run"."""
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -101,6 +103,9 @@ class StartScreen(Screen[None]):
             table.add_row(Text(run.name), Text(run.status.replace("_", " "), style=colour), run.method or "?",
                           Text(model), step, best, age(run.started, now), key=str(run.run_dir))
         table.display = bool(message.runs)
+        if self.runs_first and message.runs:
+            self.runs_first = False
+            table.focus()
         self.query_one("#runs-title", Static).update(
             f"Recent runs in {escape(str(self.services.runs_dir))}" if message.runs else
             f"No runs yet in {escape(str(self.services.runs_dir))}: start a new run, or try the demo.")
