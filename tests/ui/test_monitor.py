@@ -81,7 +81,7 @@ async def test_evaluate_now_and_stop_from_the_monitor(tiny_model: Path, chat_dat
         assert isinstance(result, RunFinished) and result.status == "stopped"
         assert (Path(result.run_dir) / f"checkpoint-{result.global_step}" / "tuneterm-complete.json").is_file()
         assert any("Stopping after the current step" in n.message for n in app._notifications)
-        assert monitor.check_action("stop", ()) is None, "a finished run cannot be stopped again"
+        assert not monitor.check_action("stop", ()), "a finished run cannot be stopped again"
 
 
 async def test_quitting_during_an_in_app_run_stops_it_with_a_checkpoint(tiny_model: Path, chat_data: dict,
@@ -138,7 +138,7 @@ async def test_a_replayed_run_shows_every_evaluation(tmp_path: Path) -> None:
         recorded = [line for line in (run / "events.jsonl").read_text().splitlines() if "EvalFinished" in line]
         assert len(monitor.view.evals) == len(recorded)
         assert all(isinstance(e, EvalFinished) for e in monitor.view.evals)
-        assert monitor.check_action("stop", ()) is None
+        assert not monitor.check_action("stop", ())
 
 
 async def test_tuneterm_runs_opens_with_the_cursor_on_the_runs_and_enter_opens_the_monitor(tmp_path: Path) -> None:

@@ -38,6 +38,24 @@ tuneterm fine-tunes a language model with LoRA or QLoRA (transformers, PEFT, TRL
 | ? or F1 | this help |
 | ctrl+q | quit (asks first when there is unsaved work or a running run) |
 
+## The monitor
+
+Launching opens the monitor; `tuneterm monitor RUN_DIR` opens it on any run, live or finished, and
+`tuneterm runs` lists them. Tabs 1 to 4: overview (loss, early stopping, gradient norm, machine), learning
+rate, system, log. Warnings the guides give appear above the tabs while they apply.
+
+| key | what it does |
+|---|---|
+| s | stop after the current step, with a checkpoint and the adapter (twice still saves once) |
+| c | save a checkpoint after the current step |
+| e | evaluate after the current step |
+| p | change early stopping's patience |
+| m / g | the loss's moving average / a log axis |
+| r | after an out-of-memory or NaN failure: retry with one of its remedies |
+| escape | back; the run goes on |
+
+A run in the app stops with a checkpoint when the app quits or its terminal closes; a detached run goes on.
+
 ## Where the advice comes from
 
 - *The LoRA Hyperparameters No One Explains*: learning rate and alpha/rank, effective batch, warmup and

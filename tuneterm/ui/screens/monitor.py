@@ -92,6 +92,10 @@ def gauge(value: int, total: int, width: int = 10) -> str:
     return f"[{colour}]{'■' * filled}[/][$panel-lighten-2]{'□' * (width - filled)}[/]"
 
 
+CHART_KEYS = Binding.Group("Chart")
+"""Smoothing and log axis share one footer entry, so the footer fits 80 columns."""
+
+
 class MonitorCommands(ActionCommands):
     COMMANDS = (("Stop the run", "screen.stop", "Finish the step, save a checkpoint and the adapter"),
                 ("Save a checkpoint now", "screen.save", ""), ("Evaluate now", "screen.evaluate", ""),
@@ -105,11 +109,11 @@ class MonitorScreen(Screen[None]):
     COMMANDS = {MonitorCommands}
     BINDINGS = [
         Binding("s", "stop", "Stop", id="stop", tooltip="Finish the current step, save a checkpoint and stop"),
-        Binding("c", "save", "Checkpoint", id="save", tooltip="Save a checkpoint after the current step"),
-        Binding("e", "evaluate", "Evaluate", id="evaluate", tooltip="Evaluate after the current step"),
+        Binding("c", "save", "Save", id="save", tooltip="Save a checkpoint after the current step"),
+        Binding("e", "evaluate", "Eval", id="evaluate", tooltip="Evaluate after the current step"),
         Binding("p", "patience", "Patience", id="patience", tooltip="Change early stopping's patience"),
-        Binding("m", "smooth", "Smooth", id="smooth"),
-        Binding("g", "log_scale", "Log y", id="log_scale"),
+        Binding("m", "smooth", "Smooth", id="smooth", group=CHART_KEYS, tooltip="The loss's moving average on or off"),
+        Binding("g", "log_scale", "Log y", id="log_scale", group=CHART_KEYS, tooltip="The loss on a log axis"),
         Binding("r", "retry", "Retry", id="retry", tooltip="Run again with one of the failure's remedies"),
         Binding("1", "tab('overview')", "Overview", show=False),
         Binding("2", "tab('rate')", "Learning rate", show=False),
@@ -367,11 +371,12 @@ class MonitorScreen(Screen[None]):
     # Controls ------------------------------------------------------------------------------------------------
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """The run's controls only while it runs, retry only after a failure with remedies: hidden otherwise."""
         if action in ("stop", "save", "evaluate", "patience"):
-            return True if self.view.live and not self.view.process_gone else None
+            return self.view.live and not self.view.process_gone
         if action == "retry":
             failed = self.view.result
-            return True if isinstance(failed, RunFailed) and failed.remedies and self.retry_with else None
+            return bool(isinstance(failed, RunFailed) and failed.remedies and self.retry_with)
         return True
 
     def action_stop(self) -> None:
