@@ -82,6 +82,15 @@ async def test_evaluate_now_and_stop_from_the_monitor(tiny_model: Path, chat_dat
         assert (Path(result.run_dir) / f"checkpoint-{result.global_step}" / "tuneterm-complete.json").is_file()
         assert any("Stopping after the current step" in n.message for n in app._notifications)
         assert not monitor.check_action("stop", ()), "a finished run cannot be stopped again"
+        await pilot.press("r")
+        await wait_until(pilot, lambda: app.screen is not monitor and app.screen.view.started is not None
+                         and app.screen.view.step > result.global_step, timeout=120, what="the resumed run")
+        resumed = app.screen
+        assert resumed.run_dir == monitor.run_dir and resumed.view.started.resumed_from
+        assert resumed.view.steps[0] == 1, "the resumed run's monitor shows the run from its first step"
+        await pilot.press("s")
+        await wait_until(pilot, lambda: resumed.view.result is not None, timeout=120, what="the second stop")
+        assert resumed.view.result.status == "stopped" and resumed.view.result.global_step > result.global_step
 
 
 async def test_quitting_during_an_in_app_run_stops_it_with_a_checkpoint(tiny_model: Path, chat_data: dict,

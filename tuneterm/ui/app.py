@@ -15,6 +15,7 @@ from textual.worker import Worker, WorkerState
 
 from tuneterm.config import RunConfig, load_config
 from tuneterm.engine.control import RunControl
+from tuneterm.engine.events import EVENTS_FILE, read_events
 from tuneterm.engine.runner import RunPlan
 from tuneterm.errors import TuneTermError
 from tuneterm.ui.commands import ActionCommands
@@ -146,7 +147,7 @@ class TuneTermApp(App[None]):
         run_dir = run_dir.resolve()
         screen = self.monitors.get(run_dir)
         if screen is None or control is not None:
-            screen = MonitorScreen(self.services, run_dir, control, self.retry)
+            screen = MonitorScreen(self.services, run_dir, control, self.run_again)
             self.monitors[run_dir] = screen
         if screen not in self.screen_stack:
             self.push_screen(screen)
@@ -182,6 +183,8 @@ class TuneTermApp(App[None]):
             return
         training = TrainingInApp(plan, lambda events: None)
         screen = self.open_monitor(plan.run_dir, training.control)
+        if plan.resume_from is not None:  # the run so far first, then what the resumed run adds
+            screen.post_message(RunEventsPosted(read_events(plan.run_dir / EVENTS_FILE)))
         training.deliver = lambda events: screen.post_message(RunEventsPosted(events))
         self.training = training
         training.guard_against_hangup()
@@ -196,18 +199,23 @@ class TuneTermApp(App[None]):
         if self.training is not None:
             self.training.write_print(event.text)
 
-    def retry(self, run_dir: Path, remedy: dict[str, Any]) -> None:
-        """A failed run again with one of its remedies: resumed when the change allows it, else started anew."""
+    def run_again(self, run_dir: Path, settings: dict[str, Any], resume: bool) -> None:
+        """A run again with changed settings (a failure's remedy, or none): resumed from its last checkpoint, or
+        started anew in a new directory. In this app's thread when it ran here, else detached."""
         from tuneterm.config import yaml_value
         from tuneterm.engine.runner import new_run, resume_run
 
-        overrides = [f"{key}={yaml_value(value)}" for key, value in remedy["set"].items()]
-        in_app = self.training is not None and self.training.run_dir == run_dir
+        if self.training is not None and self.training.active:
+            self.notify("A run is already training in this app: stop it first.", title="Cannot start the run",
+                        severity="warning", timeout=15)
+            return
+        overrides = [f"{key}={yaml_value(value)}" for key, value in settings.items()]
+        in_app = self.training is not None and self.training.run_dir.resolve() == run_dir.resolve()
         try:
-            plan = (resume_run(run_dir, overrides) if remedy["resume"]
+            plan = (resume_run(run_dir, overrides) if resume
                     else new_run(load_config(run_dir / "config.yaml", overrides=overrides), self.services.runs_dir))
         except TuneTermError as exc:
-            self.notify(str(exc), title="Cannot retry", severity="error", timeout=20)
+            self.notify(str(exc), title="Cannot start the run again", severity="error", timeout=20)
             return
         self.monitors.pop(run_dir.resolve(), None)
         self.start(plan, detached=not in_app)

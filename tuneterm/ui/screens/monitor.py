@@ -102,7 +102,8 @@ class MonitorCommands(ActionCommands):
                 ("Change patience", "screen.patience", "Early stopping's patience, while it runs"),
                 ("Smooth the loss", "screen.smooth", "Exponential moving average on or off"),
                 ("Log scale", "screen.log_scale", "The loss on a log axis"),
-                ("Retry with a remedy", "screen.retry", "After an out-of-memory or NaN failure"))
+                ("Retry with a remedy", "screen.retry", "After an out-of-memory or NaN failure"),
+                ("Resume the run", "screen.resume", "A stopped or interrupted run, from its last checkpoint"))
 
 
 class MonitorScreen(Screen[None]):
@@ -115,6 +116,7 @@ class MonitorScreen(Screen[None]):
         Binding("m", "smooth", "Smooth", id="smooth", group=CHART_KEYS, tooltip="The loss's moving average on or off"),
         Binding("g", "log_scale", "Log y", id="log_scale", group=CHART_KEYS, tooltip="The loss on a log axis"),
         Binding("r", "retry", "Retry", id="retry", tooltip="Run again with one of the failure's remedies"),
+        Binding("r", "resume", "Resume", id="resume", tooltip="Continue from the last complete checkpoint"),
         Binding("1", "tab('overview')", "Overview", show=False),
         Binding("2", "tab('rate')", "Learning rate", show=False),
         Binding("3", "tab('system')", "System", show=False),
@@ -123,12 +125,13 @@ class MonitorScreen(Screen[None]):
     ]
 
     def __init__(self, services: Services, run_dir: Path, control: RunControl | None = None,
-                 retry: Callable[[Path, dict[str, Any]], None] | None = None):
+                 again: Callable[[Path, dict[str, Any], bool], None] | None = None):
         super().__init__()
         self.services, self.run_dir = services, run_dir
         self.handle = RunHandle(run_dir, control)
         self.in_app = control is not None
-        self.retry_with = retry
+        self.again = again
+        """again(run_dir, settings, resume): the run again with changed settings, resumed or started anew."""
         self.view = RunView()
         self.drawn_version = -1
         self.shown: dict[str, str] = {}
@@ -255,6 +258,8 @@ class MonitorScreen(Screen[None]):
         elif view.process_gone:
             lines.append(f"[$error]The run's process ended without a last event (killed, or its machine went down).[/] "
                          f"Continue it with: tuneterm train --resume {escape(str(self.run_dir))}")
+        if self.resumable:
+            lines.append("[$accent]r[/]: resume from the last complete checkpoint")
         self.show("run-status", "\n".join(lines))
 
     @staticmethod
@@ -376,8 +381,18 @@ class MonitorScreen(Screen[None]):
             return self.view.live and not self.view.process_gone
         if action == "retry":
             failed = self.view.result
-            return bool(isinstance(failed, RunFailed) and failed.remedies and self.retry_with)
+            return bool(isinstance(failed, RunFailed) and failed.remedies and self.again)
+        if action == "resume":
+            return self.resumable
         return True
+
+    @property
+    def resumable(self) -> bool:
+        """Stopped, interrupted, or failed with nothing to change (a full disk), with a checkpoint to go on from."""
+        result, view = self.view.result, self.view
+        ended_early = (view.state in ("stopped", "interrupted")
+                       or isinstance(result, RunFailed) and not result.remedies)
+        return bool(ended_early and self.again and any(self.run_dir.glob("checkpoint-*")))
 
     def action_stop(self) -> None:
         if self.handle.stop():
@@ -423,17 +438,21 @@ class MonitorScreen(Screen[None]):
         from tuneterm.ui.screens.dialogs import Choose
 
         failed = self.view.result
-        if not isinstance(failed, RunFailed) or not failed.remedies or self.retry_with is None:
+        if not isinstance(failed, RunFailed) or not failed.remedies or self.again is None:
             return
-        retry = self.retry_with
+        again = self.again
         options = [(f"{r['why']} ({'resume' if r['resume'] else 'start again'} with "
                     f"{', '.join(f'{k}={v}' for k, v in r['set'].items())})", r) for r in failed.remedies]
 
         def chosen(remedy: dict[str, Any] | None) -> None:
             if remedy is not None:
-                retry(self.run_dir, remedy)
+                again(self.run_dir, remedy["set"], remedy["resume"])
 
         self.app.push_screen(Choose("Retry with", options), chosen)
+
+    def action_resume(self) -> None:
+        if self.resumable and self.again is not None:
+            self.again(self.run_dir, {}, True)
 
     def action_leave(self) -> None:
         self.app.leave(self)  # type: ignore[attr-defined]
