@@ -135,3 +135,20 @@ def test_the_log_hands_on_new_lines_after_old_ones_fell_out() -> None:
     assert view.new_log_lines(2500) == []
     assert view.new_log_lines(2498) == ["eval at step 2,499: loss 1.0000", "eval at step 2,500: loss 1.0000"]
     assert len(view.new_log_lines(0)) == 2000, "at most the lines kept"
+
+
+def test_time_lying_stopped_is_not_counted_and_paces_start_again_after_a_resume() -> None:
+    view = RunView()
+    view.apply(started(total=100))
+    steps(view, [1.0] * 20)  # steps 1..20 at t = 1..20
+    view.apply(RunFinished(time=20.0, status="stopped", run_dir="r", global_step=20))
+    resumed = started(total=100)
+    view.apply(RunStarted(**{**resumed.__dict__, "time": 1000.0, "resumed_from": "checkpoint-10"}))
+    assert view.eta() is None, "no pace yet in the resumed run"
+    for step in range(11, 14):  # the resumed run logs steps 11.. again, two seconds apart
+        view.apply(StepLogged(time=1000.0 + 2 * (step - 10), step=step, max_steps=100, epoch=0.0, loss=1.0,
+                              learning_rate=1e-4, grad_norm=1.0))
+    assert list(view.steps) == list(range(1, 14))
+    assert view.elapsed() == 20.0 + 6.0
+    assert view.eta() == 2.0 * (100 - 13)
+    assert view.samples_per_second() == 8.0

@@ -85,7 +85,12 @@ class RunView:
         self.evals: list[EvalFinished] = []
         self.checkpoints: list[CheckpointSaved] = []
         self.started: RunStarted | None = None
-        self.first_started: RunStarted | None = None
+        self.segment_start: int = 0
+        """Index of the first step logged by the latest start (a resume): paces are measured from there."""
+        self._elapsed_before = 0.0
+        """Seconds the run trained before its latest start; the time it lay stopped or dead is not counted."""
+        self._latest_time: float | None = None
+        self._segment_time: float | None = None
         self.result: RunFinished | RunFailed | None = None
         self.phase = "starting"
         self.progress: PhaseProgressed | None = None
@@ -106,6 +111,12 @@ class RunView:
 
     def apply(self, event: Event) -> None:
         self.version += 1
+        if isinstance(event, RunStarted):
+            if self._segment_time is not None and self._latest_time is not None:
+                self._elapsed_before += max(0.0, self._latest_time - self._segment_time)
+            self._segment_time = event.time
+            self.segment_start = -1  # set by the next step
+        self._latest_time = event.time
         if isinstance(event, StepLogged):
             self._step(event)
         elif isinstance(event, EvalFinished):
@@ -114,7 +125,6 @@ class RunView:
             self._say(f"eval at step {event.step:,}: loss {event.eval_loss:.4f}")
         elif isinstance(event, RunStarted):
             self.started = event
-            self.first_started = self.first_started or event
             self.phase, self.result, self.stop_requested, self.process_gone = "training", None, None, False
             self.patience = event.config.get("training", {}).get("early_stopping_patience", self.patience)
             self._say(f"training {event.train_examples:,} examples for {event.total_steps:,} steps on "
@@ -159,6 +169,8 @@ class RunView:
             self._smoother = Smoother()
             for loss in self.losses:
                 self._smoother.add(loss)
+        if self.segment_start < 0:
+            self.segment_start = len(self.steps)
         self.steps.append(event.step)
         self.losses.append(event.loss)
         self.smoothed.append(self._smoother.add(event.loss))
@@ -214,24 +226,27 @@ class RunView:
         return (self.step // interval + 1) * interval
 
     def elapsed(self) -> float:
-        """Seconds of training so far (from the run's first logged step to its latest event)."""
-        if not self.first_started:
+        """Seconds of training so far: from each start of the run to its latest event, not the time in between."""
+        if self._segment_time is None or self._latest_time is None:
             return 0.0
-        end = self.result.time if self.result else self.step_times[-1] if self.step_times else self.first_started.time
-        return max(0.0, end - self.first_started.time)
+        return self._elapsed_before + max(0.0, self._latest_time - self._segment_time)
+
+    def _pace_window(self) -> int:
+        """How many of the latest steps to measure a pace over: at most 50, all since the latest start."""
+        return min(50, len(self.step_times) - 1 - self.segment_start) if self.segment_start >= 0 else 0
 
     def eta(self) -> float | None:
         """Seconds to the last step at the pace of the last 50 steps (evaluations included)."""
-        if self.result or len(self.step_times) < 2 or not self.total_steps:
+        window = self._pace_window()
+        if self.result or window < 1 or not self.total_steps:
             return None
-        window = min(50, len(self.step_times) - 1)
         pace = (self.step_times[-1] - self.step_times[-1 - window]) / (self.steps[-1] - self.steps[-1 - window])
         return max(0.0, pace * (self.total_steps - self.step))
 
     def samples_per_second(self) -> float | None:
-        if not self.started or len(self.step_times) < 2:
+        window = self._pace_window()
+        if not self.started or window < 1:
             return None
-        window = min(50, len(self.step_times) - 1)
         seconds = self.step_times[-1] - self.step_times[-1 - window]
         steps = self.steps[-1] - self.steps[-1 - window]
         batch = self.started.train_examples / max(self.started.steps_per_epoch, 1)
