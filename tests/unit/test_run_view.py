@@ -6,7 +6,7 @@ import math
 import random
 
 from tests.helpers import DATA
-from tuneterm.engine.events import EvalFinished, RunFinished, RunStarted, StepLogged, read_events
+from tuneterm.engine.events import EvalFinished, PhaseStarted, RunFinished, RunStarted, StepLogged, read_events
 from tuneterm.ui.run_view import RunView, ema
 
 RECORDED = DATA / "recorded-run"
@@ -142,6 +142,7 @@ def test_time_lying_stopped_is_not_counted_and_paces_start_again_after_a_resume(
     view.apply(started(total=100))
     steps(view, [1.0] * 20)  # steps 1..20 at t = 1..20
     view.apply(RunFinished(time=20.0, status="stopped", run_dir="r", global_step=20))
+    view.apply(PhaseStarted(time=990.0, phase="loading", detail="the resumed run loads its model"))
     resumed = started(total=100)
     view.apply(RunStarted(**{**resumed.__dict__, "time": 1000.0, "resumed_from": "checkpoint-10"}))
     assert view.eta() is None, "no pace yet in the resumed run"

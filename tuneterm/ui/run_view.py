@@ -116,7 +116,8 @@ class RunView:
                 self._elapsed_before += max(0.0, self._latest_time - self._segment_time)
             self._segment_time = event.time
             self.segment_start = -1  # set by the next step
-        self._latest_time = event.time
+        if not isinstance(event, (PhaseStarted, PhaseProgressed, WarningIssued)):  # a resume loads before it starts
+            self._latest_time = event.time
         if isinstance(event, StepLogged):
             self._step(event)
         elif isinstance(event, EvalFinished):
