@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import json
+import random
 from pathlib import Path
 
 
@@ -15,3 +17,26 @@ TESTS = Path(__file__).parent
 DATA = TESTS / "data"
 """Files the tests ship: broken datasets (data/bad) and real models' config.json (data/model_configs)."""
 ROOT = TESTS.parent
+
+
+def noise_chat(folder: Path) -> dict[str, str]:
+    """16 training and 16 eval chats whose answers are random words: nothing in them generalises, so a high
+    learning rate turns the eval loss up within a few steps and early stopping fires in seconds."""
+    rng = random.Random(0)
+    words = ["alpha", "bravo", "delta", "echo", "golf", "hotel", "kilo", "lima"]
+    rows = [{"messages": [{"role": "user", "content": f"Code word {rng.randint(100, 999)}?"},
+                          {"role": "assistant", "content": " ".join(rng.choices(words, k=6)) + "."}]}
+            for _ in range(32)]
+    return {"train": str(write_jsonl(folder / "t.jsonl", rows[:16])),
+            "eval": str(write_jsonl(folder / "e.jsonl", rows[16:]))}
+
+
+def with_changes(base: dict, **sections: dict) -> dict:
+    """A copy of a config mapping with some sections updated (a dict) or replaced (anything else)."""
+    config = copy.deepcopy(base)
+    for section, values in sections.items():
+        if isinstance(values, dict):
+            config.setdefault(section, {}).update(values)
+        else:
+            config[section] = values
+    return config

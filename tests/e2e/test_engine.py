@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import math
-import random
 import threading
 from pathlib import Path
 
@@ -13,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.helpers import write_jsonl
+from tests.helpers import noise_chat, with_changes
 from tuneterm.config import config_from_mapping
 from tuneterm.engine.control import RunControl
 from tuneterm.engine.events import (
@@ -27,16 +25,6 @@ from tuneterm.engine.events import (
 )
 from tuneterm.engine.runner import new_run, resume_run, run
 from tuneterm.errors import ConfigError, RunDirError
-
-
-def merged(base: dict, **sections: dict) -> dict:
-    config = copy.deepcopy(base)
-    for section, values in sections.items():
-        if isinstance(values, dict):
-            config.setdefault(section, {}).update(values)
-        else:
-            config[section] = values
-    return config
 
 
 def of_type(events: list, kind: type) -> list:
@@ -94,7 +82,7 @@ def test_qlora_loads_the_base_model_in_4_bit_nf4_and_trains(base_config: dict) -
     from tuneterm.engine.loading import load_model
     from tuneterm.hardware import Device
 
-    config = config_from_mapping(merged(base_config, method="qlora", training={"num_train_epochs": 1}))
+    config = config_from_mapping(with_changes(base_config, method="qlora", training={"num_train_epochs": 1}))
     model = load_model(config, "fp32", Device("cpu", "CPU", False))
     q_proj = model.model.layers[0].self_attn.q_proj
     assert isinstance(q_proj, bnb.nn.Linear4bit)
@@ -111,25 +99,12 @@ def test_qlora_loads_the_base_model_in_4_bit_nf4_and_trains(base_config: dict) -
     assert not bnb.optim.GlobalOptimManager.get_instance().module_weight_config_triple
 
 
-def _random_answers(rng: random.Random, count: int) -> list[dict]:
-    words = ["alpha", "bravo", "delta", "echo", "golf", "hotel", "kilo", "lima", "oscar", "papa", "tango", "zulu"]
-    return [{"messages": [{"role": "user", "content": f"Code word {rng.randint(100, 999)}?"},
-                          {"role": "assistant", "content": " ".join(rng.choices(words, k=6)) + "."}]}
-            for _ in range(count)]
-
-
 def test_early_stopping_stops_an_overfitting_run_and_keeps_the_best_checkpoint(base_config: dict,
                                                                                tmp_path: Path) -> None:
-    # Random answers cannot generalise: after learning the format, every step memorises noise and the eval
-    # loss turns upwards.
-    rng = random.Random(0)
-    train = write_jsonl(tmp_path / "noise-train.jsonl", _random_answers(rng, 16))
-    evaluation = write_jsonl(tmp_path / "noise-eval.jsonl", _random_answers(rng, 16))
-    config = merged(base_config, data={"train": str(train), "eval": str(evaluation)},
-                    lora={"r": 32, "lora_alpha": 64},
-                    training={"learning_rate": 2e-2, "num_train_epochs": 60, "per_device_train_batch_size": 4,
-                              "gradient_accumulation_steps": 1, "eval_steps": 2, "early_stopping_patience": 2,
-                              "warmup_steps": 0, "lr_scheduler_type": "constant"})
+    config = with_changes(base_config, data=noise_chat(tmp_path), lora={"r": 32, "lora_alpha": 64},
+                          training={"learning_rate": 2e-2, "num_train_epochs": 60, "per_device_train_batch_size": 4,
+                                    "gradient_accumulation_steps": 1, "eval_steps": 2, "early_stopping_patience": 2,
+                                    "warmup_steps": 0, "lr_scheduler_type": "constant"})
     plan = new_run(config_from_mapping(config))
     events: list = []
     result = run(plan, events.append)
@@ -149,7 +124,7 @@ def test_early_stopping_stops_an_overfitting_run_and_keeps_the_best_checkpoint(b
 
 
 def test_stop_from_another_thread_saves_a_checkpoint_and_resume_finishes_the_run(base_config: dict) -> None:
-    plan = new_run(config_from_mapping(merged(base_config, training={"eval_steps": 4})))
+    plan = new_run(config_from_mapping(with_changes(base_config, training={"eval_steps": 4})))
     control = RunControl()
     events: list = []
     third_step = threading.Event()
@@ -192,7 +167,7 @@ def test_stop_from_another_thread_saves_a_checkpoint_and_resume_finishes_the_run
 
 
 def test_save_now_writes_a_checkpoint_between_evaluations_and_training_goes_on(base_config: dict) -> None:
-    plan = new_run(config_from_mapping(merged(base_config, training={"eval_steps": 4, "num_train_epochs": 1})))
+    plan = new_run(config_from_mapping(with_changes(base_config, training={"eval_steps": 4, "num_train_epochs": 1})))
     control = RunControl()
 
     def sink(event: object) -> None:
@@ -220,7 +195,7 @@ def test_an_existing_output_directory_is_never_touched(base_config: dict, tmp_pa
 
 
 def test_default_run_directories_are_new_each_time(base_config: dict, tmp_path: Path) -> None:
-    config = merged(base_config)
+    config = with_changes(base_config)
     del config["training"]["output_dir"]
     first = new_run(config_from_mapping(config), runs_root=tmp_path / "runs").run_dir
     second = new_run(config_from_mapping(config), runs_root=tmp_path / "runs").run_dir
@@ -237,8 +212,9 @@ def test_train_accepts_other_formats_through_the_same_data_layer(base_config: di
         rows.append({"conversations": [{"from": "human" if m["role"] == "user" else "gpt", "value": m["content"]}
                                        for m in turns]})
     Dataset.from_list(rows).to_parquet(str(tmp_path / "sharegpt.parquet"))
-    config = merged(base_config, data={"train": str(tmp_path / "sharegpt.parquet"), "eval": None, "val_size": 0.1},
-                    training={"num_train_epochs": 1})
+    config = with_changes(base_config,
+                          data={"train": str(tmp_path / "sharegpt.parquet"), "eval": None, "val_size": 0.1},
+                          training={"num_train_epochs": 1})
     events: list = []
     result = run(new_run(config_from_mapping(config)), events.append)
     assert isinstance(result, RunFinished), result

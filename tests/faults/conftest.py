@@ -7,7 +7,6 @@ process with monkeypatch.
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import signal
@@ -20,18 +19,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helpers import ROOT
+from tests.helpers import ROOT, with_changes
 from tuneterm.engine.events import Event, read_events
-
-
-def with_changes(base: dict, **sections: dict) -> dict:
-    config = copy.deepcopy(base)
-    for section, values in sections.items():
-        if isinstance(values, dict):
-            config.setdefault(section, {}).update(values)
-        else:
-            config[section] = values
-    return config
 
 
 def write_config(path: Path, config: dict) -> Path:

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.conftest import events_of, with_changes
-from tests.helpers import write_jsonl
+from tests.faults.conftest import events_of
+from tests.helpers import noise_chat, with_changes, write_jsonl
 from tuneterm.config import config_from_mapping
 from tuneterm.engine.control import RunControl
 from tuneterm.engine.events import (
@@ -180,15 +180,7 @@ def test_when_no_evaluation_beats_the_baseline_nothing_is_called_best(base_confi
 
 
 def test_rotation_keeps_the_best_checkpoint_and_the_last(base_config: dict, tmp_path: Path) -> None:
-    import random
-
-    rng = random.Random(0)
-    words = ["alpha", "bravo", "delta", "echo", "golf", "hotel", "kilo", "lima"]
-    rows = [{"messages": [{"role": "user", "content": f"Code word {rng.randint(100, 999)}?"},
-                          {"role": "assistant", "content": " ".join(rng.choices(words, k=6)) + "."}]}
-            for _ in range(32)]
-    config = with_changes(base_config, data={"train": str(write_jsonl(tmp_path / "t.jsonl", rows[:16])),
-                                             "eval": str(write_jsonl(tmp_path / "e.jsonl", rows[16:]))},
+    config = with_changes(base_config, data=noise_chat(tmp_path),
                           lora={"r": 32, "lora_alpha": 64},
                           training={"learning_rate": 2e-2, "num_train_epochs": 40, "per_device_train_batch_size": 4,
                                     "gradient_accumulation_steps": 1, "eval_steps": 2, "early_stopping_patience": 3,

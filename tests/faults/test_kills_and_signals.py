@@ -15,9 +15,9 @@ from tests.faults.conftest import (
     logged_step,
     start_training,
     wait_for,
-    with_changes,
     write_config,
 )
+from tests.helpers import noise_chat, with_changes
 from tuneterm.engine.events import RunFinished, RunStarted, StepLogged
 from tuneterm.engine.rundir import MARKER_FILE
 from tuneterm.engine.runner import resume_run, run
@@ -111,17 +111,7 @@ def test_a_second_signal_aborts_at_once_without_a_traceback(tiny_run: dict, tmp_
 
 def test_an_early_stopped_run_killed_while_saving_resumes_without_more_steps(base_config: dict,
                                                                               tmp_path: Path) -> None:
-    import random
-
-    from tests.helpers import write_jsonl
-
-    rng = random.Random(0)
-    words = ["alpha", "bravo", "delta", "echo", "golf", "hotel", "kilo", "lima"]
-    rows = [{"messages": [{"role": "user", "content": f"Code word {rng.randint(100, 999)}?"},
-                          {"role": "assistant", "content": " ".join(rng.choices(words, k=6)) + "."}]}
-            for _ in range(32)]
-    config = with_changes(base_config, data={"train": str(write_jsonl(tmp_path / "t.jsonl", rows[:16])),
-                                             "eval": str(write_jsonl(tmp_path / "e.jsonl", rows[16:]))},
+    config = with_changes(base_config, data=noise_chat(tmp_path),
                           lora={"r": 32, "lora_alpha": 64},
                           training={"learning_rate": 2e-2, "num_train_epochs": 40, "per_device_train_batch_size": 4,
                                     "gradient_accumulation_steps": 1, "eval_steps": 2, "early_stopping_patience": 2,

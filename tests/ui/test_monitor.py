@@ -3,11 +3,10 @@ shown the same at 100x30 and 80x24."""
 
 from __future__ import annotations
 
-import random
 import shutil
 from pathlib import Path
 
-from tests.helpers import DATA, write_jsonl
+from tests.helpers import DATA, noise_chat
 from tests.ui.conftest import assert_snapshot, make_services, wait_until
 from tuneterm.engine.events import EvalFinished, RunFinished
 from tuneterm.ui.app import Opening, make_app
@@ -17,15 +16,7 @@ from tuneterm.ui.screens.monitor import MonitorScreen
 
 def noise_run(tiny_model: Path, tmp_path: Path) -> dict:
     """Random answers cannot generalise: the eval loss turns up and early stopping fires in seconds."""
-    rng = random.Random(0)
-    words = ["alpha", "bravo", "delta", "echo", "golf", "hotel", "kilo", "lima"]
-    rows = [{"messages": [{"role": "user", "content": f"Code word {rng.randint(100, 999)}?"},
-                          {"role": "assistant", "content": " ".join(rng.choices(words, k=6)) + "."}]}
-            for _ in range(32)]
-    return {"model": {"path": str(tiny_model)},
-            "data": {"train": str(write_jsonl(tmp_path / "t.jsonl", rows[:16])),
-                     "eval": str(write_jsonl(tmp_path / "e.jsonl", rows[16:]))},
-            "lora": {"r": 32, "lora_alpha": 64},
+    return {"model": {"path": str(tiny_model)}, "data": noise_chat(tmp_path), "lora": {"r": 32, "lora_alpha": 64},
             "training": {"learning_rate": 2e-2, "num_train_epochs": 40, "per_device_train_batch_size": 4,
                          "gradient_accumulation_steps": 1, "eval_steps": 2, "early_stopping_patience": 2,
                          "warmup_steps": 0, "lr_scheduler_type": "constant", "gradient_checkpointing": False}}
