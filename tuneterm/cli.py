@@ -248,7 +248,10 @@ def _runs(args: argparse.Namespace) -> int:
     from tuneterm.engine.runs import list_runs
 
     if args.plain:
-        for summary in list_runs(args.runs_dir):
+        runs = list_runs(args.runs_dir)
+        if not runs:
+            print(f"No runs in {args.runs_dir}.", file=sys.stderr)
+        for summary in runs:
             best = f"{summary.best_eval_loss:.4f}" if summary.best_eval_loss is not None else "-"
             total = f"/{summary.total_steps}" if summary.total_steps else ""
             print(f"{summary.status:13s} {summary.step:>7}{total:<8} best {best:>8}  {summary.method or '?':6s} "

@@ -37,3 +37,23 @@ def test_resume_takes_only_the_run_directory(tmp_path: Path, capsys: pytest.Capt
     assert "not a tuneterm run directory" in capsys.readouterr().err
 
 
+
+
+def test_runs_plain_lists_runs_and_says_when_there_are_none(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import shutil
+
+    from tests.helpers import DATA
+
+    shutil.copytree(DATA / "recorded-run", tmp_path / "runs" / "recorded-run")
+    assert main(["runs", "--plain", "--runs-dir", str(tmp_path / "runs")]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.split()[:2] == ["completed", "132/132"] and "1.4691" in line and line.endswith("recorded-run")
+    assert main(["runs", "--plain", "--runs-dir", str(tmp_path / "none")]) == 0
+    assert f"No runs in {tmp_path / 'none'}." in capsys.readouterr().err
+
+
+def test_monitor_and_stop_refuse_what_is_not_a_run(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["monitor", str(tmp_path / "nope")]) == 2
+    assert "is not a tuneterm run directory (no config.yaml)" in capsys.readouterr().err
+    assert main(["stop", str(tmp_path / "nope")]) == 2
+    assert "is not a tuneterm run directory" in capsys.readouterr().err
