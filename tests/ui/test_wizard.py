@@ -114,17 +114,23 @@ async def test_leaving_with_unsaved_settings_asks_first(services, tiny_model: Pa
         assert type(app.screen).__name__ == "Confirm", "quitting asks too"
 
 
+async def model_then_data(pilot, model: Path, data: Path):
+    """From an empty wizard: type the model, go to the data step, type the data path; the wizard screen."""
+    wizard = pilot.app.screen
+    await type_into(pilot, "#model-path", str(model))
+    await wait_until(pilot, lambda: wizard.facts is not None)
+    await pilot.press("ctrl+n")
+    await type_into(pilot, "#data-path", str(data))
+    return wizard
+
+
 async def test_a_broken_dataset_shows_its_lines(services, tiny_model: Path, tmp_path: Path) -> None:
     from tests.helpers import DATA
 
     broken = DATA / "bad" / "unknown_role.jsonl"
     app = make_app(services, Opening("wizard", Draft()))
     async with app.run_test(size=(100, 30)) as pilot:
-        wizard = app.screen
-        await type_into(pilot, "#model-path", str(tiny_model))
-        await wait_until(pilot, lambda: wizard.facts is not None)
-        await pilot.press("ctrl+n")
-        await type_into(pilot, "#data-path", str(broken))
+        wizard = await model_then_data(pilot, tiny_model, broken)
         await wait_until(pilot, lambda: wizard.summary is not None or wizard.data_error is not None)
         report = str(wizard.query_one("#data-report").render())
         assert f"{broken}:2: messages[1]: unknown role 'robot'" in report
@@ -139,11 +145,7 @@ async def test_unknown_columns_get_a_column_mapper_that_fixes_them(services, tin
                                                for i in range(30)])
     app = make_app(services, Opening("wizard", Draft()))
     async with app.run_test(size=(100, 30)) as pilot:
-        wizard = app.screen
-        await type_into(pilot, "#model-path", str(tiny_model))
-        await wait_until(pilot, lambda: wizard.facts is not None)
-        await pilot.press("ctrl+n")
-        await type_into(pilot, "#data-path", str(data))
+        wizard = await model_then_data(pilot, tiny_model, data)
         await wait_until(pilot, lambda: wizard.data_error is not None)
         assert wizard.query_one("#column-mapper").display
         wizard.query_one("#map-instruction").value = "question"
