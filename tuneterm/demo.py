@@ -156,11 +156,12 @@ def build_tokenizer(corpus: list[str], chat_template: str, vocab_size: int = 600
 
 
 def build_model(tokenizer: Any, corpus: list[str], directory: Path, hidden_size: int = 128, layers: int = 2,
-                steps: int = 300) -> None:
+                steps: int = 300, ends_text: bool = True) -> None:
     """A small Llama-architecture model pretrained on `corpus` as plain text, saved with its tokenizer.
 
     Pretraining gives the demo what a real base model has: it knows the facts but not the chat format, which
-    is what fine-tuning then teaches. A few hundred steps take seconds on a CPU.
+    is what fine-tuning then teaches. A few hundred steps take seconds on a CPU. With `ends_text` False the model
+    never sees an end token, like a base model whose chat tokens are new: only fine-tuning can teach it to stop.
     """
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -173,7 +174,8 @@ def build_model(tokenizer: Any, corpus: list[str], directory: Path, hidden_size:
                          max_position_embeddings=512, pad_token_id=tokenizer.pad_token_id,
                          eos_token_id=tokenizer.eos_token_id, bos_token_id=None, tie_word_embeddings=False)
     model = LlamaForCausalLM(config)
-    ids = [tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for text in corpus]
+    ending = [tokenizer.eos_token_id] if ends_text else []
+    ids = [tokenizer(text, add_special_tokens=False)["input_ids"] + ending for text in corpus]
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
     rng = random.Random(3407)
     model.train()

@@ -200,3 +200,20 @@ def _end_of_turn(text: str, content_end: int, special: list[str]) -> int | None:
         if text.startswith(token, start):
             return start + len(token)
     return None
+
+
+def end_of_turn_token(tokenizer: Any) -> str | None:
+    """The special token the chat template closes an assistant turn with: what generation must stop at."""
+    conversation = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "\ue002"}]
+    try:
+        text = render(tokenizer, conversation)
+    except TemplateError:
+        return None
+    content_end = text.find("\ue002") + 1
+    if content_end == 0:
+        return None
+    special = _special_tokens(tokenizer)
+    end = _end_of_turn(text, content_end, special)
+    if end is None:
+        return None
+    return next(token for token in special if text.startswith(token, end - len(token)))
