@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILED
 
 
-COMMANDS = ("train", "plan", "inspect", "demo", "monitor", "runs", "stop")
+COMMANDS = ("train", "plan", "inspect", "demo", "monitor", "runs", "stop", "chat", "merge", "compare")
 
 
 def _app_parser() -> argparse.ArgumentParser:
@@ -129,6 +129,40 @@ def _parser() -> argparse.ArgumentParser:
     stop.add_argument("--timeout", type=float, default=600, metavar="SECONDS",
                       help="how long to wait for the run to stop (default 600)")
     stop.set_defaults(command=_stop, name="stop")
+
+    chat = commands.add_parser("chat", help="talk to a run's tuned model, next to its base model",
+                               description="Generate from the tuned model (and with --compare-base from the base "
+                                           "model, the same weights with the adapter off) with the run's chat "
+                                           "template: one answer with --prompt, a conversation of single turns "
+                                           "otherwise (ctrl+c stops an answer, ctrl+d leaves).")
+    chat.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    chat.add_argument("--prompt", help="answer this and exit")
+    chat.add_argument("--compare-base", action="store_true", help="also answer with the adapter switched off")
+    chat.add_argument("--max-new-tokens", type=int, default=256, metavar="N")
+    chat.add_argument("--temperature", type=float, default=0.0, metavar="T", help="0 (the default) is greedy")
+    chat.add_argument("--top-p", type=float, default=1.0, metavar="P")
+    chat.add_argument("--stop-check", action="store_true",
+                      help="instead of chatting: check that answers to eval prompts end, and record it in the run")
+    chat.set_defaults(command=_chat, name="chat")
+
+    merge = commands.add_parser("merge", help="merge a run's adapter into its base model: one standalone model",
+                                description="Write the base model with the adapter merged in (safetensors, "
+                                            "tokenizer, chat template, generation config) to a new directory, "
+                                            "after checking that its logits equal base + adapter.")
+    merge.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+    merge.add_argument("out_dir", type=Path, metavar="OUT_DIR", help="a new (or empty) directory")
+    merge.add_argument("--scale", type=float, default=1.0, metavar="S",
+                       help="the adapter's strength, e.g. 0.5 for an overfitted adapter (lora_alpha x S; default 1)")
+    merge.set_defaults(command=_merge, name="merge")
+
+    compare = commands.add_parser("compare", help="overlay the loss curves of several runs; list their differences",
+                                  description="The train and eval losses of the runs on one set of axes, and the "
+                                              "settings that differ between them.")
+    compare.add_argument("run_dirs", type=Path, nargs="+", metavar="RUN_DIR")
+    compare.add_argument("--out", type=Path, metavar="PNG", help="write the curves to this picture")
+    compare.add_argument("--by", choices=("step", "tokens"), default="step", help="align the curves by step or by "
+                                                                                    "tokens seen (default: step)")
+    compare.set_defaults(command=_compare, name="compare")
 
     demo = commands.add_parser("demo", help="fine-tune the built-in tiny model (offline, CPU, a few minutes)",
                                description="Build (once) a tiny model and chat dataset and fine-tune a LoRA "
@@ -293,6 +327,95 @@ def _stop(args: argparse.Namespace) -> int:
     assert summary is not None
     print(f"Stopped at step {summary.step:,} ({summary.status.replace('_', ' ')}). Continue it with: "
           f"tuneterm train --resume {args.run_dir}")
+    return EXIT_OK
+
+
+def _chat(args: argparse.Namespace) -> int:
+    from tuneterm.engine.generate import GenerationSettings, TunedModel
+
+    settings = GenerationSettings(args.max_new_tokens, args.temperature, args.top_p)
+    if settings.problems():
+        print("tuneterm chat: " + "; ".join(settings.problems()), file=sys.stderr)
+        return EXIT_USAGE
+    print(f"Loading {args.run_dir}...", file=sys.stderr, flush=True)
+    model = TunedModel.load(args.run_dir)
+    if args.compare_base and not model.has_adapter:
+        print("tuneterm chat: a full fine-tune has no adapter to switch off, so there is no base to compare with",
+              file=sys.stderr)
+        return EXIT_USAGE
+    if args.stop_check:
+        from tuneterm.engine.stopcheck import check_stopping, save_stop_check
+
+        check = check_stopping(model, model.eval_samples())
+        print(f"Stop check: {check.summary()}")
+        for runaway in check.runaway:
+            print(f"  {runaway.where}: {runaway.question!r} -> {runaway.generated[:120]!r}...")
+        for cause in check.causes[1:] + check.notes:
+            print(f"  also: {cause}")
+        print(f"Recorded in {save_stop_check(check, args.run_dir)}")
+        return EXIT_OK if check.passed or not check.checked else EXIT_FAILED
+    print(f"{settings.describe()}; stops at {', '.join(model.describe()['stop_tokens'])}", file=sys.stderr)
+    if args.prompt is not None:
+        _answer(model, args.prompt, settings, args.compare_base)
+        return EXIT_OK
+    print("Type a message (ctrl+c stops an answer, ctrl+d leaves).", file=sys.stderr)
+    while True:
+        try:
+            prompt = input("\n> ")
+        except EOFError:
+            print()
+            return EXIT_OK
+        except KeyboardInterrupt:
+            print()
+            return EXIT_INTERRUPTED
+        if prompt.strip():
+            try:
+                _answer(model, prompt, settings, args.compare_base)
+            except KeyboardInterrupt:
+                print("\n[stopped]")
+
+
+def _answer(model: Any, prompt: str, settings: Any, compare_base: bool) -> None:
+    ids = model.prompt_ids(prompt)
+    for label, adapter in (("tuned", True), ("base", False))[:2 if compare_base else 1]:
+        if compare_base:
+            print(f"[{label}] ", end="", flush=True)
+        generation = model.generate(ids, settings, adapter=adapter, on_text=lambda text: print(text, end="",
+                                                                                              flush=True))
+        print(f"\n[{generation.tokens} tokens, ran to the limit without ending]" if generation.hit_limit else "")
+
+
+def _merge(args: argparse.Namespace) -> int:
+    from tuneterm.engine.merge import merge
+    from tuneterm.plan.memory import size
+
+    result = merge(args.run_dir, args.out_dir, args.scale, lambda phase: print(f"{phase}...", flush=True))
+    for note in result.notes:
+        print(f"Note: {note}")
+    print(f"Merged model: {result.out_dir} ({size(result.bytes_written)}, {result.dtype}). Its logits equal "
+          f"base + adapter within {result.max_logit_difference:.2g} (allowed {result.tolerance:g} of the largest, "
+          f"{result.largest_logit:.3g}) on {result.probes} prompts.\nLoad it with "
+          f"AutoModelForCausalLM.from_pretrained(\"{result.out_dir}\").")
+    return EXIT_OK
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from tuneterm.engine.compare import differing_settings, load_curves, save_comparison
+
+    curves = load_curves(args.run_dirs, args.by)
+    for run in curves:
+        last = f"{run.train[-1][1]:.4f}" if run.train else "-"
+        best = f"{min(v for _, v in run.eval):.4f}" if run.eval else "-"
+        print(f"{run.colour}  {run.name}: last train loss {last}, lowest eval loss {best}")
+    differing = differing_settings(curves)
+    if differing:
+        print("\nSettings that differ:")
+        for key, values in differing:
+            print(f"  {key}: " + " | ".join(str(v) for v in values))
+    else:
+        print("\nThe runs have the same settings.")
+    if args.out:
+        print(f"\nCurves: {save_comparison(curves, args.out, args.by)}")
     return EXIT_OK
 
 
