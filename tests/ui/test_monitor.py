@@ -12,6 +12,7 @@ from tuneterm.engine.events import EvalFinished, RunFinished
 from tuneterm.ui.app import Opening, make_app
 from tuneterm.ui.draft import Draft
 from tuneterm.ui.screens.monitor import MonitorScreen
+from tuneterm.ui.screens.summary import SummaryScreen
 
 
 def noise_run(tiny_model: Path, tmp_path: Path) -> dict:
@@ -110,7 +111,7 @@ async def _recorded(tmp_path: Path, size: tuple[int, int], name: str, tab: str =
     shutil.copytree(DATA / "recorded-run", run)
     app = make_app(make_services(tmp_path / "runs"), Opening("monitor", run_dir=run))
     async with app.run_test(size=size) as pilot:
-        await wait_until(pilot, lambda: isinstance(app.screen, MonitorScreen) and app.screen.view.result is not None)
+        await curves_of_a_finished_run(app, pilot)
         app.screen.action_tab(tab)
         await pilot.pause(1.2)  # the panes redraw on a timer
         assert_snapshot(app, name)
@@ -133,7 +134,7 @@ async def test_a_replayed_run_shows_every_evaluation(tmp_path: Path) -> None:
     shutil.copytree(DATA / "recorded-run", run)
     app = make_app(make_services(tmp_path / "runs"), Opening("monitor", run_dir=run))
     async with app.run_test(size=(100, 30)) as pilot:
-        await wait_until(pilot, lambda: isinstance(app.screen, MonitorScreen) and app.screen.view.result is not None)
+        await curves_of_a_finished_run(app, pilot)
         monitor = app.screen
         recorded = [line for line in (run / "events.jsonl").read_text().splitlines() if "EvalFinished" in line]
         assert len(monitor.view.evals) == len(recorded)
@@ -141,12 +142,23 @@ async def test_a_replayed_run_shows_every_evaluation(tmp_path: Path) -> None:
         assert not monitor.check_action("stop", ())
 
 
-async def test_tuneterm_runs_opens_with_the_cursor_on_the_runs_and_enter_opens_the_monitor(tmp_path: Path) -> None:
+async def curves_of_a_finished_run(app, pilot) -> None:
+    """A finished run opens on its summary; l shows its curves in the monitor."""
+    await wait_until(pilot, lambda: isinstance(app.screen, SummaryScreen) and app.screen.report is not None,
+                     what="the summary")
+    await pilot.press("l")
+    await wait_until(pilot, lambda: isinstance(app.screen, MonitorScreen) and app.screen.view.result is not None,
+                     what="the monitor")
+
+
+async def test_tuneterm_runs_opens_with_the_cursor_on_the_runs_and_enter_opens_the_summary(tmp_path: Path) -> None:
     run = tmp_path / "runs" / "recorded-run"
     shutil.copytree(DATA / "recorded-run", run)
     app = make_app(make_services(tmp_path / "runs"), Opening("runs"))
     async with app.run_test(size=(80, 24)) as pilot:
         await wait_until(pilot, lambda: app.focused is not None and app.focused.id == "runs", what="the run list")
         await pilot.press("enter")
-        await wait_until(pilot, lambda: isinstance(app.screen, MonitorScreen), what="the monitor")
+        await curves_of_a_finished_run(app, pilot)
         assert app.screen.run_dir == run
+        await pilot.press("v")
+        await wait_until(pilot, lambda: isinstance(app.screen, SummaryScreen), what="back to the summary")

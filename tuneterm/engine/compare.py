@@ -89,8 +89,8 @@ def differing_settings(curves: list[RunCurves]) -> list[tuple[str, list[Any]]]:
     return rows
 
 
-def save_comparison(curves: list[RunCurves], path: Path, axis: Axis = "step") -> Path:
-    """Train loss above, eval loss below, one colour per run (the settings that differ in the legend's title)."""
+def comparison_figure(curves: list[RunCurves], axis: Axis = "step") -> Any:
+    """Train loss above, eval loss below, one colour per run (the settings that differ in the title)."""
     from matplotlib.figure import Figure
 
     figure = Figure(figsize=(10, 7), dpi=100)
@@ -113,5 +113,9 @@ def save_comparison(curves: list[RunCurves], path: Path, axis: Axis = "step") ->
                       if not key.startswith(("model.path", "data.")))
     figure.suptitle(f"{len(curves)} runs" + (f" ({title})" if title else ""), fontsize=10)
     figure.tight_layout()
-    figure.savefig(path)
+    return figure
+
+
+def save_comparison(curves: list[RunCurves], path: Path, axis: Axis = "step") -> Path:
+    comparison_figure(curves, axis).savefig(path)
     return path

@@ -71,7 +71,7 @@ class TuneTermApp(App[None]):
 
     def on_mount(self) -> None:
         if self.opening.screen == "monitor" and self.opening.run_dir is not None:
-            self.open_monitor(self.opening.run_dir)  # the start screen comes when the monitor is left
+            self.open_run(self.opening.run_dir)  # the start screen comes when this one is left
             return
         self.push_screen(StartScreen(self.services, runs_first=self.opening.screen == "runs"))
         if self.opening.demo:
@@ -131,7 +131,7 @@ class TuneTermApp(App[None]):
 
     @on(RunChosen)
     def _run_chosen(self, message: RunChosen) -> None:
-        self.open_monitor(message.run_dir)
+        self.open_run(message.run_dir)
 
     # Runs -----------------------------------------------------------------------------------------------------
 
@@ -141,6 +141,22 @@ class TuneTermApp(App[None]):
             screen.dismiss()
         else:
             self.switch_screen(StartScreen(self.services))
+
+    def open_run(self, run_dir: Path) -> None:
+        """A run that goes on opens on its monitor, one that ended on its summary (the monitor is a key away)."""
+        from tuneterm.engine.rundir import is_live
+
+        training_here = self.training is not None and self.training.active and \
+            self.training.run_dir.resolve() == run_dir.resolve()
+        if training_here or is_live(run_dir) or not (run_dir / EVENTS_FILE).is_file():
+            self.open_monitor(run_dir)
+        else:
+            self.open_summary(run_dir)
+
+    def open_summary(self, run_dir: Path) -> None:
+        from tuneterm.ui.screens.summary import SummaryScreen
+
+        self.push_screen(SummaryScreen(self.services, run_dir.resolve()))
 
     def open_monitor(self, run_dir: Path, control: RunControl | None = None) -> MonitorScreen:
         """The run's monitor, kept while the app runs so that leaving it and coming back loses nothing."""

@@ -1,4 +1,4 @@
-"""Small modal dialogs: a yes/no question, a path to save to, a number, a choice."""
+"""Small modal dialogs: a yes/no question, a path to save to, a number, a choice, where to merge."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
+from textual.markup import escape
 from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, OptionList, Static
 from textual.widgets.option_list import Option
@@ -139,3 +140,51 @@ class Choose(ModalScreen[Any]):
     @on(OptionList.OptionSelected, "#choices")
     def _chosen(self, event: OptionList.OptionSelected) -> None:
         self.dismiss(self.options[int(event.option.id or 0)][1])
+
+
+class AskMerge(ModalScreen["tuple[Path, float] | None"]):
+    """Where to write a merged model, and at what strength of the adapter."""
+
+    BINDINGS = [Binding("escape", "cancel", "Cancel")]
+
+    def __init__(self, suggested: Path, problem_of: Any):
+        super().__init__()
+        self.suggested = suggested
+        self.problem_of = problem_of
+        """problem_of(path) -> why the merge cannot write there, or None."""
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog"):
+            yield Label("Merge the adapter into the base model, written to a new directory:")
+            yield Input(str(self.suggested), id="merge-path")
+            yield Label("Adapter strength (1 = as trained; 0.5 halves it, the guides' remedy for overfitting):")
+            yield Input("1.0", id="merge-scale", type="number")
+            yield Static(id="merge-problem")
+            with Horizontal(classes="dialog-buttons"):
+                yield Button("Merge", id="merge", variant="primary")
+                yield Button("Cancel", id="cancel")
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+    @on(Button.Pressed, "#cancel")
+    def _cancelled(self) -> None:
+        self.dismiss(None)
+
+    @on(Input.Submitted)
+    @on(Button.Pressed, "#merge")
+    def _chosen(self) -> None:
+        path = Path(self.query_one("#merge-path", Input).value.strip()).expanduser()
+        problem = self.query_one("#merge-problem", Static)
+        try:
+            scale = float(self.query_one("#merge-scale", Input).value)
+        except ValueError:
+            scale = 0.0
+        if not 0 < scale <= 2:
+            problem.update("[$error]The strength is a number above 0 and at most 2.[/]")
+            return
+        why = self.problem_of(path)
+        if why:
+            problem.update(f"[$error]{escape(why)}[/]")
+            return
+        self.dismiss((path, scale))

@@ -103,7 +103,8 @@ class MonitorCommands(ActionCommands):
                 ("Smooth the loss", "screen.smooth", "Exponential moving average on or off"),
                 ("Log scale", "screen.log_scale", "The loss on a log axis"),
                 ("Retry with a remedy", "screen.retry", "After an out-of-memory or NaN failure"),
-                ("Resume the run", "screen.resume", "A stopped or interrupted run, from its last checkpoint"))
+                ("Resume the run", "screen.resume", "A stopped or interrupted run, from its last checkpoint"),
+                ("Summary", "screen.summary", "After the run: results, chat, stop check, merge"))
 
 
 class MonitorScreen(Screen[None]):
@@ -117,6 +118,7 @@ class MonitorScreen(Screen[None]):
         Binding("g", "log_scale", "Log y", id="log_scale", group=CHART_KEYS, tooltip="The loss on a log axis"),
         Binding("r", "retry", "Retry", id="retry", tooltip="Run again with one of the failure's remedies"),
         Binding("r", "resume", "Resume", id="resume", tooltip="Continue from the last complete checkpoint"),
+        Binding("v", "summary", "Summary", id="summary", tooltip="Results, chat with the model, stop check, merge"),
         Binding("1", "tab('overview')", "Overview", show=False),
         Binding("2", "tab('rate')", "Learning rate", show=False),
         Binding("3", "tab('system')", "System", show=False),
@@ -384,6 +386,8 @@ class MonitorScreen(Screen[None]):
             return bool(isinstance(failed, RunFailed) and failed.remedies and self.again)
         if action == "resume":
             return self.resumable
+        if action == "summary":
+            return self.view.result is not None or self.view.process_gone
         return True
 
     @property
@@ -453,6 +457,15 @@ class MonitorScreen(Screen[None]):
     def action_resume(self) -> None:
         if self.resumable and self.again is not None:
             self.again(self.run_dir, {}, True)
+
+    def action_summary(self) -> None:
+        from tuneterm.ui.screens.summary import SummaryScreen
+
+        below = self.app.screen_stack[-2] if len(self.app.screen_stack) > 1 else None
+        if isinstance(below, SummaryScreen) and below.run_dir == self.run_dir:
+            self.app.pop_screen()  # opened from the summary: back to it
+        else:
+            self.app.open_summary(self.run_dir)  # type: ignore[attr-defined]
 
     def action_leave(self) -> None:
         self.app.leave(self)  # type: ignore[attr-defined]

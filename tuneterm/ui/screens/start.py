@@ -53,6 +53,8 @@ class StartScreen(Screen[None]):
         Binding("o,ctrl+o", "app.open_config", "Open config", id="open"),
         Binding("d", "app.demo", "Demo", id="demo"),
         Binding("r", "refresh_runs", "Refresh runs", id="refresh"),
+        Binding("space", "mark", "Mark", id="mark", tooltip="Mark the run under the cursor for comparing"),
+        Binding("C", "compare", "Compare", id="compare", tooltip="Overlay the marked runs' loss curves"),
     ]
 
     def __init__(self, services: Services, runs_first: bool = False):
@@ -60,6 +62,8 @@ class StartScreen(Screen[None]):
         self.services = services
         self.runs_first = runs_first
         """Opened by `tuneterm runs`: the cursor starts on the newest run, not on "new run"."""
+        self.marked: list[Path] = []
+        """Runs marked for comparing, in the order they were marked."""
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -72,7 +76,7 @@ class StartScreen(Screen[None]):
             id="actions")
         yield Static(id="runs-title", classes="group-title")
         table: DataTable[str] = DataTable(id="runs", cursor_type="row", zebra_stripes=True)
-        table.add_columns("run", "status", "method", "model", "step", "best eval", "started")
+        self.name_column, *_ = table.add_columns("run", "status", "method", "model", "step", "best eval", "started")
         yield table
         yield Footer(compact=True)
 
@@ -100,8 +104,8 @@ class StartScreen(Screen[None]):
             step = f"{run.step:,}" + (f"/{run.total_steps:,}" if run.total_steps else "")
             best = f"{run.best_eval_loss:.4f}" if run.best_eval_loss is not None else "-"
             model = Path(run.model).name if run.model else "?"
-            table.add_row(Text(run.name), Text(run.status.replace("_", " "), style=colour), run.method or "?",
-                          Text(model), step, best, age(run.started, now), key=str(run.run_dir))
+            table.add_row(self.name_cell(run.run_dir), Text(run.status.replace("_", " "), style=colour),
+                          run.method or "?", Text(model), step, best, age(run.started, now), key=str(run.run_dir))
         table.display = bool(message.runs)
         if self.runs_first and message.runs:
             self.runs_first = False
@@ -109,6 +113,37 @@ class StartScreen(Screen[None]):
         self.query_one("#runs-title", Static).update(
             f"Recent runs in {escape(str(self.services.runs_dir))}" if message.runs else
             f"No runs yet in {escape(str(self.services.runs_dir))}: start a new run, or try the demo.")
+
+    def name_cell(self, run_dir: Path) -> Text:
+        return Text(f"● {run_dir.name}", style="bold") if run_dir in self.marked else Text(run_dir.name)
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "mark":
+            return self.query_one("#runs", DataTable).has_focus
+        if action == "compare":
+            return len(self.marked) >= 2
+        return True
+
+    def action_mark(self) -> None:
+        table = self.query_one("#runs", DataTable)
+        if not table.row_count:
+            return
+        key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key
+        run_dir = Path(str(key.value))
+        self.marked.remove(run_dir) if run_dir in self.marked else self.marked.append(run_dir)
+        table.update_cell(key, self.name_column, self.name_cell(run_dir))
+        self.refresh_bindings()
+        if len(self.marked) == 1:
+            self.notify("Mark another run, then C compares them.", title="Compare")
+
+    def action_compare(self) -> None:
+        from tuneterm.ui.screens.compare import CompareScreen
+
+        if len(self.marked) >= 2:
+            self.app.push_screen(CompareScreen(list(self.marked)))
+
+    def on_descendant_focus(self) -> None:
+        self.refresh_bindings()  # marking is for the run list
 
     @on(OptionList.OptionSelected, "#actions")
     async def _action(self, event: OptionList.OptionSelected) -> None:

@@ -30,7 +30,8 @@ class Series:
     xs: Sequence[float]
     ys: Sequence[float]
     colour: str
-    """A theme variable: "primary", "accent", "warning", "error", "success", "secondary"."""
+    """A theme variable ("primary", "accent", "warning", "error", "success", "secondary") or a "#rrggbb" colour
+    that stays the same whatever the theme (a run's own colour in a comparison)."""
     marker: str = "braille"
     joined: bool = True
     """False for points that are not a curve (evaluations): drawn as markers alone."""
@@ -147,7 +148,8 @@ class LineChart(Widget):
     # Drawing --------------------------------------------------------------------------------------------------
 
     def _colour(self, variable: str) -> tuple[int, int, int]:
-        value = self.app.get_css_variables().get(variable) or self.app.get_css_variables()["foreground"]
+        value = variable if variable.startswith("#") else \
+            self.app.get_css_variables().get(variable) or self.app.get_css_variables()["foreground"]
         red, green, blue = Color.parse(value).rgb
         return red, green, blue
 

@@ -1,0 +1,237 @@
+"""After the run: did it work? Why it ended, what it reached, where its files are, and what to do next.
+
+The screen a finished run opens on (from the run list, `tuneterm monitor`, or the monitor when a run ends). It
+reads the run's report (engine/report.py) in a worker and offers what comes after a fine-tune: chat with the
+tuned model next to its base, the stop check, a merge into a standalone model, and the loss curves.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import VerticalScroll
+from textual.markup import escape
+from textual.message import Message
+from textual.screen import Screen
+from textual.widgets import Footer, Header, Static
+
+from tuneterm.engine.report import RunReport, loss_text, perplexity, report_of
+from tuneterm.errors import TuneTermError
+from tuneterm.ui.commands import ActionCommands
+from tuneterm.ui.services import Services
+
+OUTCOME_TEXT = {"improved": "[$success]the eval loss improved on the loss before training[/]",
+                "worse_than_baseline": "[$warning]no evaluation beat the loss before training: nothing is called "
+                                       "best[/]",
+                "not_evaluated": "[$text-muted]no eval split: whether it generalises is unknown[/]"}
+
+
+class ReportRead(Message):
+    def __init__(self, report: RunReport | None, error: str = ""):
+        super().__init__()
+        self.report, self.error = report, error
+
+
+class StepDone(Message):
+    """A long action of this screen (stop check, merge) ended: its one-line result, and whether it went well."""
+
+    def __init__(self, title: str, text: str, ok: bool):
+        super().__init__()
+        self.title, self.text, self.ok = title, text, ok
+
+
+class SummaryCommands(ActionCommands):
+    COMMANDS = (("Chat with the tuned model", "screen.chat", "Next to the base model, on eval prompts or yours"),
+                ("Stop check", "screen.stop_check", "Do its answers end? Generates for eval prompts"),
+                ("Merge the adapter", "screen.merge", "A standalone model in a new directory"),
+                ("Loss curves", "screen.curves", "The monitor's charts and log of this run"))
+
+
+def duration(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
+def report_markup(report: RunReport) -> str:
+    """The summary as console markup, most important first."""
+    lines = [f"[b]{escape(report.why_it_ended[0].upper() + report.why_it_ended[1:])}[/b]", ""]
+    total = f" of {report.total_steps:,}" if report.total_steps else ""
+    epochs = f", {report.epochs:.2f} epochs" if report.epochs is not None else ""
+    tokens = f", {report.tokens_seen:,} tokens seen" if report.tokens_seen is not None else ""
+    lines.append(f"steps      {report.steps:,}{total}{epochs}{tokens}, trained for {duration(report.training_seconds)}")
+    lines.append(f"train loss {loss_text(report.train_loss_first)} → {loss_text(report.train_loss_last)}")
+    if report.baseline_eval_loss is not None or report.final_eval_loss is not None:
+        best = (f"best [b]{loss_text(report.best_eval_loss)}[/b] (perplexity {perplexity(report.best_eval_loss)}) at "
+                f"step {report.best_step:,}; " if report.best_step is not None else "")
+        lines.append(f"eval loss  before {loss_text(report.baseline_eval_loss)}; {best}final "
+                     f"{loss_text(report.final_eval_loss)} (perplexity {perplexity(report.final_eval_loss)})")
+    if report.outcome:
+        lines.append(f"           {OUTCOME_TEXT.get(report.outcome, '')}")
+    if report.final_eval_loss is not None and not math.isfinite(report.final_eval_loss):
+        lines.append("           [$error]the last eval loss is not a number: the run diverged[/]")
+    lines.append("")
+    if report.adapter_dir is not None:
+        changed = {True: "[$success]its weights all changed in training[/]",
+                   False: "[$error]its weights did NOT all change, or are not finite (adapter_check.json)[/]",
+                   None: "[$text-muted]not checked[/]"}[report.adapter_changed]
+        lines.append(f"adapter    {escape(str(report.adapter_dir))}: {changed}")
+    else:
+        lines.append("adapter    [$warning]none saved[/]" + (f"; {len(report.checkpoints)} checkpoints to resume from"
+                                                              if report.checkpoints else ""))
+    stop = report.stop_check
+    if stop is None:
+        lines.append("stop check [$text-muted]not run: k checks that its answers end[/]")
+    elif stop.get("passed"):
+        lines.append(f"stop check [$success]every answer ended by itself[/] ({stop['checked']} eval prompts)")
+    elif stop.get("checked"):
+        lines.append(f"stop check [$error]{len(stop['runaway'])} of {stop['checked']} answers never ended[/]: "
+                     f"{escape(stop['causes'][0] if stop.get('causes') else '')}")
+    for index, plot in enumerate(report.plots):
+        lines.append(f"{'curves' if index == 0 else '':11s}{escape(str(plot))}")
+    lines += ["", "[b]Settings[/b]"]
+    lines += [f"  {escape(key):42s} {escape(str(value))}" for key, value in report.settings.items()]
+    if report.warnings:
+        lines += ["", "[b]Warnings during the run[/b]"]
+        lines += [f"  [$warning]▲[/] {escape(w)}" for w in report.warnings[-5:]]
+    return "\n".join(lines)
+
+
+class SummaryScreen(Screen[None]):
+    COMMANDS = {SummaryCommands}
+    BINDINGS = [
+        Binding("c", "chat", "Chat", id="chat", tooltip="The tuned model next to its base"),
+        Binding("k", "stop_check", "Stop check", id="stop_check", tooltip="Do its answers end?"),
+        Binding("M", "merge", "Merge", id="merge", tooltip="A standalone model in a new directory"),
+        Binding("l", "curves", "Curves", id="curves", tooltip="The monitor: loss, learning rate, log"),
+        Binding("escape", "leave", "Back", id="leave"),
+    ]
+
+    def __init__(self, services: Services, run_dir: Path):
+        super().__init__()
+        self.services, self.run_dir = services, run_dir
+        self.report: RunReport | None = None
+        self.busy = ""
+        """The long action under way (stop check, merge), or ""."""
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield Static(id="summary-status")
+        with VerticalScroll(id="summary-body"):
+            yield Static("Reading the run...", id="summary")
+        yield Footer(compact=True)
+
+    def on_mount(self) -> None:
+        self.sub_title = self.run_dir.name
+        self.query_one("#summary-status", Static).display = False
+        self.read_report()
+
+    def on_screen_resume(self) -> None:
+        self.read_report()
+
+    @work(thread=True, exclusive=True, group="report", exit_on_error=False)
+    def read_report(self) -> None:
+        try:
+            self.post_message(ReportRead(report_of(self.run_dir)))
+        except (TuneTermError, OSError) as exc:
+            self.post_message(ReportRead(None, str(exc)))
+
+    @on(ReportRead)
+    def _report(self, message: ReportRead) -> None:
+        self.report = message.report
+        text = report_markup(message.report) if message.report else f"[$error]{escape(message.error)}[/]"
+        self.query_one("#summary", Static).update(text)
+        self.refresh_bindings()
+
+    def say(self, text: str) -> None:
+        status = self.query_one("#summary-status", Static)
+        status.display = bool(text)
+        status.update(text)
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action in ("chat", "stop_check"):
+            return self.report is not None and self.report.has_adapter
+        if action == "merge":
+            return (self.report is not None and self.report.has_adapter
+                    and self.report.settings.get("method") != "full")
+        return True
+
+    def action_chat(self) -> None:
+        from tuneterm.ui.screens.chat import ChatScreen
+
+        self.app.push_screen(ChatScreen(self.run_dir))
+
+    def action_stop_check(self) -> None:
+        if self.busy:
+            self.notify(f"Busy: {self.busy}.", title="Stop check")
+            return
+        self.busy = "checking that answers end"
+        self.say("[$accent]Stop check: loading the model and generating for eval prompts...[/]")
+        self.stop_check()
+
+    @work(thread=True, exclusive=True, group="after", exit_on_error=False)
+    def stop_check(self) -> None:
+        from tuneterm.engine.card import write_card
+        from tuneterm.engine.generate import TunedModel
+        from tuneterm.engine.stopcheck import check_stopping, save_stop_check
+
+        try:
+            model = TunedModel.load(self.run_dir)
+            check = check_stopping(model, model.eval_samples())
+            save_stop_check(check, self.run_dir)
+            write_card(report_of(self.run_dir))
+        except (TuneTermError, OSError) as exc:
+            self.post_message(StepDone("Stop check", str(exc), False))
+            return
+        self.post_message(StepDone("Stop check", check.summary(), check.passed))
+
+    def action_merge(self) -> None:
+        from tuneterm.engine.merge import output_dir_problem
+        from tuneterm.ui.screens.dialogs import AskMerge
+
+        if self.busy:
+            self.notify(f"Busy: {self.busy}.", title="Merge")
+            return
+
+        def chosen(answer: tuple[Path, float] | None) -> None:
+            if answer is not None:
+                self.busy = "merging"
+                self.say(f"[$accent]Merging into {escape(str(answer[0]))}...[/]")
+                self.merge(*answer)
+
+        suggested = self.run_dir.parent / f"{self.run_dir.name}-merged"
+        self.app.push_screen(AskMerge(suggested, output_dir_problem), chosen)
+
+    @work(thread=True, exclusive=True, group="after", exit_on_error=False)
+    def merge(self, out_dir: Path, scale: float) -> None:
+        from tuneterm.engine.merge import merge
+
+        def phase(text: str) -> None:
+            self.app.call_from_thread(self.say, f"[$accent]Merge: {escape(text)}...[/]")
+
+        try:
+            result = merge(self.run_dir, out_dir, scale, phase)
+        except (TuneTermError, OSError) as exc:
+            self.post_message(StepDone("Merge", str(exc), False))
+            return
+        notes = "".join(f" {note}." for note in result.notes)
+        self.post_message(StepDone("Merge", f"Written to {result.out_dir} ({result.dtype}); its logits equal base + "
+                                            f"adapter within {result.max_logit_difference:.2g}.{notes}", True))
+
+    @on(StepDone)
+    def _done(self, message: StepDone) -> None:
+        self.busy = ""
+        colour = "$success" if message.ok else "$error"
+        self.say(f"[{colour}]{escape(message.title)}: {escape(message.text)}[/]")
+        self.notify(message.text, title=message.title, severity="information" if message.ok else "error",
+                    timeout=12)
+        self.read_report()
+
+    def action_curves(self) -> None:
+        self.app.open_monitor(self.run_dir)  # type: ignore[attr-defined]
+
+    def action_leave(self) -> None:
+        self.app.leave(self)  # type: ignore[attr-defined]
