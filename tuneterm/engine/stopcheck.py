@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tuneterm.engine.generate import EvalSample, GenerationSettings, TunedModel
+from tuneterm.engine.generate import EvalSample, GenerationSettings, TunedModel, read_eval_samples
 
 STOP_CHECK_FILE = "stop_check.json"
 PROMPTS_CHECKED = 5
@@ -130,3 +130,11 @@ def read_stop_check(run_dir: Path) -> dict[str, Any] | None:
         return found
     except (OSError, ValueError):
         return None
+
+
+def check_after_training(run_dir: Path, config: Any, model: Any, tokenizer: Any, device: Any) -> StopCheck:
+    """The stop check on the model training left in memory (the adapter as saved), before it is freed."""
+    model.eval()
+    check = check_stopping(TunedModel(run_dir, config, model, tokenizer, device), read_eval_samples(run_dir))
+    save_stop_check(check, run_dir)
+    return check

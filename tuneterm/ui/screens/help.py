@@ -52,9 +52,23 @@ rate, system, log. Warnings the guides give appear above the tabs while they app
 | p | change early stopping's patience |
 | m / g | the loss's moving average / a log axis |
 | r | after an out-of-memory or NaN failure: retry with one of its remedies |
+| v | a run that ended: its summary |
 | escape | back; the run goes on |
 
 A run in the app stops with a checkpoint when the app quits or its terminal closes; a detached run goes on.
+
+## After the run
+
+A run that ended opens on its summary: why it ended, the eval losses (with perplexity), tokens seen, whether
+the adapter changed, whether its answers end.
+
+| key | what it does |
+|---|---|
+| c | chat: the tuned model and its base side by side (ctrl+r an eval prompt with its reference answer, ctrl+b the base on or off, ctrl+t the chat template, escape stops an answer) |
+| k | stop check: do answers to eval prompts end, or run to the token limit? |
+| M | merge the adapter into the base model, in a new directory (optionally at reduced strength) |
+| l | the loss curves (the monitor) |
+| space / C | in the run list: mark runs / compare the marked runs (t: by step or tokens, e: train or eval, o: PNG) |
 
 ## Where the advice comes from
 

@@ -1,0 +1,73 @@
+"""After the run in the app: the summary a finished run opens on, the chat pane, and runs compared."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from textual.widgets import DataTable, Input, Static
+
+from tests.helpers import DATA
+from tests.ui.conftest import make_services, wait_until
+from tuneterm.ui.app import Opening, make_app
+from tuneterm.ui.screens.chat import ChatScreen
+from tuneterm.ui.screens.compare import CompareScreen
+from tuneterm.ui.screens.summary import SummaryScreen
+
+
+def _runs_with(finished_run, tmp_path: Path) -> tuple[Path, Path]:
+    runs = tmp_path / "runs"
+    runs.mkdir()
+    tuned = runs / finished_run.run_dir.name
+    shutil.copytree(finished_run.run_dir, tuned)
+    recorded = runs / "recorded-run"
+    shutil.copytree(DATA / "recorded-run", recorded)
+    return tuned, recorded
+
+
+async def test_a_finished_run_opens_on_its_summary_and_chat_answers_with_both_models(finished_run,
+                                                                                    tmp_path: Path) -> None:
+    tuned, _ = _runs_with(finished_run, tmp_path)
+    app = make_app(make_services(tmp_path / "runs"), Opening("monitor", run_dir=tuned))
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_until(pilot, lambda: isinstance(app.screen, SummaryScreen) and app.screen.report is not None,
+                         what="the summary")
+        text = str(app.screen.query_one("#summary", Static).render())
+        assert "best" in text and "perplexity" in text and "its weights all changed" in text
+        await pilot.press("c")
+        await wait_until(pilot, lambda: isinstance(app.screen, ChatScreen) and app.screen.model is not None,
+                         timeout=120, what="the chat's model")
+        chat = app.screen
+        assert chat.samples  # the eval prompts the run kept
+        await pilot.press("ctrl+r")
+        await pilot.pause(0.3)
+        await pilot.press("enter")  # the first eval prompt
+        await wait_until(pilot, lambda: not chat.generating and chat.answers.get("base"), timeout=120,
+                         what="both answers")
+        assert chat.query_one("#pane-reference").display
+        assert chat.answers["tuned"] != chat.answers["base"]
+        assert "ended by itself" in str(chat.query_one("#title-tuned", Static).render()) or \
+            "without ending" in str(chat.query_one("#title-tuned", Static).render())
+        prompt = chat.query_one("#chat-prompt", Input)
+        prompt.value = "What is 3 plus 3?"
+        await pilot.press("enter")
+        await wait_until(pilot, lambda: not chat.generating and chat.answers.get("base") is not None, timeout=120)
+        assert not chat.query_one("#pane-reference").display  # a typed prompt has no reference
+
+
+async def test_two_marked_runs_are_compared_with_their_differing_settings(finished_run, tmp_path: Path) -> None:
+    tuned, recorded = _runs_with(finished_run, tmp_path)
+    app = make_app(make_services(tmp_path / "runs"), Opening("runs"))
+    async with app.run_test(size=(100, 30)) as pilot:
+        await wait_until(pilot, lambda: app.focused is not None and app.focused.id == "runs", what="the run list")
+        await pilot.press("space", "down", "space", "C")
+        await wait_until(pilot, lambda: isinstance(app.screen, CompareScreen) and app.screen.curves,
+                         what="the comparison")
+        screen = app.screen
+        assert {run.run_dir for run in screen.curves} == {tuned, recorded}
+        assert len(screen.query_one("#compare-chart").figure.series) == 2
+        assert screen.query_one("#compare-table", DataTable).row_count > 0
+        await pilot.press("t")  # by tokens seen: the recorded run kept no token counts, and says so
+        await wait_until(pilot, lambda: any("no token counts" in n.message for n in app._notifications),
+                         what="the reason tokens cannot align these runs")
+        await wait_until(pilot, lambda: screen.axis == "step", what="back to steps")
