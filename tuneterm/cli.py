@@ -60,6 +60,8 @@ def _runs_dir_argument(parser: argparse.ArgumentParser) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from tuneterm.plan.memory import STRATEGIES
+
     parser = argparse.ArgumentParser(prog="tuneterm", usage="tuneterm [CONFIG.yaml] [--runs-dir DIR] | tuneterm "
                                                             "COMMAND ...",
                                      description="LoRA / QLoRA fine-tuning from a terminal. Without a command, "
@@ -83,7 +85,9 @@ def _parser() -> argparse.ArgumentParser:
                                            "schedule, memory per GPU with a verdict, and advice. No GPU or network "
                                            "needed beyond the model's config.json and tokenizer.")
     _config_arguments(plan)
-    plan.add_argument("--world-size", type=int, default=1, metavar="N", help="number of GPUs (data parallel)")
+    plan.add_argument("--world-size", type=int, default=1, metavar="N", help="number of GPUs (processes)")
+    plan.add_argument("--strategy", choices=STRATEGIES, default="ddp",
+                      help="how several GPUs share the work: memory per GPU follows (default ddp: a full replica each)")
     plan.add_argument("--gpu-memory", type=float, metavar="GB",
                       help="plan for a GPU with this much free memory (bf16-capable) instead of this machine's")
     plan.add_argument("--json", action="store_true", help="print JSON instead of text")
@@ -193,7 +197,7 @@ def _plan(args: argparse.Namespace) -> int:
 
     config = load_config(args.config, preset=args.preset, overrides=args.overrides)
     gpus = hypothetical_gpu(args.gpu_memory) if args.gpu_memory else None
-    plan = make_plan(config, world_size=args.world_size, gpus=gpus)
+    plan = make_plan(config, world_size=args.world_size, gpus=gpus, strategy=args.strategy)
     print(json.dumps(plan_to_json(plan), indent=2) if args.json else format_plan(plan))
     if plan.blocking:
         print(f"\n{len(plan.blocking)} problem{'s' if len(plan.blocking) > 1 else ''} would stop tuneterm train "

@@ -13,6 +13,7 @@ head never materialises the full logits), term by term:
                 recomputed, without it every layer's tensors; LoRA adds the inputs of the adapted layers
   attention     eager attention's seq x seq probabilities (SDPA and flash attention never store them)
   logits        batch x seq x vocab, only where the LM head is not fused (plain transformers training)
+  gathered      sharded weights brought together to compute with (FSDP, ZeRO-3): see "Several GPUs" below
   evaluation    the eval step (no gradients, no stored activations) when it peaks above training
   slack         what the caching allocator reserves beyond what is allocated
   cuda context  the CUDA runtime and kernels, outside PyTorch's allocator
@@ -20,6 +21,13 @@ head never materialises the full logits), term by term:
 The per-token activation coefficients were fitted to real peaks measured on an H100 over 47 configurations
 (bench/vram_calibration.py; results in docs/vram_calibration.md), where the estimate of peak allocated memory
 is within 10% of torch.cuda.max_memory_allocated at every point.
+
+Several GPUs: each process holds what its strategy leaves it. DDP keeps a full replica per GPU, plus a bucket per
+gradient for the all-reduce. FSDP and DeepSpeed ZeRO-3 shard the weights, the adapters, their gradients and the
+optimizer state across the processes, and gather the full weights of what they compute: the embedding and output
+layer (held for the whole step) and two decoder layers (the one computed and the next, prefetched). ZeRO-2 shards
+the gradients and the optimizer state only. Activations are per GPU whatever the strategy: each GPU computes its
+own micro-batch. With one process every strategy is the single-GPU estimate above, unchanged.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
+from typing import Literal
 
 from tuneterm.plan.model import LinearModule, LoraShape, ModelFacts, trainable_params
 
@@ -48,6 +57,14 @@ EAGER_TRANSIENT_BYTES = 12.8            # the same for the one layer being compu
 UNFUSED_LOGITS_BYTES = 12.0             # bf16 logits, their fp32 upcast and its gradient, per token x vocab
 ALLOCATOR_SLACK = 0.10                  # reserved / allocated - 1: 1-30% measured, 10% typical
 CUDA_CONTEXT = 0.8 * GB                 # NVML minus reserved, constant over the grid (H100, CUDA 13)
+
+Strategy = Literal["single", "ddp", "fsdp", "deepspeed-zero2", "deepspeed-zero3"]
+STRATEGIES: tuple[Strategy, ...] = ("single", "ddp", "fsdp", "deepspeed-zero2", "deepspeed-zero3")
+SHARDED_WEIGHTS: tuple[Strategy, ...] = ("fsdp", "deepspeed-zero3")
+"""Strategies that shard the weights themselves (and so everything else)."""
+SHARDED_STATES: tuple[Strategy, ...] = ("fsdp", "deepspeed-zero2", "deepspeed-zero3")
+"""Strategies that shard the gradients and the optimizer state."""
+PREFETCHED_LAYERS = 2
 
 PAGED_OPTIMIZERS = ("paged_adamw_8bit", "paged_adamw_32bit", "paged_lion_8bit", "paged_lion_32bit")
 EIGHT_BIT_OPTIMIZERS = ("adamw_8bit", "adamw_bnb_8bit", "lion_8bit", "paged_adamw_8bit", "paged_lion_8bit")
@@ -73,6 +90,9 @@ class MemorySetup:
     upcast_unquantized: bool = False
     """PEFT's prepare_model_for_kbit_training upcasts embeddings, output layer and norms to fp32; TRL does not."""
     world_size: int = 1
+    """Processes training together, one per GPU."""
+    strategy: Strategy = "ddp"
+    """How they share the work (meaningful above one process; "single" and "ddp" both replicate)."""
     device: str = "cuda"
     """"cuda", or "cpu" (host RAM: no CUDA context, no caching allocator)."""
     fused_lm_head: bool = True
@@ -99,13 +119,15 @@ class MemoryEstimate:
 def estimate_memory(facts: ModelFacts, setup: MemorySetup) -> MemoryEstimate:
     trainable = trainable_params(facts, setup.method, setup.lora)
     activation_scale = 2 if setup.precision == "fp32" else 1  # fp32 activations take twice the bytes
-    weights = _weights(facts, setup)
+    weight_shards, state_shards = _shards(setup)
+    weights = _weights(facts, setup) / weight_shards
     parameter_bytes = _parameter_bytes(setup)
-    adapters = 0 if setup.method == "full" else trainable * parameter_bytes
-    gradients = trainable * parameter_bytes
-    optimizer, paged = _optimizer(facts, setup, trainable, parameter_bytes)
-    static = weights + adapters + gradients + optimizer
-    if setup.world_size > 1:
+    adapters = (0 if setup.method == "full" else trainable * parameter_bytes) / weight_shards
+    gradients = trainable * parameter_bytes / state_shards
+    optimizer, paged = (states / state_shards for states in _optimizer(facts, setup, trainable, parameter_bytes))
+    gathered = _gathered(facts, setup) if weight_shards > 1 else 0.0
+    static = weights + adapters + gradients + optimizer + gathered
+    if setup.world_size > 1 and state_shards == 1:
         static += gradients  # DDP's gradient buckets
 
     tokens = setup.micro_batch * setup.seq_len
@@ -123,7 +145,7 @@ def estimate_memory(facts: ModelFacts, setup: MemorySetup) -> MemoryEstimate:
 
     eval_batch = setup.eval_batch or setup.micro_batch
     eval_tokens = eval_batch * setup.seq_len
-    evaluation_peak = (weights + adapters + optimizer + eval_tokens * per_layer
+    evaluation_peak = (weights + adapters + optimizer + gathered + eval_tokens * per_layer
                        + _eager_scores(facts, setup, eval_batch, training=False)
                        + (0.0 if setup.fused_lm_head else eval_tokens * facts.vocab_size * UNFUSED_LOGITS_BYTES / 2))
     allocated = max(training_peak, evaluation_peak)
@@ -132,25 +154,43 @@ def estimate_memory(facts: ModelFacts, setup: MemorySetup) -> MemoryEstimate:
     context = CUDA_CONTEXT if on_gpu else 0.0
     breakdown = {
         "weights": weights, "adapters": adapters, "gradients": gradients, "optimizer": optimizer,
-        "activations": activations, "attention_scores": attention, "logits": logits,
+        "gathered_weights": gathered, "activations": activations, "attention_scores": attention, "logits": logits,
         "evaluation": max(0.0, evaluation_peak - training_peak), "allocator_slack": slack, "cuda_context": context,
     }
     return MemoryEstimate(breakdown, allocated, allocated + slack, allocated + slack + context, paged, trainable)
 
 
+def _shards(setup: MemorySetup) -> tuple[int, int]:
+    """(shards of the weights, shards of the gradients and optimizer state): one process holds one of each."""
+    return (setup.world_size if setup.strategy in SHARDED_WEIGHTS else 1,
+            setup.world_size if setup.strategy in SHARDED_STATES else 1)
+
+
+def _gathered(facts: ModelFacts, setup: MemorySetup) -> float:
+    """Full weights a sharding process holds while computing: embedding and output layer, and two layers."""
+    outside_layers = (facts.embedding_params + facts.lm_head_params) * _floating_bytes(setup)
+    in_layers = _weights(facts, setup) - outside_layers
+    return outside_layers + PREFETCHED_LAYERS * in_layers / max(facts.layers, 1)
+
+
+def _floating_bytes(setup: MemorySetup) -> int:
+    """Bytes per weight kept in floating point: fp32 master weights for full fine-tuning, else 16 bits (fp32 when
+    training in fp32, or when PEFT upcasts what a 4-bit model leaves unquantised)."""
+    if setup.method == "full" or setup.precision == "fp32" or (setup.method == "qlora" and setup.upcast_unquantized):
+        return 4
+    return 2
+
+
 def _weights(facts: ModelFacts, setup: MemorySetup) -> float:
-    sixteen_bit = 4 if setup.precision == "fp32" else 2
-    if setup.method == "full":
-        return facts.total_params * 4.0  # fp32 master weights under mixed precision
     if setup.method == "qlora":
         unquantized = facts.embedding_params + facts.lm_head_params + facts.other_params
-        unquantized_bytes = unquantized * (4 if setup.upcast_unquantized else sixteen_bit)
+        unquantized_bytes = unquantized * _floating_bytes(setup)
         if setup.quant_bits == 8:
             row_scales = sum(m.out_features for m in facts.linear) * 4
             return facts.linear_params * 1.0 + row_scales + unquantized_bytes
         per_weight = FOUR_BIT_DOUBLE_QUANT if setup.double_quant else FOUR_BIT
         return facts.linear_params * per_weight + unquantized_bytes
-    return facts.total_params * float(sixteen_bit)
+    return facts.total_params * float(_floating_bytes(setup))
 
 
 def _parameter_bytes(setup: MemorySetup) -> int:

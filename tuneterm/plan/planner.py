@@ -33,6 +33,7 @@ from tuneterm.plan.memory import (
     BatchAdvice,
     MemoryEstimate,
     MemorySetup,
+    Strategy,
     Verdict,
     estimate_memory,
     largest_micro_batch,
@@ -154,16 +155,17 @@ def startup_problems(config: RunConfig, need_data: bool = True) -> list[Problem]
 
 
 def plan_run(config: RunConfig, facts: ModelFacts, summary: DataSummary | None, gpus: GpuSurvey,
-             world_size: int = 1, host: HostReading | None = None) -> Plan:
+             world_size: int = 1, host: HostReading | None = None, strategy: Strategy = "ddp") -> Plan:
     """Stage 3: everything that follows from the facts, the data summary and the settings. Raises ConfigError
-    for settings this machine cannot run (fp16 without a GPU)."""
+    for settings this machine cannot run (fp16 without a GPU). With several GPUs (`world_size` processes sharing
+    the work by `strategy`), the memory is per GPU and `gpus` are those the run is to use (GpuSurvey.only)."""
     device = device_from_survey(gpus)
     view = view_of(summary, config, facts.context_length) if summary is not None else None
     resolved = resolve(config, device, train_examples=view.train_examples if view else None,
                        data_max_length=(view.max_length, view.max_length_why) if view else None,
-                       world_size=world_size)
+                       world_size=world_size, strategy=strategy)
     schedule = schedule_of(resolved, view.train_examples, view.eval_examples, world_size) if view else None
-    setup = memory_setup(resolved, world_size, "cuda" if gpus.gpus else "cpu")
+    setup = memory_setup(resolved, world_size, "cuda" if gpus.gpus else "cpu", strategy)
     problems = list(view.findings) if view else []
     if resolved.get("training.max_length") == AUTO:
         problems.append(Problem(f"max_length is auto and there is no data to measure: memory is estimated at "
@@ -185,7 +187,7 @@ def plan_run(config: RunConfig, facts: ModelFacts, summary: DataSummary | None, 
 
 
 def make_plan(config: RunConfig, world_size: int = 1, gpus: GpuSurvey | None = None, work: Work | None = None,
-              host: HostReading | None = None) -> Plan:
+              host: HostReading | None = None, strategy: Strategy = "ddp") -> Plan:
     """The three stages in order, as `tuneterm plan` runs them. Raises LoadError when the model cannot be read;
     data that cannot be read becomes problems of the plan, which is made without it."""
     facts = model_facts(config)
@@ -197,7 +199,7 @@ def make_plan(config: RunConfig, world_size: int = 1, gpus: GpuSurvey | None = N
         except (DataError, LoadError) as exc:
             problems.append(Problem(exc.summary, Location(key="data.train")))
             problems += exc.problems[:20]
-    plan = plan_run(config, facts, summary, gpus if gpus is not None else read_gpus(), world_size, host)
+    plan = plan_run(config, facts, summary, gpus if gpus is not None else read_gpus(), world_size, host, strategy)
     plan.problems[:0] = problems
     return plan
 
@@ -210,7 +212,8 @@ def lora_shape(config: RunConfig) -> LoraShape:
                      config.get("lora.use_dora"), config.get("lora.bias"))
 
 
-def memory_setup(config: RunConfig, world_size: int = 1, device: str = "cuda") -> MemorySetup:
+def memory_setup(config: RunConfig, world_size: int = 1, device: str = "cuda",
+                 strategy: Strategy = "ddp") -> MemorySetup:
     length = config.get("training.max_length")
     eval_batch = config.get("training.per_device_eval_batch_size")
     return MemorySetup(
@@ -226,5 +229,6 @@ def memory_setup(config: RunConfig, world_size: int = 1, device: str = "cuda") -
         quant_type=config.get("quantization.bnb_4bit_quant_type") or "nf4",
         double_quant=bool(config.get("quantization.bnb_4bit_use_double_quant", True)),
         world_size=world_size,
+        strategy=strategy,
         device=device,
     )

@@ -55,6 +55,12 @@ def _data_json(plan: Plan) -> dict[str, Any] | None:
             "response_tokens_lost": view.truncation.response_tokens_lost}
 
 
+_SHARING = {"single": "a full replica each", "ddp": "a full replica each",
+            "fsdp": "weights, gradients and optimizer state sharded",
+            "deepspeed-zero2": "gradients and optimizer state sharded",
+            "deepspeed-zero3": "weights, gradients and optimizer state sharded"}
+
+
 def format_plan(plan: Plan) -> str:
     f, s = plan.facts, plan.memory_setup
     context = f", context {f.context_length:,}" if f.context_length else ""
@@ -89,6 +95,8 @@ def format_plan(plan: Plan) -> str:
                      f"{sc.steps_per_epoch:,} steps per epoch, {sc.total_steps:,} in total; warmup {sc.warmup_steps} "
                      f"steps; {evaluation}checkpoint every {sc.save_steps}")
     per = "GPU" if s.device == "cuda" else "process"
+    if s.world_size > 1:
+        per += f" of {s.world_size} ({s.strategy}: {_SHARING[s.strategy]})"
     lines.append(f"Memory    per {per} at {s.seq_len} tokens x micro-batch {s.micro_batch}, {s.precision}, "
                  f"checkpointing {'on' if s.gradient_checkpointing else 'off'}, {s.attn_implementation}, {s.optim}:")
     parts = [(name.replace("_", " "), value) for name, value in plan.memory.breakdown.items() if value >= 1e6]

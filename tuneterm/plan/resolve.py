@@ -12,14 +12,17 @@ from typing import Any
 from tuneterm.config import AUTO, RunConfig
 from tuneterm.hardware import Device, resolve_precision
 from tuneterm.plan import schedule
+from tuneterm.plan.memory import PAGED_OPTIMIZERS, SHARDED_STATES, SHARDED_WEIGHTS, Strategy
 from tuneterm.plan.schedule import Schedule
 
 _DTYPE_NAMES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 
 
 def resolve(config: RunConfig, device: Device, train_examples: int | None = None,
-            data_max_length: tuple[int, str] | None = None, world_size: int = 1) -> RunConfig:
-    """Fill what can be filled: precision from the device, lengths and intervals from the data when known."""
+            data_max_length: tuple[int, str] | None = None, world_size: int = 1,
+            strategy: Strategy = "ddp") -> RunConfig:
+    """Fill what can be filled: precision from the device, lengths and intervals from the data when known, and
+    what sharding across processes needs (`strategy`, see plan/memory.py)."""
     changes: dict[str, tuple[Any, str]] = {}
     precision = config.get("training.precision")
     if precision == AUTO:
@@ -37,7 +40,26 @@ def resolve(config: RunConfig, device: Device, train_examples: int | None = None
         changes["training.max_length"] = data_max_length
     if train_examples is not None:
         changes.update(_intervals(config, train_examples, world_size))
+    if world_size > 1:
+        changes.update(_for_sharding(config, precision, strategy))
     return config.resolved(changes)
+
+
+def _for_sharding(config: RunConfig, precision: str, strategy: Strategy) -> dict[str, tuple[Any, str]]:
+    """FSDP and ZeRO-3 shard only floating-point tensors of one dtype, so a 4-bit model keeps its packed weights
+    in the dtype it computes in (float32 under fp16, whose loss scaler needs fp32 parameters); and sharded
+    optimizer state cannot be a paged 8-bit optimizer's (PEFT's FSDP guide; DeepSpeed refuses untested ones)."""
+    changes: dict[str, tuple[Any, str]] = {}
+    storage_set = config.get("quantization.bnb_4bit_quant_storage")
+    if config.method == "qlora" and strategy in SHARDED_WEIGHTS and not storage_set:
+        storage = "float32" if precision == "fp16" else _DTYPE_NAMES[precision]
+        changes["quantization.bnb_4bit_quant_storage"] = (
+            storage, f"{strategy} shards floating-point tensors of one dtype: 4-bit weights are packed in {storage}")
+    if strategy in SHARDED_STATES and "training.optim" in config.defaulted \
+            and config.get("training.optim") in PAGED_OPTIMIZERS:
+        changes["training.optim"] = ("adamw_torch", f"{strategy} shards the optimizer state, which a paged 8-bit "
+                                                    "optimizer cannot be")
+    return changes
 
 
 def _intervals(config: RunConfig, train_examples: int, world_size: int) -> dict[str, tuple[Any, str]]:
