@@ -8,7 +8,7 @@ from pathlib import Path
 from textual.widgets import DataTable, Input, Static
 
 from tests.helpers import DATA
-from tests.ui.conftest import make_services, wait_until
+from tests.ui.conftest import assert_snapshot, make_services, wait_until
 from tuneterm.ui.app import Opening, make_app
 from tuneterm.ui.screens.chat import ChatScreen
 from tuneterm.ui.screens.compare import CompareScreen
@@ -71,3 +71,14 @@ async def test_two_marked_runs_are_compared_with_their_differing_settings(finish
         await wait_until(pilot, lambda: any("no token counts" in n.message for n in app._notifications),
                          what="the reason tokens cannot align these runs")
         await wait_until(pilot, lambda: screen.axis == "step", what="back to steps")
+
+
+async def test_summary_of_a_recorded_run_at_80x24(tmp_path: Path) -> None:
+    run = tmp_path / "runs" / "recorded-run"
+    shutil.copytree(DATA / "recorded-run", run)
+    app = make_app(make_services(tmp_path / "runs"), Opening("monitor", run_dir=run))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_until(pilot, lambda: isinstance(app.screen, SummaryScreen) and app.screen.report is not None)
+        await pilot.pause(0.2)
+        assert not app.screen.check_action("chat", ())  # it saved no adapter: nothing to chat with or merge
+        assert_snapshot(app, "summary_80x24")

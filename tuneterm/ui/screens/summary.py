@@ -65,10 +65,11 @@ def report_markup(report: RunReport) -> str:
     lines.append(f"steps      {report.steps:,}{total}{epochs}{tokens}, trained for {duration(report.training_seconds)}")
     lines.append(f"train loss {loss_text(report.train_loss_first)} → {loss_text(report.train_loss_last)}")
     if report.baseline_eval_loss is not None or report.final_eval_loss is not None:
-        best = (f"best [b]{loss_text(report.best_eval_loss)}[/b] (perplexity {perplexity(report.best_eval_loss)}) at "
-                f"step {report.best_step:,}; " if report.best_step is not None else "")
-        lines.append(f"eval loss  before {loss_text(report.baseline_eval_loss)}; {best}final "
-                     f"{loss_text(report.final_eval_loss)} (perplexity {perplexity(report.final_eval_loss)})")
+        best = (f"; best [b]{loss_text(report.best_eval_loss)}[/b] (perplexity {perplexity(report.best_eval_loss)}) "
+                f"at step {report.best_step:,}" if report.best_step is not None else "")
+        lines.append(f"eval loss  before {loss_text(report.baseline_eval_loss)}{best}")
+        lines.append(f"           final {loss_text(report.final_eval_loss)} (perplexity "
+                     f"{perplexity(report.final_eval_loss)})")
     if report.outcome:
         lines.append(f"           {OUTCOME_TEXT.get(report.outcome, '')}")
     if report.final_eval_loss is not None and not math.isfinite(report.final_eval_loss):
@@ -83,17 +84,18 @@ def report_markup(report: RunReport) -> str:
         lines.append("adapter    [$warning]none saved[/]" + (f"; {len(report.checkpoints)} checkpoints to resume from"
                                                               if report.checkpoints else ""))
     stop = report.stop_check
-    if stop is None:
-        lines.append("stop check [$text-muted]not run: k checks that its answers end[/]")
-    elif stop.get("passed"):
-        lines.append(f"stop check [$success]every answer ended by itself[/] ({stop['checked']} eval prompts)")
-    elif stop.get("checked"):
-        lines.append(f"stop check [$error]{len(stop['runaway'])} of {stop['checked']} answers never ended[/]: "
+    if stop is not None and stop.get("checked"):
+        lines.append(f"stop check [$success]every answer ended by itself[/] ({stop['checked']} eval prompts)"
+                     if stop.get("passed") else
+                     f"stop check [$error]{len(stop['runaway'])} of {stop['checked']} answers never ended[/]: "
                      f"{escape(stop['causes'][0] if stop.get('causes') else '')}")
+    elif report.adapter_dir is not None:
+        lines.append("stop check [$text-muted]not run: k checks that its answers end[/]")
     for index, plot in enumerate(report.plots):
         lines.append(f"{'curves' if index == 0 else '':11s}{escape(str(plot))}")
     lines += ["", "[b]Settings[/b]"]
-    lines += [f"  {escape(key):42s} {escape(str(value))}" for key, value in report.settings.items()]
+    width = max(map(len, report.settings), default=0) + 1
+    lines += [f"  {escape(key).ljust(width)} {escape(str(value))}" for key, value in report.settings.items()]
     if report.warnings:
         lines += ["", "[b]Warnings during the run[/b]"]
         lines += [f"  [$warning]▲[/] {escape(w)}" for w in report.warnings[-5:]]
