@@ -64,7 +64,8 @@ the adapter changed, whether its answers end.
 
 | key | what it does |
 |---|---|
-| c | chat: the tuned model and its base side by side (ctrl+r an eval prompt with its reference answer, ctrl+b the base on or off, ctrl+t the chat template, escape stops an answer) |
+| c | chat: the tuned model and its base side by side |
+| ctrl+r / ctrl+b / ctrl+t | in the chat: an eval prompt with its reference answer / the base on or off / the template |
 | k | stop check: do answers to eval prompts end, or run to the token limit? |
 | M | merge the adapter into the base model, in a new directory (optionally at reduced strength) |
 | l | the loss curves (the monitor) |
