@@ -157,12 +157,17 @@ class AskMerge(ModalScreen["tuple[Path, float] | None"]):
         with Vertical(classes="dialog"):
             yield Label("Merge the adapter into the base model, written to a new directory:")
             yield Input(str(self.suggested), id="merge-path")
-            yield Label("Adapter strength (1 = as trained; 0.5 halves it, the guides' remedy for overfitting):")
+            yield Label("Adapter strength: 1 as trained, 0.5 halves it (for an overfitted one):")
             yield Input("1.0", id="merge-scale", type="number")
             yield Static(id="merge-problem")
             with Horizontal(classes="dialog-buttons"):
                 yield Button("Merge", id="merge", variant="primary")
                 yield Button("Cancel", id="cancel")
+
+    def on_mount(self) -> None:
+        path = self.query_one("#merge-path", Input)
+        path.focus()
+        path.cursor_position = len(path.value)
 
     def action_cancel(self) -> None:
         self.dismiss(None)
@@ -174,7 +179,7 @@ class AskMerge(ModalScreen["tuple[Path, float] | None"]):
     @on(Input.Submitted)
     @on(Button.Pressed, "#merge")
     def _chosen(self) -> None:
-        path = Path(self.query_one("#merge-path", Input).value.strip()).expanduser()
+        path = Path(self.query_one("#merge-path", Input).value.strip()).expanduser().absolute()
         problem = self.query_one("#merge-problem", Static)
         try:
             scale = float(self.query_one("#merge-scale", Input).value)
