@@ -25,7 +25,7 @@ from textual.widgets import Footer, Header, Input, Label, Static
 from tuneterm.engine.generate import EvalSample, Generation, GenerationSettings, TunedModel
 from tuneterm.errors import TuneTermError
 
-PANES = {"tuned": "tuned (with the adapter)", "base": "base (adapter off)", "reference": "reference (trained on)"}
+PANES = {"tuned": "tuned", "base": "base (adapter off)", "reference": "reference (trained on)"}
 
 
 class ModelLoaded(Message):
@@ -202,7 +202,7 @@ class ChatScreen(Screen[None]):
             note = f"[$error]ran to {generation.tokens} tokens without ending[/]"
         else:
             note = f"[$success]ended by itself, {generation.tokens} tokens[/]"
-        self.query_one(f"#title-{message.pane}", Static).update(f"{PANES[message.pane]}  {note}")
+        self.query_one(f"#title-{message.pane}", Static).update(f"{PANES[message.pane]}\n{note}")
         if generation is None:
             self.query_one(f"#answer-{message.pane}", Static).update("")
         if message.pane == "base" or not self.compare_base:
