@@ -95,7 +95,7 @@ def eval_samples_of(examples: list[Any], tokenizer: Any, count: int = EVAL_SAMPL
         rendered = example.rendered
         question = rendered.text[slice(*rendered.prompt[-1])] if rendered.prompt else \
             tokenizer.decode(example.input_ids[:start].tolist())
-        where = Path(example.location.file or "").name + (f":{example.location.line}" if example.location.line else "")
+        where = Path(example.location.where()).name  # "eval.jsonl:12": the file's folder is in the run's config
         samples.append(EvalSample(where, question.strip(), example.input_ids[:start].tolist(),
                                   tokenizer.decode(example.input_ids[start:end].tolist(), skip_special_tokens=True),
                                   rendered.end_of_turn_trained))
