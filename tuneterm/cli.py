@@ -78,6 +78,16 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--detach", action="store_true",
                        help="run in a process of its own that outlives the terminal; print its run directory")
     train.add_argument("--prepared", type=Path, help=argparse.SUPPRESS)  # the process --detach starts
+    launch = train.add_argument_group("several GPUs or machines (a new run: started through accelerate launch, "
+                                      "whose command is printed and kept in the run directory)")
+    launch.add_argument("--gpus", metavar="LIST", help="GPUs to train on, as nvidia-smi numbers them: 0,1 or 0-3")
+    launch.add_argument("--strategy", choices=STRATEGIES,
+                        help="how the GPUs share the work (default: single for one GPU, ddp for more)")
+    launch.add_argument("--cpu-processes", type=int, metavar="N", help="N processes on the CPU instead of GPUs")
+    launch.add_argument("--machines", type=int, default=1, metavar="N",
+                        help="machines training together, each with the same GPUs (this one is machine 0)")
+    launch.add_argument("--main-address", metavar="HOST[:PORT]",
+                        help="this machine's address as the others reach it, with --machines")
     train.set_defaults(command=_train, name="train")
 
     plan = commands.add_parser("plan", help="show what a run will cost and what the guides advise, without training",
@@ -244,30 +254,54 @@ def _context_length_or_none(config: RunConfig) -> int | None:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from tuneterm.engine.runner import new_run, prepared_run, resume_run
+    from functools import partial
 
+    from tuneterm.engine import distributed
+    from tuneterm.engine.detach import LOG_FILE, start_detached
+    from tuneterm.engine.launch import launch_for, launch_spec, prepare_launch
+    from tuneterm.engine.rundir import CONFIG_FILE
+    from tuneterm.engine.runner import new_run, planned_by_main, prepared_run, resume_run
+    from tuneterm.engine.supervisor import supervise
+
+    spec = launch_spec(args.gpus, args.strategy, args.cpu_processes, args.machines, args.main_address)
+    if args.resume and (args.config or args.preset):
+        print("tuneterm train --resume takes the run directory (and --set for what may change on resume): a "
+              "resumed run keeps its own config.yaml", file=sys.stderr)
+        return EXIT_USAGE
+    if spec is not None and (args.resume or args.prepared or distributed.launched()):
+        print("tuneterm train: --gpus, --strategy, --cpu-processes and --machines launch a new run; a run resumes "
+              "the way it was launched", file=sys.stderr)
+        return EXIT_USAGE
+    # A run launched on several GPUs (its launch.json) resumes the same way, started from here.
+    launch = launch_for(args.resume, resume=True) if args.resume and not distributed.launched() \
+        and not distributed.supervised() else None
     if args.prepared:
-        return _run_headless(prepared_run(args.prepared))
-    if args.resume:
-        if args.config or args.preset:
-            print("tuneterm train --resume takes the run directory (and --set for what may change on resume): a "
-                  "resumed run keeps its own config.yaml", file=sys.stderr)
-            return EXIT_USAGE
-        plan = resume_run(args.resume, args.overrides)
+        plan = planned_by_main(partial(prepared_run, args.prepared), partial(load_config, args.prepared / CONFIG_FILE))
+    elif args.resume:
+        plan = planned_by_main(partial(resume_run, args.resume, args.overrides, launch.spec.world_size if launch
+                                       else None),
+                               partial(load_config, args.resume / CONFIG_FILE, overrides=args.overrides))
+    elif args.config is None and args.preset is None and not args.overrides:
+        print("tuneterm train: give a CONFIG.yaml (or --preset, or --set KEY=VALUE for each setting), or "
+              "--resume RUN_DIR", file=sys.stderr)
+        return EXIT_USAGE
     else:
-        if args.config is None and args.preset is None and not args.overrides:
-            print("tuneterm train: give a CONFIG.yaml (or --preset, or --set KEY=VALUE for each setting), or "
-                  "--resume RUN_DIR", file=sys.stderr)
-            return EXIT_USAGE
-        plan = new_run(load_config(args.config, preset=args.preset, overrides=args.overrides), args.runs_dir)
-    if args.detach:
-        from tuneterm.engine.detach import LOG_FILE, start_detached
-
+        config = load_config(args.config, preset=args.preset, overrides=args.overrides)
+        plan = planned_by_main(partial(new_run, config, args.runs_dir), lambda: config)
+    if spec is not None:
+        launch = prepare_launch(plan.run_dir, spec)
+    if launch is not None:
+        print(f"Command: {launch.shell()}", flush=True)
+        for machine in range(1, launch.spec.num_machines):
+            print(f"  machine {machine} runs: {launch.on_machine(machine).shell()}", flush=True)
+    if args.detach and not distributed.launched():
         pid = start_detached(plan.run_dir, resume=plan.resume_from is not None)
         print(f"Run directory: {plan.run_dir}\nRunning detached (process {pid}); it goes on when this terminal "
               f"closes. Its output: {plan.run_dir / LOG_FILE}\n"
               f"  watch it:  tuneterm monitor {plan.run_dir}\n  stop it:   tuneterm stop {plan.run_dir}")
         return EXIT_OK
+    if launch is not None:
+        return EXIT_OK if supervise(plan.run_dir, list(launch.argv), launch.env, echo=True) == 0 else EXIT_FAILED
     return _run_headless(plan)
 
 
@@ -306,6 +340,7 @@ def _stop(args: argparse.Namespace) -> int:
     import time
 
     from tuneterm.engine.channel import send
+    from tuneterm.engine.distributed import processes_left
     from tuneterm.engine.rundir import is_live
     from tuneterm.engine.runs import summarise_run
 
@@ -321,7 +356,7 @@ def _stop(args: argparse.Namespace) -> int:
     if args.no_wait:
         return EXIT_OK
     deadline = time.monotonic() + args.timeout
-    while is_live(args.run_dir):
+    while is_live(args.run_dir) or processes_left(args.run_dir):  # a distributed run: all its processes gone
         if time.monotonic() > deadline:
             print(f"It is still running after {args.timeout:.0f} s (a long step or save?); it will stop when it "
                   "can.", file=sys.stderr)
@@ -455,18 +490,25 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _run_headless(plan: Any) -> int:
     from tuneterm.console import ConsoleProgress
+    from tuneterm.engine import distributed
     from tuneterm.engine.control import RunControl
-    from tuneterm.engine.events import RunFinished
+    from tuneterm.engine.events import RunFailed, RunFinished
     from tuneterm.engine.runner import run
     from tuneterm.engine.signals import StopOnSignals
 
-    print(f"Run directory: {plan.run_dir}", flush=True)
+    main = distributed.is_main()  # under a launcher the main process speaks for the run, the others only of failing
+    if main:
+        print(f"Run directory: {plan.run_dir}", flush=True)
     control = RunControl()
+    announce = (lambda message: print(f"\n{message}", file=sys.stderr, flush=True)) if main else (lambda message: None)
     try:
-        with StopOnSignals(control, lambda message: print(f"\n{message}", file=sys.stderr, flush=True)):
-            result = run(plan, ConsoleProgress(), control)
+        with StopOnSignals(control, announce, echo_seconds=2.0 if distributed.launched() else 0.0):
+            result = run(plan, ConsoleProgress() if main else None, control)
     except KeyboardInterrupt:
-        print(f"Aborted. Continue from the last complete checkpoint with: tuneterm train --resume {plan.run_dir}",
-              file=sys.stderr)
+        if main:
+            print(f"Aborted. Continue from the last complete checkpoint with: tuneterm train --resume {plan.run_dir}",
+                  file=sys.stderr)
         return EXIT_INTERRUPTED
+    if not main and isinstance(result, RunFailed):
+        print(f"[rank {distributed.rank()}] {ConsoleProgress().format(result)}", file=sys.stderr, flush=True)
     return EXIT_OK if isinstance(result, RunFinished) else EXIT_FAILED

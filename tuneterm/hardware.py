@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,6 +48,12 @@ class GpuSurvey:
     driver: str | None = None
     reason: str = ""
     """Why the list is empty (no driver, no GPU, NVML error); empty when GPUs were read."""
+
+    def only(self, indices: Iterable[int]) -> GpuSurvey:
+        """The GPUs a run is to use (NVML indices, as nvidia-smi numbers them)."""
+        chosen = set(indices)
+        gpus = tuple(g for g in self.gpus if g.index in chosen)
+        return GpuSurvey(gpus, self.driver, self.reason if gpus else f"none of GPUs {sorted(chosen)} was found")
 
 
 @dataclass(frozen=True)
@@ -137,6 +143,16 @@ def _read_gpu(nvml: Any, index: int) -> GpuReading | None:
     )
 
 
+def gpu_index_of_uuid(uuid: str) -> int | None:
+    """The NVML index of the GPU with this UUID (as torch or nvidia-smi give it), None when NVML cannot tell: how a
+    process under CUDA_VISIBLE_DEVICES finds which of the machine's GPUs it has."""
+    nvml, _ = _NVML.module()
+    if nvml is None:
+        return None
+    name = uuid if uuid.startswith(("GPU-", "MIG-")) else f"GPU-{uuid}"
+    return _optional(lambda: int(nvml.nvmlDeviceGetIndex(nvml.nvmlDeviceGetHandleByUUID(name))))
+
+
 def hypothetical_gpu(free_gigabytes: float) -> GpuSurvey:
     """A GPU to plan for from another machine: this much free memory, bf16-capable (Ampere or newer)."""
     size = int(free_gigabytes * 1e9)
@@ -198,8 +214,9 @@ def resolve_precision(setting: str, device: Device) -> tuple[str, str]:
 BUSY_CORE_PERCENT = 50.0
 
 
-def choose_cpu_threads(setting: int | str, sample_seconds: float = 0.3) -> tuple[int, str]:
-    """Threads for training on the CPU, and why: a number given in the config, or one per core that is free now.
+def choose_cpu_threads(setting: int | str, sample_seconds: float = 0.3, processes: int = 1) -> tuple[int, str]:
+    """Threads for training on the CPU, and why: a number given in the config, or one per core that is free now;
+    with several processes of one run on this machine, an equal share of the cores each.
 
     PyTorch starts one thread per core and its threads wait for each other at every operation: when another
     process holds a core, every step waits for the slowest thread (bench/cpu_threads.py measures it).
@@ -209,6 +226,9 @@ def choose_cpu_threads(setting: int | str, sample_seconds: float = 0.3) -> tuple
     if setting != "auto":
         return int(setting), "set in the config"
     usable = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+    if processes > 1:  # the other processes are busy starting too: their cores are not someone else's work
+        share = max(1, len(usable) // processes)
+        return share, f"auto: {len(usable)} cores shared by the {processes} processes of this run on this machine"
     busy_by_core = psutil.cpu_percent(interval=sample_seconds, percpu=True)
     busy = [core for core in usable if core < len(busy_by_core) and busy_by_core[core] >= BUSY_CORE_PERCENT]
     threads = max(1, len(usable) - len(busy))

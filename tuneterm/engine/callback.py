@@ -2,7 +2,8 @@
 
 The Trainer calls this between steps: it turns the trainer state into StepLogged / EvalFinished / CheckpointSaved
 events, and it is where a request from another thread (stop, save now, evaluate now, a new patience) takes effect,
-always after a whole optimizer step. It also keeps what is reported true:
+always after a whole optimizer step; in a distributed run, in every process at the same step (engine/distributed.py).
+It also keeps what is reported true:
 - the first evaluation (before any training) is the baseline; an evaluation is "best" only when it beats it;
 - a non-finite loss, gradient norm or weight stops the run at once, before anything non-finite is saved;
 - a checkpoint gets its completion marker (every file's size and hash) only after the Trainer wrote all of it.
@@ -19,6 +20,7 @@ from typing import Any
 
 from transformers import EarlyStoppingCallback, TrainerCallback
 
+from tuneterm.engine import distributed
 from tuneterm.engine.control import RunControl
 from tuneterm.engine.events import (
     CheckpointSaved,
@@ -87,15 +89,18 @@ class EventCallback(TrainerCallback):
     # Between steps --------------------------------------------------------------------------------------------
 
     def on_step_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
-        if self.run_control.take_save_request():
+        stop, save, evaluate, patience = distributed.agreed([
+            self.run_control.stop_requested, self.run_control.take_save_request(),
+            self.run_control.take_evaluate_request(), self.run_control.take_patience() or 0])
+        if save:
             control.should_save = True
-        if self.run_control.take_evaluate_request():
+        if evaluate:
             control.should_evaluate = True
-        patience = self.run_control.take_patience()
-        if patience is not None and self.early_stopping is not None:
+        if patience and self.early_stopping is not None:
             self.early_stopping.early_stopping_patience = patience
             self.sink(PatienceChanged(step=state.global_step, patience=patience))
-        if self.run_control.stop_requested:
+        if stop:
+            self.run_control.request_stop("asked of another process of the run")  # no-op when asked of this one
             control.should_save = True
             control.should_training_stop = True
             if not self.stop_announced:
@@ -103,8 +108,10 @@ class EventCallback(TrainerCallback):
                 self.sink(StopRequested(reason=self.run_control.stop_reason))
         if model is not None and (control.should_save or control.should_evaluate or control.should_training_stop):
             broken = [name for name, p in model.named_parameters() if p.requires_grad and not p.isfinite().all()]
-            if broken:
-                self._stop_nonfinite(state, control, f"{len(broken)} trainable tensors (e.g. {broken[0]})")
+            if distributed.agreed([bool(broken)])[0]:  # a sharded model: each process checks its own shard
+                what = f"{len(broken)} trainable tensors (e.g. {broken[0]})" if broken else \
+                    "trainable tensors of another process"
+                self._stop_nonfinite(state, control, what)
 
     def _stop_nonfinite(self, state: Any, control: Any, what: str) -> None:
         """Stop now, and save or evaluate nothing more: what the run holds is no longer a model."""
@@ -151,8 +158,9 @@ class EventCallback(TrainerCallback):
         self._last_log = (time.perf_counter(), state.num_input_tokens_seen or 0)
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        distributed.barrier()  # every process has written its part (its RNG state, its optimizer shard)
         path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-        if self.nonfinite is None and path.is_dir():
+        if distributed.is_main() and self.nonfinite is None and path.is_dir():
             mark_complete(path)
             self.sink(CheckpointSaved(step=state.global_step, path=str(path)))
 

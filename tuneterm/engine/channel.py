@@ -3,8 +3,9 @@
 `tuneterm stop RUN_DIR`, the monitor of a detached run and any other process append one JSON line per request
 to RUN_DIR/control.jsonl (stop, save, evaluate, patience); the run, whoever started it, reads new lines twice a
 second and hands them to its RunControl, which applies them between optimizer steps. What became of a request is
-in events.jsonl (StopRequested, CheckpointSaved, EvalFinished, PatienceChanged). A file needs no server, works
-over any filesystem the run directory is on, and every process of a distributed run reads it.
+in events.jsonl (StopRequested, CheckpointSaved, EvalFinished, PatienceChanged). A file needs no server and works
+over any filesystem the run directory is on. In a distributed run the main process reads it, and every process
+applies what was asked at the same step (engine/distributed.py).
 """
 
 from __future__ import annotations
@@ -46,12 +47,13 @@ def apply(request: dict[str, Any], control: RunControl) -> None:
 
 
 class ChannelListener:
-    """While held, a thread applies the requests appended after it started (older ones are history)."""
+    """While held, a thread applies the requests appended after it started (older ones are history), or after
+    `offset` (a run whose supervisor was asked while the run was starting)."""
 
-    def __init__(self, run_dir: Path, control: RunControl):
+    def __init__(self, run_dir: Path, control: RunControl, offset: int | None = None):
         self.path = run_dir / CONTROL_FILE
         self.control = control
-        self._offset = self.path.stat().st_size if self.path.exists() else 0
+        self._offset = offset if offset is not None else self.path.stat().st_size if self.path.exists() else 0
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._listen, name="tuneterm-control", daemon=True)
 

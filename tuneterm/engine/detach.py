@@ -5,6 +5,9 @@ RUN_DIR`, with no terminal: closing the terminal or the SSH session (SIGHUP) doe
 signal handlers (SIGTERM still stops it gracefully). Its console output goes to RUN_DIR/train.log, its events to
 events.jsonl as always; any terminal follows it with `tuneterm monitor RUN_DIR` and controls it through the
 control channel (`tuneterm stop RUN_DIR`).
+
+A run with a launch of its own (launch.json: chosen GPUs, several processes, several machines; engine/launch.py)
+starts its command under a supervisor (engine/supervisor.py) that outlives it and reports a launch that fails.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+from tuneterm.engine.launch import launch_for
 from tuneterm.engine.rundir import is_live
 from tuneterm.errors import RunDirError
 
@@ -22,13 +26,19 @@ LOG_FILE = "train.log"
 
 
 def start_detached(run_dir: Path, resume: bool = False, wait_seconds: float = 60.0) -> int:
-    """Start the run (or resume it) in its own session and return its process id once it holds the run's lock,
-    so that a run list never shows it as interrupted while it starts."""
-    argument = "--resume" if resume else "--prepared"
-    command = [sys.executable, "-m", "tuneterm", "train", argument, str(run_dir.resolve())]
+    """Start the run (or resume it) in its own session, the way its launch says when it has one, and return its
+    process id (the supervisor's, for a launch) once it holds the run's lock, so that a run list never shows it as
+    interrupted while it starts."""
+    launch = launch_for(run_dir, resume)
+    if launch is None:
+        command = [sys.executable, "-m", "tuneterm", "train", "--resume" if resume else "--prepared",
+                   str(run_dir.resolve())]
+    else:
+        command = [sys.executable, "-m", "tuneterm.engine.supervisor", str(run_dir.resolve()), "--", *launch.argv]
+    environment = {**os.environ, **(launch.env if launch else {}), "PYTHONUNBUFFERED": "1"}
     with open(run_dir / LOG_FILE, "ab") as log:
         process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
-                                   env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                   env=environment)
     deadline = time.monotonic() + wait_seconds
     while not is_live(run_dir):
         if process.poll() is not None:

@@ -76,6 +76,13 @@ class RunStarted(Event):
     total_params: int
     device: str
     resumed_from: str | None = None
+    world_size: int = 1
+    """Processes training together (one per GPU), under a launcher."""
+    strategy: str = "single"
+    """How they share the work: single, ddp, fsdp, deepspeed-zero2 or deepspeed-zero3."""
+    processes: list[dict[str, Any]] = field(default_factory=list)
+    """Each process: {"rank", "host", "pid", "gpu"}, gpu being the NVML index (as nvidia-smi numbers it) of the GPU it
+    trains on, on its host; None on a CPU."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -233,15 +240,18 @@ class EventLog:
     next to the events, once, and training goes on.
     """
 
-    def __init__(self, path: Path, sink: EventSink | None = None):
+    def __init__(self, path: Path | None, sink: EventSink | None = None):
+        """`path` None keeps nothing: a process of a distributed run other than the main one, which reports."""
         self.path = path
         self._sink = sink
         self._lock = threading.Lock()
-        self._handle: IO[str] = open(path, "a", encoding="utf-8")
+        self._handle: IO[str] | None = open(path, "a", encoding="utf-8") if path else None
         self.write_error: OSError | None = None
         self.sink_failed = False
 
     def __call__(self, event: Event) -> None:
+        if self.path is None or self._handle is None:
+            return
         with self._lock:
             try:
                 self._handle.write(event.to_json() + "\n")
@@ -260,7 +270,8 @@ class EventLog:
 
     def close(self) -> None:
         with self._lock, contextlib.suppress(OSError):
-            self._handle.close()
+            if self._handle is not None:
+                self._handle.close()
 
     def __enter__(self) -> EventLog:
         return self

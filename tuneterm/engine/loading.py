@@ -13,6 +13,7 @@ from tuneterm.config import RunConfig
 from tuneterm.errors import LoadError
 from tuneterm.hardware import CPU, Device
 from tuneterm.hub import open_source
+from tuneterm.plan.memory import SHARDED_WEIGHTS, Strategy
 
 
 def detect_device() -> Device:
@@ -29,13 +30,17 @@ def detect_device() -> Device:
 _DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 
 
-def load_model(config: RunConfig, precision: str, device: Device) -> Any:
+def load_model(config: RunConfig, precision: str, device: Device, strategy: Strategy = "single") -> Any:
+    """The model on this process's device; under FSDP or ZeRO-3 (`strategy`) placed by the launcher's sharding."""
     import torch
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     method = config.method
-    # Full fine-tuning keeps fp32 master weights under mixed precision; adapters train over a 16-bit base.
-    dtype = torch.float32 if method == "full" else getattr(torch, _DTYPES[precision])
+    # Full fine-tuning keeps fp32 master weights under mixed precision; adapters train over a 16-bit base, or over
+    # 4-bit weights packed in a floating-point dtype, which the whole model then shares (for FSDP and ZeRO-3).
+    storage = config.get("quantization.bnb_4bit_quant_storage")
+    dtype = torch.float32 if method == "full" else getattr(
+        torch, storage if storage in _DTYPES.values() else _DTYPES[precision])
     path = config.get("model.path")
     source = open_source(path, config.get("model.revision"), config.get("model.trust_remote_code"))
     kwargs: dict[str, Any] = {**source.kwargs, "attn_implementation": config.get("model.attn_implementation"),
@@ -46,7 +51,7 @@ def load_model(config: RunConfig, precision: str, device: Device) -> Any:
         compute = _DTYPES[precision] if compute == "auto" else compute
         kwargs["quantization_config"] = BitsAndBytesConfig(bnb_4bit_compute_dtype=getattr(torch, compute),
                                                            **quantization)
-        if device.kind == "cuda":
+        if device.kind == "cuda" and strategy not in SHARDED_WEIGHTS:
             kwargs["device_map"] = {"": torch.cuda.current_device()}
     try:
         return AutoModelForCausalLM.from_pretrained(path, **kwargs)

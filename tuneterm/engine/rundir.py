@@ -11,8 +11,13 @@ Layout of RUN_DIR:
   training_loss.png, training_eval_loss.png
   adapter_check.json           proof that the adapter weights changed
   error.log                    the traceback, when a run failed
-  .lock                        held (flock) by the process running it, so a run list can tell a live run from
-                               one whose process died
+  accelerate.yaml, launch.json a run launched on chosen GPUs or several processes: the command (engine/launch.py)
+  train.log                    the output of a detached run
+  .lock                        held (flock) by the process running it (the main process of a distributed run, or
+                               the supervisor of a detached launch), so a run list can tell a live run from one whose
+                               processes died
+Only the main process of a distributed run writes here, except for what the Trainer has every process write into a
+checkpoint (its RNG state, its optimizer shard).
 """
 
 from __future__ import annotations
@@ -35,9 +40,16 @@ LOCK_FILE = ".lock"
 MARKER_FILE = "tuneterm-complete.json"
 DEFAULT_RUNS_ROOT = Path("runs")
 
-# Files without which a checkpoint cannot be resumed from (weights are checked separately).
-_CHECKPOINT_FILES = ("trainer_state.json", "optimizer.pt", "scheduler.pt")
-_WEIGHT_FILES = ("adapter_model.safetensors", "model.safetensors", "model.safetensors.index.json")
+# What a checkpoint must hold to be resumed from, as each layout the Trainer writes names it: one process's files,
+# FSDP's sharded directories, or DeepSpeed's global_stepN directory (every process's optimizer and model states and
+# the scheduler's).
+_RESUMABLE = {
+    "trainer_state.json": (r"trainer_state\.json",),
+    "optimizer.pt": (r"optimizer\.pt", r"optimizer_\d+/.+", r"global_step\d+/.+optim_states\.pt"),
+    "scheduler.pt": (r"scheduler\.pt", r"global_step\d+/.+"),
+}
+_WEIGHTS = (r"(adapter_)?model\.safetensors", r"model\.safetensors\.index\.json", r"pytorch_model_fsdp_\d+/.+",
+            r"global_step\d+/.+model_states\.pt")
 
 
 def create_run_dir(config: RunConfig, runs_root: Path = DEFAULT_RUNS_ROOT) -> Path:
@@ -117,10 +129,10 @@ def checkpoint_problem(checkpoint: Path) -> str | None:
     except (OSError, ValueError):
         return f"its {MARKER_FILE} is unreadable"
     names = set(marker["files"])
-    for required in _CHECKPOINT_FILES:
-        if required not in names:
+    for required, layouts in _RESUMABLE.items():
+        if not _any_matches(layouts, names):
             return f"it has no {required}, so the optimizer and schedule would restart"
-    if not names & set(_WEIGHT_FILES):
+    if not _any_matches(_WEIGHTS, names):
         return "it holds no weights"
     for name, expected in marker["files"].items():
         path = checkpoint / name
@@ -131,6 +143,10 @@ def checkpoint_problem(checkpoint: Path) -> str | None:
         if _digest(path) != expected["blake2b"]:
             return f"{name} does not match what was saved (corrupted)"
     return None
+
+
+def _any_matches(patterns: tuple[str, ...], names: set[str]) -> bool:
+    return any(re.fullmatch(pattern, name) for pattern in patterns for name in names)
 
 
 def last_complete_checkpoint(run_dir: Path) -> tuple[Path | None, list[str]]:

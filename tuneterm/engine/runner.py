@@ -3,15 +3,20 @@
 The TUI's worker thread, the headless `tuneterm train`, a detached run and a run under `accelerate launch` all
 call this function. It knows nothing of who is watching: it reports through the event sink (and always to
 RUN_DIR/events.jsonl) and listens to the control object between optimizer steps. It may run in any thread.
+
+Under a launcher every process calls it with the same plan (planned_by_main); only the main process writes the run
+directory and reports (engine/distributed.py), the others train alongside and drop their events.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
-import os
+import sys
+import threading
 import traceback
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +24,7 @@ from typing import Any
 from tuneterm.config import RunConfig, load_config, parse_override
 from tuneterm.data.prepare import PreparedData, prepare
 from tuneterm.data.tokenizer import load_tokenizer
-from tuneterm.engine import failures, fingerprint
+from tuneterm.engine import distributed, failures, fingerprint
 from tuneterm.engine.capture import library_output_as_events
 from tuneterm.engine.channel import ChannelListener
 from tuneterm.engine.control import RunControl
@@ -38,10 +43,13 @@ from tuneterm.engine.events import (
     WarningIssued,
     read_events,
 )
+from tuneterm.engine.generate import eval_samples_of, save_eval_samples
+from tuneterm.engine.launch import launch_for
 from tuneterm.engine.loading import detect_device, load_model
 from tuneterm.engine.rundir import CONFIG_FILE, DEFAULT_RUNS_ROOT, create_run_dir, holding_run_lock, resume_point
 from tuneterm.errors import Cancelled, ConfigError, Location, Problem, RunDirError, TuneTermError, first_sentence
 from tuneterm.hardware import CPU, Device, choose_cpu_threads
+from tuneterm.plan.memory import SHARDED_WEIGHTS
 from tuneterm.plan.planner import model_facts, startup_problems
 from tuneterm.plan.resolve import resolve, schedule_of
 from tuneterm.work import Progress, Work, import_training_libraries
@@ -89,17 +97,22 @@ def run_config(config: RunConfig) -> RunConfig:
                                                           f"{config.get('training.output_dir')}")})
 
 
-def resume_run(run_dir: Path, overrides: Iterable[str] = ()) -> RunPlan:
+def resume_run(run_dir: Path, overrides: Iterable[str] = (), world_size: int | None = None) -> RunPlan:
     """Continue a stopped or interrupted run from its last complete checkpoint, with its saved config, after
-    checking that the data, the model and the config are still those the run started from. `overrides` (--set)
+    checking that the data, the model and the config are still those the run started from, and that it resumes
+    in as many processes as it trained in (`world_size`: this process's launch unless said). `overrides` (--set)
     may change only what does not change what is trained (the eval batch, gradient checkpointing, patience...)."""
     checkpoint, skipped = resume_point(run_dir)
     events_path = run_dir / EVENTS_FILE
-    if events_path.exists():
-        finished = [e for e in read_events(events_path) if isinstance(e, RunFinished)]
-        if finished and finished[-1].status in ("completed", "early_stopped"):
-            raise RunDirError(f"{run_dir}: this run already {finished[-1].status.replace('_', ' ')}; "
-                              f"start a new one with tuneterm train {run_dir / CONFIG_FILE}")
+    events = read_events(events_path) if events_path.exists() else []
+    finished = [e for e in events if isinstance(e, RunFinished)]
+    if finished and finished[-1].status in ("completed", "early_stopped"):
+        raise RunDirError(f"{run_dir}: this run already {finished[-1].status.replace('_', ' ')}; "
+                          f"start a new one with tuneterm train {run_dir / CONFIG_FILE}")
+    started = [e for e in events if isinstance(e, RunStarted)]
+    world_size = world_size or distributed.world_size()
+    if started and started[-1].world_size != world_size:
+        raise RunDirError(_other_world_size(run_dir, started[-1], world_size))
     config = load_config(run_dir / CONFIG_FILE, overrides=overrides)
     changing = {parse_override(text)[0] for text in overrides} - fingerprint.CHANGEABLE_ON_RESUME
     if changing:
@@ -117,6 +130,32 @@ def resume_run(run_dir: Path, overrides: Iterable[str] = ()) -> RunPlan:
     return RunPlan(config, run_dir, checkpoint, tuple(skipped))
 
 
+def _other_world_size(run_dir: Path, started: RunStarted, world_size: int) -> str:
+    """Why a run resumes only with as many processes as it trained with, and how."""
+    launch = launch_for(run_dir, resume=True)
+    how = f": {launch.shell()}" if launch else " (under the same launcher settings)"
+    return (f"{run_dir}: this run trained in {started.world_size} process{'es' if started.world_size > 1 else ''} "
+            f"and would resume in {world_size}: its checkpoint's optimizer state, data order and schedule belong "
+            f"to {started.world_size}. Resume it the way it ran{how}")
+
+
+def planned_by_main(make: Callable[[], RunPlan], settings: Callable[[], RunConfig]) -> RunPlan:
+    """The run plan made once. Alone, by this process; under a launcher, by the main process (which creates the run
+    directory or checks the checkpoint), handed to every other so that all train the same plan. `settings` is the
+    config every process reads first, to join the process group as the Trainer would (ddp_timeout, ddp_backend)."""
+    if not distributed.launched():
+        return make()
+    config = settings()
+    distributed.join(cpu=bool(config.get("training.use_cpu")) or detect_device().kind != "cuda",
+                     timeout_seconds=config.get("training.ddp_timeout", DDP_TIMEOUT_SECONDS),
+                     backend=config.get("training.ddp_backend"))
+    return distributed.from_main(make)
+
+
+DDP_TIMEOUT_SECONDS = 1800
+"""TrainingArguments' default: how long a process waits for the others at a collective operation."""
+
+
 class _Stopped(Exception):
     """A stop was requested before training started."""
 
@@ -125,8 +164,9 @@ def run(plan: RunPlan, sink: EventSink | None = None, control: RunControl | None
     """Run to the end and return the last event: RunFinished or RunFailed."""
     control = control or RunControl()
     import_training_libraries()
-    with holding_run_lock(plan.run_dir), ChannelListener(plan.run_dir, control), \
-            EventLog(plan.run_dir / EVENTS_FILE, sink) as emit, library_output_as_events(emit):
+    with contextlib.ExitStack() as held:
+        emit = held.enter_context(_reporting(plan.run_dir, sink, control))
+        held.enter_context(library_output_as_events(emit))
         try:
             result: Event = _Run(plan, emit, control).execute()
         except (_Stopped, Cancelled):
@@ -136,17 +176,52 @@ def run(plan: RunPlan, sink: EventSink | None = None, control: RunControl | None
                            error_type="KeyboardInterrupt"))
             raise
         except Exception as exc:  # the one place a run's failure is turned into an event
-            result = failure_event(exc, _write_traceback(plan.run_dir))
+            result = failure_event(exc, _record_traceback(plan.run_dir))
         finally:
             release_library_state()
+        if isinstance(result, RunFailed) and result.error_type == PEER_FAILED and distributed.supervised():
+            return result  # the supervisor reports it, with the rank and exit code the launcher gives
         emit(result)
         if emit.write_error is not None and isinstance(result, RunFinished):
             emit(WarningIssued(message=f"events.jsonl is incomplete: writing it failed ({emit.write_error})"))
+        if distributed.is_main():
+            _write_run_card(plan.run_dir)
         return result
 
 
-def _write_traceback(run_dir: Path) -> Path | None:
-    """The traceback in error.log, or None when even that cannot be written (a full disk)."""
+def _write_run_card(run_dir: Path) -> None:
+    """README.md from the run's files, after its last event. The run has ended either way: a card that cannot be
+    written is said on stderr (train.log for a run that is not in a terminal), never turned into a failure."""
+    from tuneterm.engine.card import write_card
+    from tuneterm.engine.report import report_of
+
+    try:
+        write_card(report_of(run_dir))
+    except Exception as exc:  # noqa: BLE001 - any reason, said, and the run's result stands
+        print(f"tuneterm: the run card {run_dir / 'README.md'} was not written: {exc}", file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def _reporting(run_dir: Path, sink: EventSink | None, control: RunControl) -> Iterator[EventLog]:
+    """The main process holds the run's lock (unless its supervisor does), reads the control channel and writes
+    events.jsonl; every other process of a distributed run keeps quiet."""
+    if not distributed.is_main():
+        with EventLog(None) as silent:
+            yield silent
+        return
+    with contextlib.ExitStack() as held:
+        if not distributed.supervised():
+            held.enter_context(holding_run_lock(run_dir))
+        held.enter_context(ChannelListener(run_dir, control, distributed.control_from()))
+        yield held.enter_context(EventLog(run_dir / EVENTS_FILE, sink))
+
+
+def _record_traceback(run_dir: Path) -> Path | None:
+    """The traceback in error.log, or None when even that cannot be written (a full disk). The other processes of
+    a distributed run print theirs, which the launcher's output (train.log) keeps."""
+    if not distributed.is_main():
+        print(f"[rank {distributed.rank()}] {traceback.format_exc()}", file=sys.stderr, flush=True)
+        return None
     path = run_dir / ERROR_LOG
     try:
         path.write_text(traceback.format_exc(), encoding="utf-8")
@@ -155,10 +230,18 @@ def _write_traceback(run_dir: Path) -> Path | None:
     return path
 
 
+PEER_FAILED = "PeerFailed"
+
+
 def failure_event(exc: BaseException, log_path: Path | None) -> RunFailed:
     """A failure as one sentence a person can act on, with the problems behind it and their locations, and what
     to change."""
     log = str(log_path) if log_path else None
+    if distributed.is_peer_failure(exc):
+        return RunFailed(reason=f"another process of this {distributed.world_size()}-process run failed or was "
+                                "killed, so this one could not go on; the launcher's output says which and why "
+                                f"(train.log for a detached run): {first_sentence(str(exc))}",
+                         error_type=PEER_FAILED, log_path=log)
     if isinstance(exc, TuneTermError):
         checkpoint = getattr(exc, "last_good_checkpoint", None)
         return RunFailed(reason=exc.summary, error_type=type(exc).__name__, log_path=log,
@@ -193,11 +276,20 @@ class _Run:
     def __init__(self, plan: RunPlan, emit: EventSink, control: RunControl):
         self.plan, self.emit, self.control = plan, emit, control
         self.run_dir = plan.run_dir
+        self.together = distributed.launched()
+        """Whether the processes of a distributed run still work in step (until the adapter is saved)."""
 
     def phase(self, name: str, detail: str = "") -> None:
-        if self.control.stop_requested:
+        if self.stop_agreed():
             raise _Stopped
         self.emit(PhaseStarted(phase=name, detail=detail))
+
+    def stop_agreed(self) -> bool:
+        """Whether a stop was asked of this process or, while the processes of a distributed run work together,
+        of any of them: all stop together."""
+        if not self.together:
+            return self.control.stop_requested
+        return bool(distributed.agreed([self.control.stop_requested])[0])
 
     def warn(self, messages: list[str]) -> None:
         for message in messages:
@@ -209,41 +301,47 @@ class _Run:
 
     def execute(self) -> Event:
         config = self.plan.config
+        main, world, strategy = distributed.is_main(), distributed.world_size(), distributed.strategy()
         self.warn(list(self.plan.skipped))
         self.phase("loading tokenizer", config.get("model.path"))
         tokenizer, warnings = load_tokenizer(config)
         self.warn(warnings)
         self.phase("preparing data", config.get("data.train"))
-        work = Work(self.control.stop_event, self.progress, interval=0.5)
+        # Cancelling half-way is for a run alone: processes of a distributed run stop together, at the next phase.
+        work = Work(threading.Event() if distributed.launched() else self.control.stop_event, self.progress,
+                    interval=0.5)
         data = prepare(config, tokenizer, model_facts(config).context_length, work)
         self.warn(data.warnings)
         device = CPU if config.get("training.use_cpu") else detect_device()
         config = resolve(config, device, train_examples=len(data.train.examples),
-                         data_max_length=(data.max_length, data.max_length_why), world_size=_world_size())
+                         data_max_length=(data.max_length, data.max_length_why), world_size=world, strategy=strategy)
+        _check_same_everywhere(config, data)
         if device.kind == "cpu":
             config = self.set_cpu_threads(config)
-        if self.plan.resume_from is None:
+        if self.plan.resume_from is None and main:
             run_config(config).save(self.run_dir / CONFIG_FILE)
             fingerprint.record(run_config(config), self.run_dir)
         if data.eval is None:
             self.warn(["no eval split (data.val_size is 0 and no data.eval): overfitting is invisible, and early "
                        "stopping and best-checkpoint selection are off"])
+        elif main:  # what the chat and the stop check prompt with, as the model saw it
+            save_eval_samples(eval_samples_of(data.eval.examples, tokenizer), self.run_dir)
 
         self.phase("loading model", f"{config.get('model.path')} ({config.method}, {device.name})")
-        model = load_model(config, config.get("training.precision"), device)
+        model = load_model(config, config.get("training.precision"), device, strategy)
         self.phase("building trainer")
         trainer, callback = self.build_trainer(config, model, tokenizer, data, device)
-        before = fingerprint_trainable(trainer.model)
+        before = fingerprint_trainable(trainer.model) if main else {}
         total, trainable = _parameter_counts(trainer.model)
-        plan = schedule_of(config, len(data.train.examples), len(data.eval.examples) if data.eval else 0,
-                           _world_size())
+        plan = schedule_of(config, len(data.train.examples), len(data.eval.examples) if data.eval else 0, world)
         self.emit(RunStarted(
             run_dir=str(self.run_dir), config=config.to_nested(), defaulted=sorted(config.defaulted),
             notes=config.notes, train_examples=plan.train_examples, eval_examples=plan.eval_examples,
             steps_per_epoch=plan.steps_per_epoch, total_steps=plan.total_steps,
             trainable_params=trainable, total_params=total, device=device.name,
-            resumed_from=str(self.plan.resume_from) if self.plan.resume_from else None))
-        if self.control.stop_requested:
+            resumed_from=str(self.plan.resume_from) if self.plan.resume_from else None,
+            world_size=world, strategy=strategy, processes=distributed.processes()))
+        if self.stop_agreed():
             raise _Stopped
         if self.plan.resume_from is not None:
             self.stop_where_it_ended(trainer, config)
@@ -252,13 +350,18 @@ class _Run:
             trainer.train(resume_from_checkpoint=str(self.plan.resume_from) if self.plan.resume_from else None)
         except Exception as exc:
             raise self.explained(exc, config, trainer.state.global_step, callback, data) from exc
-        self.save_history(trainer)
+        if main:
+            self.save_history(trainer)
         if callback.nonfinite is not None:
             raise failures.diverged(config, callback.nonfinite.step, callback.nonfinite.what, self.run_dir)
 
         self.emit(PhaseStarted(phase="saving", detail=str(self.run_dir)))
         try:
-            trainer.save_model(str(self.run_dir))
+            save_adapter(trainer, self.run_dir)
+            self.together = False  # what is left is the main process's alone
+            if not main:  # the main process checks and reports what was saved
+                return RunFinished(status="stopped" if self.control.stop_requested else "completed",
+                                   run_dir=str(self.run_dir), global_step=trainer.state.global_step)
             tokenizer.save_pretrained(str(self.run_dir))
             check = compare_saved(before, trainer.model, self.run_dir)
             (self.run_dir / ADAPTER_CHECK_FILE).write_text(json.dumps(check, indent=2) + "\n", encoding="utf-8")
@@ -270,7 +373,24 @@ class _Run:
         if not check["all_changed"]:
             self.warn([f"training left {len(check['unchanged'])} of {check['tensors']} trainable tensors exactly "
                        f"unchanged (see {ADAPTER_CHECK_FILE})"])
+        if data.eval is not None:
+            self.check_stopping(config, trainer.model, tokenizer, device, strategy)
         return self.finished(trainer, callback, check, has_eval=data.eval is not None)
+
+    def check_stopping(self, config: RunConfig, model: Any, tokenizer: Any, device: Device, strategy: str) -> None:
+        """Do its answers end? Checked on the model in memory, before it is freed (not when the person asked to
+        stop, and not where the weights are sharded across processes: then tuneterm chat --stop-check does it)."""
+        from tuneterm.engine.stopcheck import check_after_training
+
+        later = f"check it with tuneterm chat {self.run_dir} --stop-check"
+        if self.control.stop_requested or strategy in SHARDED_WEIGHTS:
+            why = "the run was stopped" if self.control.stop_requested else f"{strategy} shards the weights"
+            self.warn([f"stop check skipped ({why}): {later}"])
+            return
+        self.phase("checking that answers end", "generating for eval prompts")
+        check = check_after_training(self.run_dir, config, model, tokenizer, device)
+        if check.runaway:
+            self.warn([f"stop check: {check.summary()} (see stop_check.json)"])
 
     def stop_where_it_ended(self, trainer: Any, config: RunConfig) -> None:
         """A run whose early stopping had already fired (it was interrupted while saving) trains no further."""
@@ -320,7 +440,8 @@ class _Run:
     def set_cpu_threads(self, config: RunConfig) -> RunConfig:
         import torch
 
-        threads, why = choose_cpu_threads(config.get("training.cpu_threads"))
+        threads, why = choose_cpu_threads(config.get("training.cpu_threads"),
+                                          processes=distributed.local_world_size())
         torch.set_num_threads(threads)
         return config.resolved({"training.cpu_threads": (threads, why)})
 
@@ -371,6 +492,8 @@ def build_trainer(config: RunConfig, model: Any, tokenizer: Any, train_dataset: 
         save_total_limit=max(training["save_total_limit"], 2) if has_eval else training["save_total_limit"],
         include_num_input_tokens_seen="non_padding",
     )
+    # Every trainable parameter takes part in every step: DDP need not search the graph for unused ones.
+    arguments.setdefault("ddp_find_unused_parameters", False)
     trainer = SFTTrainer(model=model, args=SFTConfig(**arguments), train_dataset=train_dataset,
                          eval_dataset=eval_dataset, processing_class=tokenizer, callbacks=callbacks,
                          peft_config=lora_config(config) if config.method != "full" else None)
@@ -378,8 +501,26 @@ def build_trainer(config: RunConfig, model: Any, tokenizer: Any, train_dataset: 
     return trainer
 
 
-def _world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))
+def save_adapter(trainer: Any, run_dir: Path) -> None:
+    """The final adapter (or model), saved by every process together: FSDP gathers the full state dict for it
+    (checkpoints keep theirs sharded), ZeRO-3 its 16-bit weights; the main process writes the files."""
+    if trainer.is_fsdp_enabled:
+        trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
+    trainer.save_model(str(run_dir))
+
+
+def _check_same_everywhere(config: RunConfig, data: PreparedData) -> None:
+    """Every process of a distributed run must train the same config on the same examples; a data file that
+    differs between machines, or a model that does, would otherwise train something nobody asked for."""
+    digest = hashlib.blake2b(json.dumps(config.values, sort_keys=True, default=str).encode("utf-8"), digest_size=16)
+    for split in (data.train, data.eval):
+        for example in split.examples if split else ():
+            digest.update(len(example.input_ids).to_bytes(4, "little"))
+    differing = distributed.ranks_unlike_main(digest.hexdigest())
+    if differing:
+        raise TuneTermError(f"the processes of rank {', '.join(map(str, differing))} read other data or resolved "
+                            "another config than the main process: every machine needs the same model and data "
+                            "files at the same paths (a shared filesystem)")
 
 
 def lora_config(config: RunConfig) -> Any:

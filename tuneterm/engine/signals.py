@@ -4,11 +4,14 @@ SIGINT (Ctrl-C), SIGTERM (a scheduler, `kill`, a shutting-down machine) and SIGH
 session went away) all ask the run to stop: it finishes the optimizer step, saves a checkpoint and the adapter,
 and ends as "stopped", resumable. A second signal means "now": it raises KeyboardInterrupt in the main thread,
 which the command line turns into one line, not a traceback. Handlers can only be set from the main thread.
+Under a launcher a signal comes twice, from the terminal and passed on by the launcher: the second within a few
+seconds is the same request.
 """
 
 from __future__ import annotations
 
 import signal
+import time
 from collections.abc import Callable
 from types import FrameType
 from typing import Any
@@ -23,14 +26,20 @@ NAMES: dict[int, str] = {signal.SIGINT: "Ctrl-C", signal.SIGTERM: "SIGTERM",
 class StopOnSignals:
     """While held, the first stopping signal stops the run gracefully; the second aborts."""
 
-    def __init__(self, control: RunControl, announce: Callable[[str], None] = lambda message: None):
-        self.control, self.announce = control, announce
+    def __init__(self, control: RunControl, announce: Callable[[str], None] = lambda message: None,
+                 echo_seconds: float = 0.0):
+        """`echo_seconds`: how soon after the first a signal is the same one again (under a launcher)."""
+        self.control, self.announce, self.echo_seconds = control, announce, echo_seconds
         self.previous: dict[int, Any] = {}
+        self.first: float | None = None
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         name = NAMES.get(signum, f"signal {signum}")
+        if self.first is not None and time.monotonic() - self.first < self.echo_seconds:
+            return
         if not self.control.request_stop(name):
             raise KeyboardInterrupt
+        self.first = time.monotonic()
         self.announce(f"{name}: stopping after the current step and saving a checkpoint (again to abort now)")
 
     def __enter__(self) -> StopOnSignals:
