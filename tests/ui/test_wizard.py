@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.ui.conftest import wait_until
+from tests.ui.conftest import make_services, wait_until
 from tuneterm.config import load_config
 from tuneterm.ui.app import Opening, make_app
 from tuneterm.ui.draft import Draft
@@ -188,3 +188,35 @@ async def test_the_command_palette_runs_the_wizard_actions(services) -> None:
         await pilot.press("enter")
         await wait_until(pilot, lambda: any("Not ready" in n.message for n in app._notifications),
                          what="the launch action run from the palette")
+
+
+async def test_two_gpus_and_fsdp_plan_memory_per_gpu_and_show_the_launch_command(tiny_model: Path, chat_data: dict,
+                                                                                 tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from textual.widgets import Select, SelectionList
+
+    from tests.ui.conftest import FAKE_GPU
+    from tuneterm.hardware import GpuSurvey
+
+    two = GpuSurvey((FAKE_GPU.gpus[0], replace(FAKE_GPU.gpus[0], index=1)), FAKE_GPU.driver)
+    app = make_app(make_services(tmp_path / "runs", read_gpus=lambda: two), Opening("wizard", Draft()))
+    async with app.run_test(size=(100, 30)) as pilot:
+        wizard = await model_then_data(pilot, tiny_model, chat_data["train"])
+        await wait_until(pilot, lambda: wizard.plan is not None and wizard.plan.data is not None)
+        single = wizard.plan.memory.total_bytes
+        wizard.show_step("settings")
+        await pilot.pause()
+        assert wizard.query_one("#gpu-choice").display
+        gpus = wizard.query_one("#gpus", SelectionList)
+        gpus.select_all()
+        await wait_until(pilot, lambda: wizard.draft.gpus == (0, 1) and wizard.draft.strategy == "ddp")
+        wizard.query_one("#strategy", Select).value = "fsdp"
+        await wait_until(pilot, lambda: wizard.draft.strategy == "fsdp" and wizard.plan is not None)
+        assert wizard.plan.memory_setup.world_size == 2
+        assert wizard.plan.memory.total_bytes < single  # weights, gradients and optimizer state sharded
+        assert "per GPU" in str(wizard.query_one("#plan-memory").render())
+        review = wizard.query_one("#review-command")
+        text = str(review.render())
+        assert "--gpus 0,1 --strategy fsdp --detach" in text
+        assert "CUDA_VISIBLE_DEVICES=0,1" in text and "launch --config_file RUN_DIR/accelerate.yaml" in text

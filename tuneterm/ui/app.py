@@ -16,6 +16,7 @@ from textual.worker import Worker, WorkerState
 from tuneterm.config import RunConfig, load_config
 from tuneterm.engine.control import RunControl
 from tuneterm.engine.events import EVENTS_FILE, read_events
+from tuneterm.engine.launch import LaunchSpec
 from tuneterm.engine.runner import RunPlan
 from tuneterm.errors import TuneTermError
 from tuneterm.ui.commands import ActionCommands
@@ -169,16 +170,21 @@ class TuneTermApp(App[None]):
             self.push_screen(screen)
         return screen
 
-    def launch(self, config: RunConfig, detached: bool) -> None:
-        """Start a run from the wizard: in a thread of this app, or detached in a process of its own."""
+    def launch(self, config: RunConfig, detached: bool, spec: LaunchSpec | None = None) -> None:
+        """Start a run from the wizard: in a thread of this app, or detached in a process of its own (always, on
+        chosen GPUs: accelerate starts a process per GPU)."""
+        from tuneterm.engine.launch import prepare_launch
         from tuneterm.engine.runner import new_run
 
+        detached = detached or spec is not None
         if not detached and self.training is not None and self.training.active:
             self.notify("A run is already training in this app: stop it first, or launch this one detached.",
                         title="Cannot start the run", severity="warning", timeout=15)
             return
         try:
             plan = new_run(config, self.services.runs_dir)
+            if spec is not None:
+                prepare_launch(plan.run_dir, spec)
         except TuneTermError as exc:
             self.notify(str(exc), title="Cannot start the run", severity="error", timeout=20)
             return

@@ -17,7 +17,9 @@ from typing import Any
 import yaml
 
 from tuneterm.config import RunConfig, config_from_mapping, load_config, preset_path, set_argument
+from tuneterm.engine.launch import LaunchSpec
 from tuneterm.errors import ConfigError, Location, Problem
+from tuneterm.plan.memory import Strategy
 
 # Keys the review step must have before a run can start, with what to tell the person.
 NEEDED_TO_LAUNCH = {"model.path": "choose a model", "data.train": "choose a dataset"}
@@ -32,6 +34,10 @@ class Draft:
     """The config file it was loaded from or last saved to."""
     saved_values: dict[str, Any] | None = None
     """The values as last loaded or saved, to tell whether there is unsaved work."""
+    gpus: tuple[int, ...] = ()
+    """The GPUs chosen to train on (as nvidia-smi numbers them); none: the first GPU, or the CPU."""
+    strategy: Strategy = "single"
+    """How several GPUs share the work."""
 
     @classmethod
     def from_config(cls, config: RunConfig, source: Path | None = None) -> Draft:
@@ -105,14 +111,23 @@ class Draft:
             return missing + exc.problems
         return missing
 
+    def launch_spec(self) -> LaunchSpec | None:
+        """Where the run trains, when GPUs were chosen (a launch of its own); None: in the usual way."""
+        if not self.gpus:
+            return None
+        return LaunchSpec(strategy=self.strategy if len(self.gpus) > 1 else "single", gpus=self.gpus)
+
     def command_line(self) -> str:
         """The `tuneterm train` command that starts the same run."""
+        spec = self.launch_spec()
+        launch = f" --gpus {','.join(map(str, spec.gpus))}" + (f" --strategy {spec.strategy}" if len(spec.gpus) > 1
+                                                               else "") if spec else ""
         if self.source is not None and not self.dirty:
-            return f"tuneterm train {shlex.quote(str(self.source))}"
+            return f"tuneterm train {shlex.quote(str(self.source))}{launch}"
         parts = ["tuneterm train"]
         if self.preset:
             parts.append(f"--preset {self.preset}")
         parts += [set_argument(key, value) for key, value in self.values.items()]
-        return " ".join(parts)
+        return " ".join(parts) + launch
 
 

@@ -11,6 +11,7 @@ RunControl (a run of this app) or its control channel (any other).
 from __future__ import annotations
 
 import math
+import socket
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -341,7 +342,14 @@ class MonitorScreen(Screen[None]):
     # The machine ---------------------------------------------------------------------------------------------
 
     def read_system(self) -> None:
+        """Every GPU of this machine, or, for a run on chosen GPUs, those its processes here train on (with rank)."""
         survey, host = self.services.read_gpus(), self.services.read_host()
+        started = self.view.started
+        here = socket.gethostname()  # NVML sees this machine's GPUs; other machines' processes are theirs
+        ranks = {p["gpu"]: p["rank"] for p in (started.processes if started else [])
+                 if p.get("gpu") is not None and p.get("host") == here}
+        if ranks:
+            survey = survey.only(ranks)
         brief, detail = [], []
         for gpu in survey.gpus:
             self.peak_memory[gpu.index] = max(self.peak_memory.get(gpu.index, 0), gpu.memory_used)
@@ -349,9 +357,10 @@ class MonitorScreen(Screen[None]):
                       f"{size(gpu.memory_used)} / {size(gpu.memory_total)}",
                       f"{gpu.temperature} C" if gpu.temperature is not None else "temp n/a",
                       f"{gpu.power_watts:.0f} W" if gpu.power_watts is not None else "power n/a"]
-            brief.append(f"GPU {gpu.index}: {' · '.join(fields[:2])}")
+            rank = f" rank {ranks[gpu.index]}" if gpu.index in ranks else ""
+            brief.append(f"GPU {gpu.index}{rank}: {' · '.join(fields[:2])}")
             estimate = f"; the plan estimated {size(self.estimate)}" if self.estimate else ""
-            detail.append(f"[b]GPU {gpu.index} {escape(gpu.name)}[/b]: {' · '.join(fields)}\n"
+            detail.append(f"[b]GPU {gpu.index} {escape(gpu.name)}[/b]{rank}: {' · '.join(fields)}\n"
                           f"   peak used {size(self.peak_memory[gpu.index])}{estimate}")
         if not survey.gpus:
             detail.append(f"[$text-muted]No GPU: {escape(survey.reason)}[/]")
@@ -373,7 +382,9 @@ class MonitorScreen(Screen[None]):
         if started is None or not self.services.read_gpus().gpus:
             return
         config = config_from_mapping(started.config)
-        self.estimate = estimate_memory(model_facts(config), memory_setup(config)).total_bytes
+        strategy = started.strategy if started.strategy != "single" else "ddp"
+        setup = memory_setup(config, started.world_size, strategy=strategy)  # type: ignore[arg-type]
+        self.estimate = estimate_memory(model_facts(config), setup).total_bytes
 
     # Controls ------------------------------------------------------------------------------------------------
 

@@ -24,6 +24,7 @@ from tuneterm.config import RunConfig, config_from_mapping
 from tuneterm.data.formats import FormatUnknown
 from tuneterm.data.prepare import view_of
 from tuneterm.data.summary import DataSummary
+from tuneterm.engine.launch import LaunchSpec, build_launch, launch_problems
 from tuneterm.errors import Cancelled, ConfigError, Location, Problem, TuneTermError
 from tuneterm.hardware import GpuSurvey
 from tuneterm.plan.catalog import ModelDescription, ModelEntry, describe_model, local_models
@@ -47,15 +48,15 @@ from tuneterm.ui.widgets.fields import FieldEdited
 from tuneterm.ui.widgets.model_step import ModelPicked, ModelStep, RemoteCodeAllowed
 from tuneterm.ui.widgets.plan_panel import PlanPanel
 from tuneterm.ui.widgets.review_step import LaunchRequested, ReviewStep, SaveRequested
-from tuneterm.ui.widgets.settings_step import PresetChosen, SettingsStep
+from tuneterm.ui.widgets.settings_step import LaunchChanged, PresetChosen, SettingsStep
 from tuneterm.work import Work
 
 STEPS = (("model", "Model"), ("data", "Data"), ("settings", "Settings"), ("review", "Review"))
 DATA_KEYS = ("data.train", "data.eval", "data.format", "data.columns", "data.train_on")
 GPU_POLL_SECONDS = 2.0
 
-Launcher = Callable[[RunConfig, bool], None]
-"""What launching does, given the config and whether to run detached: the app decides."""
+Launcher = Callable[[RunConfig, bool, "LaunchSpec | None"], None]
+"""What launching does, given the config, whether to run detached and the GPUs chosen: the app decides."""
 
 
 class WizardCommands(ActionCommands):
@@ -373,6 +374,22 @@ class WizardScreen(Screen[None]):
         if self.draft.set(message.key, message.value):
             self.draft_changed()
 
+    @on(LaunchChanged)
+    def _launch_changed(self, message: LaunchChanged) -> None:
+        strategy = message.strategy if len(message.gpus) > 1 else "single"
+        if len(message.gpus) > 1 and len(self.draft.gpus) < 2:
+            strategy = "ddp"  # the usual choice when a model fits one GPU
+        self.draft.gpus, self.draft.strategy = message.gpus, strategy
+        self.draft_changed()
+
+    def launch_command(self) -> str:
+        """What the run's launch executes, for a person or a scheduler (RUN_DIR is made at launch)."""
+        spec = self.draft.launch_spec()
+        if spec is None or launch_problems(spec):
+            return ""
+        placeholder = Path("RUN_DIR")
+        return build_launch(placeholder, spec).shell().replace(str(placeholder.resolve()), "RUN_DIR")
+
     @on(PresetChosen)
     def _preset(self, message: PresetChosen) -> None:
         if self.draft.preset != message.preset:
@@ -419,13 +436,19 @@ class WizardScreen(Screen[None]):
         waiting = self.waiting_for()
         if self.config is not None and self.facts is not None and self.facts_path == self.config.get("model.path"):
             summary = self.summary if self.summary_key == data_key(self.config) else None
+            spec = self.draft.launch_spec()
+            gpus = self.gpus.only(spec.gpus) if spec else self.gpus
             try:
-                self.plan = plan_run(self.config, self.facts, summary, self.gpus, host=self.services.read_host())
+                self.plan = plan_run(self.config, self.facts, summary, gpus, spec.world_size if spec else 1,
+                                     host=self.services.read_host(), strategy=spec.strategy if spec else "ddp")
                 self.problems += self.plan.problems
             except ConfigError as exc:
                 self.problems += exc.problems
         if self.data_error is not None:
             self.problems.append(Problem(self.data_error.summary, Location(key="data.train")))
+        spec = self.draft.launch_spec()
+        if spec is not None:
+            self.problems += launch_problems(spec)
         self.show_plan(waiting)
 
     def waiting_for(self) -> str:
@@ -448,9 +471,10 @@ class WizardScreen(Screen[None]):
             findings = view.findings if view is not None else self.summary.findings(True)
             data_step.show_summary(self.summary.train, self.summary.eval, view, findings)
         resolved = self.plan.config if self.plan is not None else self.config
-        self.query_one(SettingsStep).show(self.draft.values, resolved, self.plan.advice if self.plan else [],
-                                          self.draft.preset)
-        self.query_one(ReviewStep).show(resolved, self.problems, self.draft.command_line(),
+        settings = self.query_one(SettingsStep)
+        settings.show(self.draft.values, resolved, self.plan.advice if self.plan else [], self.draft.preset)
+        settings.show_gpus(self.gpus, self.draft.gpus, self.draft.strategy)
+        self.query_one(ReviewStep).show(resolved, self.problems, self.draft.command_line(), self.launch_command(),
                                         str(self.draft.source) if self.draft.source and not self.draft.dirty
                                         else None)
         self.render_rail()
@@ -486,7 +510,7 @@ class WizardScreen(Screen[None]):
             missing = "; ".join(str(p) for p in blocking[:3]) or "wait until the model and the data are read"
             self.notify(f"Not ready: {missing}", title="Cannot launch yet", severity="warning")
             return
-        self.launcher(self.config, self.query_one(ReviewStep).detached)
+        self.launcher(self.config, self.query_one(ReviewStep).detached, self.draft.launch_spec())
 
 
 def _slug(text: str) -> str:

@@ -83,7 +83,9 @@ class PlanPanel(VerticalScroll):
     def _memory_text(self, plan: Plan) -> str:
         width = max(10, self.size.width - 3)
         estimate = plan.memory
-        lines = []
+        setup = plan.memory_setup
+        lines = [f"[b]per GPU[/b], {setup.world_size} GPUs sharing the work by {setup.strategy}"] \
+            if setup.world_size > 1 else []
         for target in plan.targets:
             name = target.name if plan.gpus.gpus else "host RAM (no GPU)"
             lines.append(f"[b]{escape(name)}[/b]: {size(target.free_bytes)} free")
@@ -99,7 +101,6 @@ class PlanPanel(VerticalScroll):
         legend = memory_legend(estimate.breakdown)
         per_line = 2 if width >= 40 else 1
         lines += ["   ".join(legend[i:i + per_line]) for i in range(0, len(legend), per_line)]
-        setup = plan.memory_setup
         lines.append(f"[$text-muted]at {setup.seq_len} tokens x micro-batch {setup.micro_batch}, {setup.precision}, "
                      f"checkpointing {'on' if setup.gradient_checkpointing else 'off'}[/]")
         return "\n".join(lines)

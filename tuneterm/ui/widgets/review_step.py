@@ -42,6 +42,7 @@ class ReviewStep(VerticalScroll):
         super().__init__(id=id)
         self.detached_by_default = detached_by_default
         self.command = ""
+        self.launch = ""
 
     @property
     def detached(self) -> bool:
@@ -61,7 +62,9 @@ class ReviewStep(VerticalScroll):
                      "[$accent]accent[/] derived from the data and the machine", classes="group-title")
         yield Static(id="review-yaml")
 
-    def show(self, config: RunConfig | None, problems: list[Problem], command: str, source: str | None) -> None:
+    def show(self, config: RunConfig | None, problems: list[Problem], command: str, launch: str,
+             source: str | None) -> None:
+        """`launch`: what the command runs on several GPUs (accelerate launch ...), or ""."""
         status = self.query_one("#review-status", Static)
         blocking = [p for p in problems if p.level == "error"]
         if blocking:
@@ -71,12 +74,18 @@ class ReviewStep(VerticalScroll):
             saved = f" (saved as {escape(source)})" if source else ""
             status.update(f"[$success][b]Ready to launch.[/b][/]{saved}")
         self.query_one("#launch", Button).disabled = bool(blocking)
-        self.command = command
+        self.command, self.launch = command, launch
         self.show_command()
         self.query_one("#review-yaml", Static).update(marked_yaml(config) if config is not None else "")
 
     def show_command(self) -> None:
-        self.query_one("#review-command", Static).update(escape(self.command + (" --detach" if self.detached else "")))
+        """With GPUs chosen the run is a launch of its own: always detached, and the launcher's line is shown."""
+        checkbox = self.query_one("#detached", Checkbox)
+        checkbox.disabled = bool(self.launch)
+        detach = " --detach" if self.detached or self.launch else ""
+        underneath = (f"\n[$text-muted]which runs (RUN_DIR is the new run's directory; accelerate.yaml and "
+                      f"launch.json are written into it):[/]\n{escape(self.launch)}" if self.launch else "")
+        self.query_one("#review-command", Static).update(escape(self.command + detach) + underneath)
 
     @on(Checkbox.Changed, "#detached")
     def _detached(self, event: Checkbox.Changed) -> None:

@@ -1,8 +1,10 @@
 """Wizard step 3: the settings, grouped as the guides discuss them, each with the plan's advice beside it.
 
-Method (LoRA / QLoRA / full and the adapter's shape), batch, schedule, evaluation and the rest. A preset fills
-the values under what the person sets. The focused field's reason for its default (with the guide it comes
-from) is shown at the bottom; ctrl+t applies the advice of the focused field.
+On a machine with several GPUs, first which of them to train on and how they share the work (DDP, FSDP,
+DeepSpeed ZeRO-2/3): the plan's memory is then per GPU for that strategy. Method (LoRA / QLoRA / full and the
+adapter's shape), batch, schedule, evaluation and the rest. A preset fills the values under what the person sets.
+The focused field's reason for its default (with the guide it comes from) is shown at the bottom; ctrl+t applies
+the advice of the focused field.
 """
 
 from __future__ import annotations
@@ -15,10 +17,12 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.events import DescendantFocus
 from textual.markup import escape
 from textual.message import Message
-from textual.widgets import Label, Select, Static
+from textual.widgets import Label, Select, SelectionList, Static
 
 from tuneterm.config import METHODS, OPTION_BY_KEY, RunConfig, preset_names
+from tuneterm.hardware import GpuSurvey
 from tuneterm.plan.advice import Advice
+from tuneterm.plan.memory import STRATEGIES, Strategy, size
 from tuneterm.ui.widgets.fields import FieldSpec, SettingField
 
 SCHEDULERS = ("cosine", "linear", "constant_with_warmup", "constant", "cosine_with_restarts")
@@ -70,8 +74,31 @@ class PresetChosen(Message):
         self.preset = preset
 
 
+STRATEGY_TEXT = {
+    "single": "one GPU",
+    "ddp": "DDP: a full copy on each GPU, each trains on its share of the batch (fastest when the model fits one)",
+    "fsdp": "FSDP: weights, gradients and optimizer state sharded across the GPUs (a model too big for one)",
+    "deepspeed-zero2": "ZeRO-2: gradients and optimizer state sharded, weights copied (needs deepspeed)",
+    "deepspeed-zero3": "ZeRO-3: everything sharded, like FSDP (needs deepspeed)",
+}
+
+
+class LaunchChanged(Message):
+    def __init__(self, gpus: tuple[int, ...], strategy: Strategy):
+        super().__init__()
+        self.gpus, self.strategy = gpus, strategy
+
+
 class SettingsStep(VerticalScroll):
     def compose(self) -> ComposeResult:
+        with VerticalScroll(id="gpu-choice"):
+            yield Static("GPUs", classes="group-title")
+            yield SelectionList[int](id="gpus", compact=True)
+            with Horizontal(classes="setting-row"):
+                yield Label("strategy", classes="setting-label")
+                yield Select([(name, name) for name in STRATEGIES if name != "single"], allow_blank=False,
+                             value="ddp", id="strategy", compact=True)
+            yield Static(id="strategy-help")
         with Horizontal(classes="setting-row"):
             yield Label("preset", classes="setting-label")
             yield Select([(NO_PRESET, NO_PRESET), *((name, name) for name in preset_names())], allow_blank=False,
@@ -81,6 +108,35 @@ class SettingsStep(VerticalScroll):
             for spec in specs:
                 yield SettingField(spec)
         yield Static(id="settings-help")
+
+    def show_gpus(self, survey: GpuSurvey, chosen: tuple[int, ...], strategy: Strategy) -> None:
+        """The GPU choice, on a machine with several GPUs only (one GPU, or none, needs no choosing)."""
+        choice = self.query_one("#gpu-choice")
+        choice.display = len(survey.gpus) > 1
+        listing = self.query_one("#gpus", SelectionList)
+        options = [(f"GPU {g.index} {g.name}, {size(g.memory_free)} free of {size(g.memory_total)}", g.index)
+                   for g in survey.gpus]
+        if [option[1] for option in options] != [listing.get_option_at_index(i).value
+                                                  for i in range(listing.option_count)]:
+            with listing.prevent(SelectionList.SelectedChanged):
+                listing.clear_options()
+                listing.add_options([(text, index, index in chosen) for text, index in options])
+        select = self.query_one("#strategy", Select)
+        select.disabled = len(chosen) < 2
+        if len(chosen) > 1:
+            with select.prevent(Select.Changed):
+                select.value = strategy
+        self.query_one("#strategy-help", Static).update(
+            f"[$text-muted]{escape(STRATEGY_TEXT[strategy if len(chosen) > 1 else 'single'])}; none chosen: the "
+            "first GPU[/]" if len(chosen) < 2 else f"[$text-muted]{escape(STRATEGY_TEXT[strategy])}[/]")
+
+    @on(SelectionList.SelectedChanged, "#gpus")
+    @on(Select.Changed, "#strategy")
+    def _launch_changed(self, event: Message) -> None:
+        event.stop()
+        gpus = tuple(sorted(self.query_one("#gpus", SelectionList).selected))
+        strategy = self.query_one("#strategy", Select).value
+        self.post_message(LaunchChanged(gpus, strategy if len(gpus) > 1 else "single"))  # type: ignore[arg-type]
 
     def fields(self) -> list[SettingField]:
         return list(self.query(SettingField))
