@@ -3,6 +3,7 @@ refuses, and how it is kept in the run directory to start the run again the same
 
 from __future__ import annotations
 
+import importlib.util
 import shlex
 import sys
 from pathlib import Path
@@ -119,3 +120,12 @@ def test_the_launch_is_kept_with_the_run_and_resumes_the_same_way(tmp_path: Path
     assert again is not None and again.spec == launch.spec and again.env == launch.env
     assert again.argv[-2:] == ("--resume", str(tmp_path.resolve()))
     assert launch_for(tmp_path / "elsewhere") is None
+
+
+def test_deepspeed_must_be_installed_to_be_chosen(monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = LaunchSpec("deepspeed-zero3", gpus=(0, 1))
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    assert [p.message for p in launch_problems(spec)] == [
+        "DeepSpeed is not installed here: pip install deepspeed (or choose fsdp)"]
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: object())
+    assert launch_problems(spec) == []

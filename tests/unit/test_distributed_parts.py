@@ -139,6 +139,16 @@ def test_the_processes_of_a_run_still_alive_on_this_machine(tmp_path: Path) -> N
     assert distributed.processes_left(tmp_path) == [os.getpid()]
 
 
+def test_the_gpus_a_run_trains_on_here() -> None:
+    host = socket.gethostname()
+    start = RunStarted(run_dir="r", config={}, defaulted=[], notes={}, train_examples=1, eval_examples=0,
+                       steps_per_epoch=1, total_steps=1, trainable_params=1, total_params=1, device="H100",
+                       world_size=3, processes=[{"rank": 0, "host": host, "pid": 1, "gpu": 5},
+                                                {"rank": 1, "host": host, "pid": 2, "gpu": 2},
+                                                {"rank": 2, "host": "elsewhere", "pid": 3, "gpu": 0}])
+    assert distributed.gpus_here(start) == [2, 5]
+
+
 def test_processes_of_one_run_share_the_cores() -> None:
     cores = len(os.sched_getaffinity(0))
     threads, why = choose_cpu_threads("auto", sample_seconds=0, processes=2)

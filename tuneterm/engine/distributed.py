@@ -163,14 +163,20 @@ def processes() -> list[dict[str, Any]]:
     return everyone
 
 
+def gpus_here(started: RunStarted) -> list[int]:
+    """The GPUs (as nvidia-smi numbers them) that the run's processes on this machine train on; empty on a CPU."""
+    host = socket.gethostname()
+    return sorted(p["gpu"] for p in started.processes if p["host"] == host and p["gpu"] is not None)
+
+
 def _this_gpu() -> int | None:
     """The NVML index of this process's GPU (the one nvidia-smi and the monitor show), None on a CPU."""
     import torch
 
     if not torch.cuda.is_available():
         return None
-    uuid = str(torch.cuda.get_device_properties(torch.cuda.current_device()).uuid)
-    return gpu_index_of_uuid(uuid)
+    uuid = getattr(torch.cuda.get_device_properties(torch.cuda.current_device()), "uuid", None)
+    return gpu_index_of_uuid(str(uuid)) if uuid is not None else None
 
 
 _PEER_SIGNS = ("Connection closed by peer", "Connection reset by peer", "Broken pipe", "NCCL", "gloo",

@@ -18,6 +18,7 @@ and saves 16-bit weights. Pure: nothing here imports torch.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shlex
 import socket
@@ -104,6 +105,8 @@ def launch_problems(spec: LaunchSpec) -> list[Problem]:
         problem(f"{spec.strategy} shares the work between processes: choose two GPUs or more", "gpus")
     if not spec.gpus and spec.strategy not in ("single", "ddp"):
         problem(f"{spec.strategy} needs GPUs; processes on the CPU train with ddp", "strategy")
+    if spec.strategy.startswith("deepspeed") and importlib.util.find_spec("deepspeed") is None:
+        problem("DeepSpeed is not installed here: pip install deepspeed (or choose fsdp)", "strategy")
     if spec.num_machines < 1 or not 0 <= spec.machine_rank < spec.num_machines:
         problem(f"machine {spec.machine_rank} of {spec.num_machines}: numbered from 0", "machine_rank")
     if spec.num_machines > 1 and not spec.main_process_ip:
