@@ -133,5 +133,7 @@ def test_a_process_that_dies_fails_the_run_naming_it_instead_of_a_hang(base_conf
     assert isinstance(failed, RunFailed)
     assert failed.reason.startswith("the process of rank 1 was killed by SIGKILL"), failed.reason
     assert failed.log_path == str(run_dir / "train.log")
-    assert not any(alive(pid) for pid in (*pids.values(), supervisor))
+    # Every process gone, the supervisor last: it lets go of the run's lock just before it exits.
+    wait_for(lambda: not any(alive(pid) for pid in (*pids.values(), supervisor)), timeout=30,
+             what="every process of the run to exit")
     assert summarise_run(run_dir).status == "failed"

@@ -21,6 +21,7 @@ from tuneterm.engine.events import (
     RunStarted,
     StepLogged,
     StopRequested,
+    WarningIssued,
     read_events,
 )
 from tuneterm.engine.runner import new_run, resume_run, run
@@ -144,6 +145,9 @@ def test_stop_from_another_thread_saves_a_checkpoint_and_resume_finishes_the_run
     stopped = results[0]
     assert isinstance(stopped, RunFinished) and stopped.status == "stopped"
     assert of_type(events, StopRequested)
+    if not [e for e in of_type(events, EvalFinished) if e.step > 0]:  # stopped before evaluating: nothing is known
+        assert stopped.outcome == "not_evaluated"
+        assert not [e for e in of_type(events, WarningIssued) if "made the eval loss worse" in e.message]
     total = of_type(events, RunStarted)[0].total_steps
     assert 3 <= stopped.global_step < total
     checkpoint = plan.run_dir / f"checkpoint-{stopped.global_step}"

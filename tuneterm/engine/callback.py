@@ -56,6 +56,8 @@ class EventCallback(TrainerCallback):
         self.best: tuple[float, int] | None = None
         """(eval loss, step) of the best evaluation that beat the baseline; None while none has."""
         self.last_eval: float | None = None
+        self.evaluated_since_baseline = False
+        """An evaluation after training began: without one, nothing can be said to be better or worse."""
         self.nonfinite: NonFinite | None = None
         self.stop_announced = False
         self._last_log: tuple[float, int] | None = None
@@ -67,6 +69,7 @@ class EventCallback(TrainerCallback):
         if step == 0 and self.baseline is None:
             self.baseline = loss
             return
+        self.evaluated_since_baseline = True
         beats_baseline = self.baseline is None or loss < self.baseline
         if math.isfinite(loss) and beats_baseline and (self.best is None or loss < self.best[0]):
             self.best = (loss, step)

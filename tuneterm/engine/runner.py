@@ -424,8 +424,9 @@ class _Run:
         """The end as it truly is: "best" only for an evaluation that beat the untrained baseline."""
         status: RunStatus = ("stopped" if self.control.stop_requested
                              else "early_stopped" if callback.early_stopped else "completed")
-        outcome: Outcome = ("not_evaluated" if not has_eval else "improved" if callback.best is not None
-                            else "worse_than_baseline")
+        # Stopped before the first evaluation after the baseline: neither better nor worse is known.
+        outcome: Outcome = ("not_evaluated" if not has_eval or not callback.evaluated_since_baseline
+                            else "improved" if callback.best is not None else "worse_than_baseline")
         if outcome == "worse_than_baseline":
             self.warn([f"no evaluation beat the eval loss before training ({callback.baseline:.4f}): training made "
                        "the eval loss worse. The adapter saved is the last one, and nothing is called best. Try a "

@@ -80,10 +80,8 @@ class StartScreen(Screen[None]):
         yield table
         yield Footer(compact=True)
 
-    def on_mount(self) -> None:
-        self.action_refresh_runs()
-
     def on_screen_resume(self) -> None:
+        """Shown (the first time too) or come back to: the run list as it is now."""
         self.action_refresh_runs()
 
     def action_refresh_runs(self) -> None:

@@ -27,7 +27,8 @@ from tuneterm.ui.services import Services
 OUTCOME_TEXT = {"improved": "[$success]the eval loss improved on the loss before training[/]",
                 "worse_than_baseline": "[$warning]no evaluation beat the loss before training: nothing is called "
                                        "best[/]",
-                "not_evaluated": "[$text-muted]no eval split: whether it generalises is unknown[/]"}
+                "not_evaluated": "[$text-muted]no evaluation after training began: whether it generalises is "
+                                 "unknown[/]"}
 
 
 class ReportRead(Message):
