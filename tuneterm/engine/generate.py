@@ -173,6 +173,8 @@ class TunedModel:
 
         hf_logging.disable_progress_bar()  # a bar on stderr would draw over the app
 
+        if not (run_dir / CONFIG_FILE).is_file():
+            raise RunDirError(f"{run_dir}: not a tuneterm run directory (no {CONFIG_FILE})")
         config = load_config(run_dir / CONFIG_FILE)
         model: Any
         weights = run_dir / (ADAPTER_FILE if config.method != "full" else "model.safetensors")
