@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from tuneterm.engine.report import RunReport, loss_text, perplexity
+from tuneterm.engine.report import RunReport, clock, loss_text, perplexity
 
 CARD_FILE = "README.md"
 METHOD_NAMES = {"lora": "LoRA", "qlora": "QLoRA", "full": "full"}
@@ -30,7 +30,7 @@ def card_markdown(report: RunReport) -> str:
              "", "## Results", "", "| | |", "|---|---|"]
     rows = [("steps", f"{report.steps:,}" + (f" of {report.total_steps:,} planned" if report.total_steps else "")),
             ("epochs", f"{report.epochs:.2f}" if report.epochs is not None else "-"),
-            ("training time", _duration(report.training_seconds)),
+            ("training time", clock(report.training_seconds)),
             ("tokens seen", f"{report.tokens_seen:,}" if report.tokens_seen is not None else "-"),
             ("train loss, first to last",
              f"{loss_text(report.train_loss_first)} to {loss_text(report.train_loss_last)}"),
@@ -82,11 +82,6 @@ def _how_to_use(report: RunReport, base: str, method: str) -> list[str]:
     if report.status in ("stopped", "interrupted", "failed") and report.checkpoints:
         lines += [f"Continue the run from its last complete checkpoint: `tuneterm train --resume {here}`.", ""]
     return lines
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(seconds)
-    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
 def write_card(report: RunReport) -> Path:

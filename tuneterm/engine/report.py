@@ -83,6 +83,14 @@ def loss_text(loss: float | None) -> str:
     return f"{loss:.4f}" if math.isfinite(loss) else str(loss)
 
 
+def clock(seconds: float | None) -> str:
+    """h:mm:ss, or "-" when unknown."""
+    if seconds is None:
+        return "-"
+    seconds = int(seconds)
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
+
+
 def training_seconds(events: list[Event]) -> float:
     """Time spent training, each start (the first, and every resume) counted from its RunStarted to its last
     event, so the time a run spent stopped before it was resumed is not counted."""
@@ -98,30 +106,27 @@ def training_seconds(events: list[Event]) -> float:
     return total
 
 
-def tokens_seen(run_dir: Path) -> int | None:
-    """Input tokens trained on (padding excluded), from the Trainer's state: the run's, or its newest
-    checkpoint's when it did not end normally."""
-    candidates = [run_dir / "trainer_state.json"] + [c / "trainer_state.json" for c in reversed(checkpoints(run_dir))]
-    for path in candidates:
+def trainer_state(run_dir: Path) -> dict[str, Any]:
+    """The Trainer's state: the run's, or its newest checkpoint's when it did not end normally ({} when none)."""
+    for path in [run_dir / "trainer_state.json"] + [c / "trainer_state.json" for c in reversed(checkpoints(run_dir))]:
         try:
-            state = json.loads(path.read_text(encoding="utf-8"))
+            state: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             continue
-        seen = state.get("num_input_tokens_seen")
-        return int(seen) if seen is not None else None
-    return None
+        return state
+    return {}
+
+
+def tokens_seen(run_dir: Path) -> int | None:
+    """Input tokens trained on (padding excluded)."""
+    seen = trainer_state(run_dir).get("num_input_tokens_seen")
+    return int(seen) if seen is not None else None
 
 
 def tokens_by_step(run_dir: Path) -> dict[int, int]:
     """Tokens seen at each logged step (for curves aligned by tokens rather than steps)."""
-    for path in [run_dir / "trainer_state.json"] + [c / "trainer_state.json"
-                                                      for c in reversed(checkpoints(run_dir))]:
-        try:
-            history = json.loads(path.read_text(encoding="utf-8"))["log_history"]
-        except (OSError, ValueError, KeyError):
-            continue
-        return {int(e["step"]): int(e["num_input_tokens_seen"]) for e in history if "num_input_tokens_seen" in e}
-    return {}
+    history = trainer_state(run_dir).get("log_history", [])
+    return {int(e["step"]): int(e["num_input_tokens_seen"]) for e in history if "num_input_tokens_seen" in e}
 
 
 def notable_settings(config: RunConfig) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from textual.widgets import Footer, Header, Log, Sparkline, Static, TabbedConten
 from tuneterm.engine.channel import send
 from tuneterm.engine.control import RunControl
 from tuneterm.engine.events import Event, RunFailed, RunFinished
+from tuneterm.engine.report import clock
 from tuneterm.plan.memory import size
 from tuneterm.ui.commands import ActionCommands
 from tuneterm.ui.follow import EventFollower
@@ -78,13 +79,6 @@ class RunHandle:
             self.control.set_patience(patience)
         else:
             send(self.run_dir, "patience", patience=patience)
-
-
-def clock(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    seconds = int(seconds)
-    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
 def gauge(value: int, total: int, width: int = 10) -> str:

@@ -19,7 +19,7 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Footer, Header, Static
 
-from tuneterm.engine.report import RunReport, loss_text, perplexity, report_of
+from tuneterm.engine.report import RunReport, clock, loss_text, perplexity, report_of
 from tuneterm.errors import TuneTermError
 from tuneterm.ui.commands import ActionCommands
 from tuneterm.ui.services import Services
@@ -52,18 +52,13 @@ class SummaryCommands(ActionCommands):
                 ("Loss curves", "screen.curves", "The monitor's charts and log of this run"))
 
 
-def duration(seconds: float) -> str:
-    seconds = int(seconds)
-    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
-
-
 def report_markup(report: RunReport) -> str:
     """The summary as console markup, most important first."""
     lines = [f"[b]{escape(report.why_it_ended[0].upper() + report.why_it_ended[1:])}[/b]", ""]
     total = f" of {report.total_steps:,}" if report.total_steps else ""
     epochs = f", {report.epochs:.2f} epochs" if report.epochs is not None else ""
     tokens = f", {report.tokens_seen:,} tokens seen" if report.tokens_seen is not None else ""
-    lines.append(f"steps      {report.steps:,}{total}{epochs}{tokens}, trained for {duration(report.training_seconds)}")
+    lines.append(f"steps      {report.steps:,}{total}{epochs}{tokens}, trained for {clock(report.training_seconds)}")
     lines.append(f"train loss {loss_text(report.train_loss_first)} → {loss_text(report.train_loss_last)}")
     if report.baseline_eval_loss is not None or report.final_eval_loss is not None:
         best = (f"; best [b]{loss_text(report.best_eval_loss)}[/b] (perplexity {perplexity(report.best_eval_loss)}) "
