@@ -18,6 +18,10 @@ from textual.widgets.option_list import Option
 from tuneterm.engine.runs import RunSummary, list_runs
 from tuneterm.ui.services import Services
 
+RUN_COLUMNS = ("run", "status", "method", "model", "step", "best eval", "started")
+MARK = "● "
+"""Marks a run for comparing; its column is always wide enough for it."""
+
 STATUS_COLOURS = {"running": "accent", "completed": "success", "early_stopped": "success", "stopped": "warning",
                   "failed": "error", "interrupted": "error"}
 
@@ -75,9 +79,7 @@ class StartScreen(Screen[None]):
             Option("Demo: a tiny model and chat data built here (offline, trains on a CPU in minutes)", id="demo"),
             id="actions")
         yield Static(id="runs-title", classes="group-title")
-        table: DataTable[str] = DataTable(id="runs", cursor_type="row", zebra_stripes=True)
-        self.name_column, *_ = table.add_columns("run", "status", "method", "model", "step", "best eval", "started")
-        yield table
+        yield DataTable(id="runs", cursor_type="row", zebra_stripes=True)
         yield Footer(compact=True)
 
     def on_screen_resume(self) -> None:
@@ -93,17 +95,26 @@ class StartScreen(Screen[None]):
 
     @on(RunsListed)
     def _runs(self, message: RunsListed) -> None:
-        table = self.query_one("#runs", DataTable)
-        table.clear()
         now = self.services.now()
         colours = self.app.get_css_variables()
+        rows: dict[str, list[Text]] = {}
         for run in message.runs[:50]:
             colour = colours.get(STATUS_COLOURS.get(run.status, "foreground"), colours["foreground"])
             step = f"{run.step:,}" + (f"/{run.total_steps:,}" if run.total_steps else "")
             best = f"{run.best_eval_loss:.4f}" if run.best_eval_loss is not None else "-"
             model = Path(run.model).name if run.model else "?"
-            table.add_row(self.name_cell(run.run_dir), Text(run.status.replace("_", " "), style=colour),
-                          run.method or "?", Text(model), step, best, age(run.started, now), key=str(run.run_dir))
+            rows[str(run.run_dir)] = [self.name_cell(run.run_dir), Text(run.status.replace("_", " "), style=colour),
+                                      Text(run.method or "?"), Text(model), Text(step), Text(best),
+                                      Text(age(run.started, now))]
+        # Each column's width is set before its rows arrive. Left to size itself, the table measures its rows a
+        # moment after drawing them, and keeps the first drawing, cut at the headers' widths.
+        table = self.query_one("#runs", DataTable)
+        table.clear(columns=True)
+        for index, label in enumerate(RUN_COLUMNS):
+            width = max([len(label), *(cells[index].cell_len for cells in rows.values())])
+            table.add_column(label, width=width + len(MARK) if label == "run" else width, key=label)
+        for key, cells in rows.items():
+            table.add_row(*cells, key=key)
         table.display = bool(message.runs)
         if self.runs_first and message.runs:
             self.runs_first = False
@@ -113,7 +124,7 @@ class StartScreen(Screen[None]):
             f"No runs yet in {escape(str(self.services.runs_dir))}: start a new run, or try the demo.")
 
     def name_cell(self, run_dir: Path) -> Text:
-        return Text(f"● {run_dir.name}", style="bold") if run_dir in self.marked else Text(run_dir.name)
+        return Text(MARK + run_dir.name, style="bold") if run_dir in self.marked else Text(run_dir.name)
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action == "mark":
@@ -129,7 +140,7 @@ class StartScreen(Screen[None]):
         key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key
         run_dir = Path(str(key.value))
         self.marked.remove(run_dir) if run_dir in self.marked else self.marked.append(run_dir)
-        table.update_cell(key, self.name_column, self.name_cell(run_dir))
+        table.update_cell(key, "run", self.name_cell(run_dir))
         self.refresh_bindings()
         if len(self.marked) == 1:
             self.notify("Mark another run, then C compares them.", title="Compare")
