@@ -10,11 +10,14 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tuneterm import __version__
 from tuneterm.config import RunConfig, load_config
 from tuneterm.errors import ConfigError, RunDirError, TuneTermError, listed
+
+if TYPE_CHECKING:
+    from tuneterm.ui.app import Opening
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -305,15 +308,27 @@ def _train(args: argparse.Namespace) -> int:
     return _run_headless(plan)
 
 
-def _monitor(args: argparse.Namespace) -> int:
-    from tuneterm.ui.app import Opening, make_app
+def _run_app(runs_dir: Path, opening: Opening) -> int:
+    """The app draws on a terminal and reads keys from it: without one it would wait for keys forever."""
+    from tuneterm.ui.app import make_app
     from tuneterm.ui.services import Services
+
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        print("tuneterm: the app needs a terminal, and stdin or stdout is not one. Without a terminal: "
+              "`tuneterm train CONFIG.yaml` trains, `tuneterm demo --headless` runs the demo, "
+              "`tuneterm runs --plain` lists the runs, `tuneterm stop RUN_DIR` stops one.", file=sys.stderr)
+        return EXIT_USAGE
+    make_app(Services(runs_dir=runs_dir), opening).run()
+    return EXIT_OK
+
+
+def _monitor(args: argparse.Namespace) -> int:
+    from tuneterm.ui.app import Opening
 
     if not (args.run_dir / "config.yaml").is_file():
         print(f"tuneterm monitor: {args.run_dir} is not a tuneterm run directory (no config.yaml)", file=sys.stderr)
         return EXIT_USAGE
-    make_app(Services(runs_dir=args.run_dir.parent), Opening("monitor", run_dir=args.run_dir)).run()
-    return EXIT_OK
+    return _run_app(args.run_dir.parent, Opening("monitor", run_dir=args.run_dir))
 
 
 def _runs(args: argparse.Namespace) -> int:
@@ -329,11 +344,9 @@ def _runs(args: argparse.Namespace) -> int:
             print(f"{summary.status:13s} {summary.step:>7}{total:<8} best {best:>8}  {summary.method or '?':6s} "
                   f"{summary.run_dir}")
         return EXIT_OK
-    from tuneterm.ui.app import Opening, make_app
-    from tuneterm.ui.services import Services
+    from tuneterm.ui.app import Opening
 
-    make_app(Services(runs_dir=args.runs_dir), Opening("runs")).run()
-    return EXIT_OK
+    return _run_app(args.runs_dir, Opening("runs"))
 
 
 def _stop(args: argparse.Namespace) -> int:
@@ -459,15 +472,13 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _app(args: argparse.Namespace) -> int:
-    from tuneterm.ui.app import Opening, make_app
+    from tuneterm.ui.app import Opening
     from tuneterm.ui.draft import Draft
-    from tuneterm.ui.services import Services
 
     opening = Opening()
     if args.config is not None:
         opening = Opening("wizard", Draft.from_file(args.config), "review")
-    make_app(Services(runs_dir=args.runs_dir), opening).run()
-    return EXIT_OK
+    return _run_app(args.runs_dir, opening)
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -475,11 +486,9 @@ def _demo(args: argparse.Namespace) -> int:
     from tuneterm.engine.runner import new_run
 
     if not args.headless:
-        from tuneterm.ui.app import Opening, make_app
-        from tuneterm.ui.services import Services
+        from tuneterm.ui.app import Opening
 
-        make_app(Services(runs_dir=args.runs_dir), Opening(demo=True, demo_overrides=tuple(args.overrides))).run()
-        return EXIT_OK
+        return _run_app(args.runs_dir, Opening(demo=True, demo_overrides=tuple(args.overrides)))
 
     print("Preparing the demo model and data (built once, then cached)...", flush=True)
     directory = demo_dir()

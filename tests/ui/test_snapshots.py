@@ -56,7 +56,7 @@ async def test_start_screen() -> None:
     _finished_run(runs, "20261122-111500-model-lora", "stopped", None, 40)
     app = make_app(make_services(runs))
     async with app.run_test(size=(100, 30)) as pilot:
-        # Drawn, not only listed: under load the table's columns take their widths a few frames after its rows.
+        # Drawn, not only listed: the footer comes a few frames after the rows.
         await wait_until(pilot, lambda: all(text in app.export_screenshot() for text in
                                             ("20261122-111500-model-lora", "Refresh")), what="the runs drawn")
         assert_snapshot(app, "start_100x30")

@@ -57,3 +57,11 @@ def test_monitor_and_stop_refuse_what_is_not_a_run(tmp_path: Path, capsys: pytes
     assert "is not a tuneterm run directory (no config.yaml)" in capsys.readouterr().err
     assert main(["stop", str(tmp_path / "nope")]) == 2
     assert "is not a tuneterm run directory" in capsys.readouterr().err
+
+
+def test_the_app_without_a_terminal_says_what_works_without_one(tmp_path: Path,
+                                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    """Under pytest stdin is not a terminal: the app must refuse at once instead of waiting for keys."""
+    assert main(["runs", "--runs-dir", str(tmp_path / "runs")]) == 2
+    said = capsys.readouterr().err
+    assert "needs a terminal" in said and "tuneterm runs --plain" in said and "tuneterm train" in said
