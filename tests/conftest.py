@@ -23,6 +23,9 @@ import pytest
 
 from tests.helpers import write_jsonl
 
+# The tests run in parallel, one process per core (pytest-xdist), so torch gets one thread each: two processes
+# each spinning a thread per core on the same cores made the tiny model's build 2.4 times slower (14 s against 6).
+os.environ["OMP_NUM_THREADS"] = "1"
 os.environ.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
                    "TOKENIZERS_PARALLELISM": "false", "HF_HOME": tempfile.mkdtemp(prefix="tuneterm-test-hf-")})
 for _name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_ENDPOINT"):

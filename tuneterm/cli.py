@@ -308,12 +308,16 @@ def _train(args: argparse.Namespace) -> int:
     return _run_headless(plan)
 
 
+def _has_terminal() -> bool:
+    return sys.stdin.isatty() and sys.stdout.isatty()
+
+
 def _run_app(runs_dir: Path, opening: Opening) -> int:
     """The app draws on a terminal and reads keys from it: without one it would wait for keys forever."""
     from tuneterm.ui.app import make_app
     from tuneterm.ui.services import Services
 
-    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+    if not _has_terminal():
         print("tuneterm: the app needs a terminal, and stdin or stdout is not one. Without a terminal: "
               "`tuneterm train CONFIG.yaml` trains, `tuneterm demo --headless` runs the demo, "
               "`tuneterm runs --plain` lists the runs, `tuneterm stop RUN_DIR` stops one.", file=sys.stderr)

@@ -165,6 +165,7 @@ async def test_a_config_file_opens_at_the_review_step(services, tiny_model: Path
                     "  learning_rate: 1e-4\n")
     opened: list = []
     monkeypatch.setattr(app_module.TuneTermApp, "run", lambda self: opened.append(self.opening))
+    monkeypatch.setattr(cli, "_has_terminal", lambda: True)
     assert cli.main([str(path)]) == 0
     [opening] = opened
     assert opening.screen == "wizard" and opening.step == "review"
