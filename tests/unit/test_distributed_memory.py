@@ -114,3 +114,20 @@ def test_plan_shows_the_memory_per_gpu_of_a_strategy(tmp_path: Path, capsys: pyt
     assert totals["fsdp"] < totals["ddp"]
     assert main([*base, "--world-size", "2", "--strategy", "fsdp"]) == 0
     assert "Memory    per GPU of 2 (fsdp: weights, gradients and optimizer state sharded)" in capsys.readouterr().out
+
+
+def test_out_of_memory_in_a_sharded_process_names_the_parts_on_its_own_gpu(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from tuneterm.engine.failures import out_of_memory
+
+    model = tmp_path / "llama"
+    model.mkdir()
+    (model / "config.json").write_text((DATA / "model_configs" / "llama-3.2-3b.json").read_text())
+    config = config_from_mapping({"method": "lora", "model": {"path": str(model)},
+                                  "training": {"max_length": 1024, "per_device_train_batch_size": 1}})
+    alone = out_of_memory(config, 7, False, tmp_path).summary
+    assert "weights 6.4 GB" in alone and "on each GPU" not in alone
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    sharded = out_of_memory(config, 7, False, tmp_path).summary
+    assert "weights 1.6 GB" in sharded and "(on each GPU: fsdp over 4 processes)" in sharded

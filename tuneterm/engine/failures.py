@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneterm.config import RunConfig, set_argument
+from tuneterm.engine import distributed
 from tuneterm.engine.fingerprint import CHANGEABLE_ON_RESUME
 from tuneterm.engine.rundir import last_complete_checkpoint
 from tuneterm.errors import TuneTermError
@@ -76,9 +77,12 @@ def out_of_memory(config: RunConfig, step: int, evaluating: bool, run_dir: Path,
                   data_p95: int | None = None) -> RunFailure:
     """Names the largest parts of the plan's memory breakdown, and the remedies that keep the effective batch.
     An evaluation that ran out never changes the training batch."""
-    estimate = estimate_memory(model_facts(config), memory_setup(config))
+    world_size, strategy = distributed.world_size(), distributed.strategy()
+    estimate = estimate_memory(model_facts(config), memory_setup(config, world_size, strategy=strategy))
     largest = sorted(((v, k) for k, v in estimate.breakdown.items() if v > 0 and k not in _FIXED), reverse=True)[:3]
     parts = ", ".join(f"{name.replace('_', ' ')} {size(value)}" for value, name in largest)
+    if world_size > 1:
+        parts += f" (on each GPU: {strategy} over {world_size} processes)"
     micro = config.get("training.per_device_train_batch_size")
     accumulation = config.get("training.gradient_accumulation_steps")
     eval_batch = config.get("training.per_device_eval_batch_size")
