@@ -1,8 +1,8 @@
 """Real distributed runs: two processes on the CPU (gloo) training the tiny model through accelerate launch.
 
 One run directory and one events.jsonl however many processes train; the step count the plan predicts for two
-processes is the one the Trainer runs; `tuneterm stop` stops every process at the same step with a checkpoint that
-resumes; a process that dies ends the run as failed, naming it, instead of leaving the others waiting."""
+processes is the one the Trainer runs; a save-now request is carried out by every process and training goes on;
+`tuneterm stop` stops every process at the same step with a checkpoint that resumes; a process that dies ends the run as failed, naming it, instead of leaving the others waiting."""
 
 from __future__ import annotations
 
@@ -20,8 +20,9 @@ from tests.e2e.test_runs_outlive_the_terminal import logged_step, wait_for
 from tests.helpers import ROOT, with_changes
 from tuneterm.cli import main
 from tuneterm.config import config_from_mapping
+from tuneterm.engine.channel import send
 from tuneterm.engine.detach import start_detached
-from tuneterm.engine.events import RunFailed, RunFinished, RunStarted, StepLogged, read_events
+from tuneterm.engine.events import CheckpointSaved, RunFailed, RunFinished, RunStarted, StepLogged, read_events
 from tuneterm.engine.launch import LaunchSpec, prepare_launch
 from tuneterm.engine.rundir import MARKER_FILE, is_live
 from tuneterm.engine.runner import new_run
@@ -43,6 +44,11 @@ def alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def saved(run_dir: Path) -> list[int]:
+    """The steps of the checkpoints saved so far."""
+    return [e.step for e in read_events(run_dir / "events.jsonl") if isinstance(e, CheckpointSaved)]
 
 
 def started(run_dir: Path) -> list[RunStarted]:
@@ -92,7 +98,7 @@ def test_two_processes_under_accelerate_launch_train_one_run_with_the_predicted_
     assert not torch.allclose(tuned(tokens).logits, before), "the adapter two processes trained changes the model"
 
 
-def test_tuneterm_stop_stops_every_process_of_a_detached_launch_with_a_checkpoint_that_resumes(
+def test_save_now_and_tuneterm_stop_reach_every_process_of_a_detached_launch_and_the_run_resumes(
         base_config: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     config = with_changes(base_config, training={"max_steps": 40, "per_device_train_batch_size": 2,
                                                   "gradient_accumulation_steps": 1, "eval_steps": 20,
@@ -102,6 +108,10 @@ def test_tuneterm_stop_stops_every_process_of_a_detached_launch_with_a_checkpoin
     prepare_launch(run_dir, TWO_CPU_PROCESSES)
     supervisor = start_detached(run_dir)
     wait_for(lambda: logged_step(run_dir) >= 3, what="three steps")
+    send(run_dir, "save")  # every process must take part in a save: one alone would wait for the other forever
+    wait_for(lambda: saved(run_dir), what="the checkpoint asked for")
+    [saved_at] = saved(run_dir)
+    wait_for(lambda: logged_step(run_dir) > saved_at, what="training going on after the save")
     pids = [p["pid"] for p in started(run_dir)[0].processes]
     assert main(["stop", str(run_dir)]) == 0
     assert not any(alive(pid) for pid in (*pids, supervisor)), "every process is gone when tuneterm stop returns"
