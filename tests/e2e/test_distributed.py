@@ -2,7 +2,8 @@
 
 One run directory and one events.jsonl however many processes train; the step count the plan predicts for two
 processes is the one the Trainer runs; a save-now request is carried out by every process and training goes on;
-`tuneterm stop` stops every process at the same step with a checkpoint that resumes; a process that dies ends the run as failed, naming it, instead of leaving the others waiting."""
+`tuneterm stop` stops every process at the same step with a checkpoint that resumes; a process that dies ends the
+run as failed, naming it, instead of leaving the others waiting."""
 
 from __future__ import annotations
 

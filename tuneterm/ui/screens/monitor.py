@@ -191,8 +191,9 @@ class MonitorScreen(Screen[None]):
             return
         if self.view.started is not had_start:
             self.estimate_memory()
-        if self.view.live != was_live:
-            self.refresh_bindings()  # the footer's keys change only when the run starts or ends
+        if self.view.live != was_live:  # the run started or ended: its keys change, and its state shows at once
+            self.refresh_bindings()
+            self.redraw()
 
     @on(RunProcessGone)
     def _gone(self) -> None:
