@@ -77,8 +77,9 @@ class CompareScreen(Screen[None]):
         for run in self.curves:
             points = run.eval if self.show_eval else run.train
             xs, ys = [p[0] for p in points], [p[1] for p in points]
-            chart.set_series(run.name, run.name[-24:], xs, ys, run.colour,
-                             marker="●" if self.show_eval else "braille")
+            # No label: the legend above the chart names each run in its colour, and one inside would cover the
+            # start of the curves, where the loss falls fastest.
+            chart.set_series(run.name, "", xs, ys, run.colour, marker="●" if self.show_eval else "braille")
         chart.set_axes("tokens seen" if self.axis == "tokens" else "step",
                        "eval loss" if self.show_eval else "train loss")
         chart.redraw_now()
