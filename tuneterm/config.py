@@ -38,6 +38,23 @@ GUIDE_UNSLOTH = "Unsloth's LoRA hyperparameters guide"
 GUIDE_RANK = "'Which Rank, Alpha, and Layers Actually Matter'"
 GUIDE_COMPLETE = "'LoRA Fine-Tuning Complete Guide'"
 
+# The names transformers accepts (its SchedulerType and OptimizerNames; a test keeps them equal), so that a
+# misspelled one is caught with the file's other mistakes instead of when the run starts.
+SCHEDULER_NAMES = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+                   "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr", "cosine_warmup_with_min_lr",
+                   "warmup_stable_decay", "greedy")
+OPTIMIZER_NAMES = (
+    "adamw_torch", "adamw_torch_fused", "adamw_torch_xla", "adamw_torch_npu_fused", "adafactor", "adamw_anyprecision",
+    "adamw_torch_4bit", "adamw_torch_8bit", "ademamix", "sgd", "adagrad", "adamw_bnb_8bit", "adamw_8bit",
+    "ademamix_8bit", "lion_8bit", "lion_32bit", "paged_adamw_32bit", "paged_adamw_8bit", "paged_ademamix_32bit",
+    "paged_ademamix_8bit", "paged_lion_32bit", "paged_lion_8bit", "rmsprop", "rmsprop_bnb", "rmsprop_bnb_8bit",
+    "rmsprop_bnb_32bit", "galore_adamw", "galore_adamw_8bit", "galore_adafactor", "galore_adamw_layerwise",
+    "galore_adamw_8bit_layerwise", "galore_adafactor_layerwise", "lomo", "adalomo", "grokadamw",
+    "schedule_free_radam", "schedule_free_adamw", "schedule_free_sgd", "apollo_adamw", "apollo_adamw_layerwise",
+    "stable_adamw")
+LISTED_CHOICES = 12
+"""A longer list of choices is not spelled out in an error: the closest name is."""
+
 # --------------------------------------------------------------------------------------------------------------
 # Checks used by the option table
 
@@ -184,7 +201,7 @@ OPTIONS: tuple[Option, ...] = (
     Option("training.per_device_eval_batch_size", (int,), AUTO, check=_auto_or(_positive),
            why="The training micro-batch, so that evaluation, which can peak above training, does not run out "
                "of memory late in a run."),
-    Option("training.lr_scheduler_type", (str,), "cosine",
+    Option("training.lr_scheduler_type", (str,), "cosine", choices=SCHEDULER_NAMES,
            why="Cosine holds the rate high early, when the model moves most, and settles at the end "
                f"({GUIDE_HYPERPARAMS}, chapter 3)."),
     Option("training.warmup_steps", (float, int), 0.1, check=_warmup,
@@ -194,6 +211,7 @@ OPTIONS: tuple[Option, ...] = (
            why=f"0.01 regularises without fighting the learning signal ({GUIDE_UNSLOTH}; {GUIDE_HYPERPARAMS}, "
                "chapter 4)."),
     Option("training.optim", (str,), lambda m: "paged_adamw_8bit" if m == "qlora" else "adamw_torch",
+           choices=OPTIMIZER_NAMES,
            why="AdamW's per-parameter rates suit LoRA; the paged 8-bit variant cuts optimizer memory by 75% "
                f"for QLoRA ({GUIDE_HYPERPARAMS}, chapter 3)."),
     Option("training.seed", (int,), 3407,
@@ -616,8 +634,10 @@ def _check_value(option: Option, value: Any, origin: Location, problems: list[Pr
         problems.append(Problem(f"expected {expected}, got {value!r}", origin))
         return _INVALID
     if option.choices and value not in option.choices:
-        problems.append(Problem(f"{value!r} is not one of {', '.join(map(str, option.choices))}"
-                                f"{_suggest(str(value), map(str, option.choices))}", origin))
+        listed = (", ".join(map(str, option.choices)) if len(option.choices) <= LISTED_CHOICES else
+                  f"the {len(option.choices)} names transformers accepts")
+        problems.append(Problem(f"{value!r} is not one of {listed}{_suggest(str(value), map(str, option.choices))}",
+                                origin))
         return _INVALID
     if option.check is not None:
         problem = option.check(value)

@@ -115,6 +115,22 @@ def test_choices_unknown_method_and_renamed_keys(tmp_path: Path) -> None:
                             "bf16?") for p in problems)
 
 
+def test_scheduler_and_optimizer_names_are_checked_against_transformers(tmp_path: Path) -> None:
+    from transformers import SchedulerType
+    from transformers.training_args import OptimizerNames
+
+    from tuneterm.config import OPTIMIZER_NAMES, SCHEDULER_NAMES
+
+    assert SCHEDULER_NAMES == tuple(s.value for s in SchedulerType)
+    assert OPTIMIZER_NAMES == tuple(o.value for o in OptimizerNames)
+    path = write(tmp_path, MINIMAL + "training:\n  lr_scheduler_type: cosyne\n  optim: adamw_torch_fuse\n")
+    assert problems_of(path) == [
+        f"{path}:6: training.lr_scheduler_type: 'cosyne' is not one of {', '.join(SCHEDULER_NAMES)}; did you mean "
+        "cosine?",
+        f"{path}:7: training.optim: 'adamw_torch_fuse' is not one of the 41 names transformers accepts; did you mean "
+        "adamw_torch_fused?"]
+
+
 def test_section_that_does_not_apply_to_the_method(tmp_path: Path) -> None:
     path = write(tmp_path, MINIMAL + "quantization:\n  bnb_4bit_quant_type: fp4\n")
     assert problems_of(path) == [f"{path}:6: quantization.bnb_4bit_quant_type: applies to method qlora, but "
