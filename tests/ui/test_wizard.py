@@ -114,6 +114,19 @@ async def test_leaving_with_unsaved_settings_asks_first(services, tiny_model: Pa
         assert type(app.screen).__name__ == "Confirm", "quitting asks too"
 
 
+async def test_a_model_path_typed_without_enter_is_applied_when_the_field_is_left(services, tiny_model: Path) -> None:
+    app = make_app(services, Opening("wizard", Draft()))
+    async with app.run_test(size=(100, 30)) as pilot:
+        wizard = app.screen
+        await type_into(pilot, "#model-path", str(tiny_model))
+        await wait_until(pilot, lambda: wizard.facts is not None)
+        await type_into(pilot, "#model-path", "?", submit=False)  # the field now says "?"
+        await pilot.press("ctrl+n")
+        await wait_until(pilot, lambda: wizard.draft.get("model.path") == "?", what="the typed path applied")
+        details = wizard.query_one("#model-details")
+        await wait_until(pilot, lambda: "✗" in str(details.render()), what="what is wrong with it, shown")
+
+
 async def model_then_data(pilot, model: Path, data: Path):
     """From an empty wizard: type the model, go to the data step, type the data path; the wizard screen."""
     wizard = pilot.app.screen

@@ -121,7 +121,10 @@ class ModelStep(VerticalScroll):
         details.update("\n".join(lines))
 
     @on(Input.Submitted, "#model-path")
-    def _typed(self, event: Input.Submitted) -> None:
+    @on(Input.Blurred, "#model-path")
+    def _typed(self, event: Input.Submitted | Input.Blurred) -> None:
+        """Enter, or leaving the field, applies what it shows: the draft never keeps a model the field no longer
+        names (an unchanged path changes nothing)."""
         event.stop()
         if event.value.strip():
             self.post_message(ModelPicked(event.value.strip()))
