@@ -53,6 +53,10 @@ async def test_a_run_launched_from_the_wizard_fills_the_monitor_until_early_stop
         assert "loads at the end: checkpoint-" in panel
         assert monitor.query_one("#rate-chart").figure.series["planned"].ys
         assert (Path(result.run_dir) / "adapter_model.safetensors").is_file()
+        await pilot.press("v")  # its summary, and l back to the same monitor
+        await wait_until(pilot, lambda: isinstance(app.screen, SummaryScreen), what="the summary")
+        await pilot.press("l")
+        await wait_until(pilot, lambda: app.screen is monitor, what="back to the monitor")
 
 
 async def test_evaluate_now_and_stop_from_the_monitor(tiny_model: Path, chat_data: dict, tmp_path: Path) -> None:

@@ -3,6 +3,7 @@ without losing work, and the command palette."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -153,6 +154,15 @@ class TuneTermApp(App[None]):
             self.open_monitor(run_dir)
         else:
             self.open_summary(run_dir)
+
+    def other_view(self, kind: type[Screen], run_dir: Path, open_view: Callable[[Path], object]) -> None:
+        """Between a run's summary and its monitor: back to the one just below when it is that run's, so that
+        going back and forth never piles up screens; otherwise a new one."""
+        below = self.screen_stack[-2] if len(self.screen_stack) > 1 else None
+        if isinstance(below, kind) and getattr(below, "run_dir", None) == run_dir:
+            self.pop_screen()
+        else:
+            open_view(run_dir)
 
     def open_summary(self, run_dir: Path) -> None:
         from tuneterm.ui.screens.summary import SummaryScreen

@@ -467,11 +467,7 @@ class MonitorScreen(Screen[None]):
     def action_summary(self) -> None:
         from tuneterm.ui.screens.summary import SummaryScreen
 
-        below = self.app.screen_stack[-2] if len(self.app.screen_stack) > 1 else None
-        if isinstance(below, SummaryScreen) and below.run_dir == self.run_dir:
-            self.app.pop_screen()  # opened from the summary: back to it
-        else:
-            self.app.open_summary(self.run_dir)  # type: ignore[attr-defined]
+        self.app.other_view(SummaryScreen, self.run_dir, self.app.open_summary)  # type: ignore[attr-defined]
 
     def action_leave(self) -> None:
         self.app.leave(self)  # type: ignore[attr-defined]

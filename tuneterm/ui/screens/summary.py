@@ -229,7 +229,9 @@ class SummaryScreen(Screen[None]):
         self.read_report()
 
     def action_curves(self) -> None:
-        self.app.open_monitor(self.run_dir)  # type: ignore[attr-defined]
+        from tuneterm.ui.screens.monitor import MonitorScreen
+
+        self.app.other_view(MonitorScreen, self.run_dir, self.app.open_monitor)  # type: ignore[attr-defined]
 
     def action_leave(self) -> None:
         self.app.leave(self)  # type: ignore[attr-defined]
