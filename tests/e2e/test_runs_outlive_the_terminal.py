@@ -22,6 +22,7 @@ import yaml
 from tests.helpers import ROOT
 from tuneterm.cli import main
 from tuneterm.engine.events import RunFinished, StepLogged, read_events
+from tuneterm.engine.report import report_of
 from tuneterm.engine.rundir import MARKER_FILE, is_live
 from tuneterm.engine.runner import resume_run, run
 from tuneterm.engine.runs import summarise_run
@@ -130,5 +131,8 @@ def test_an_in_app_run_whose_terminal_hangs_up_stops_with_a_checkpoint_that_resu
     summary = summarise_run(run_dir)
     assert summary.status == "stopped", summary
     assert (run_dir / f"checkpoint-{summary.step}" / MARKER_FILE).is_file()
+    report = report_of(run_dir)  # what its summary and run card say: why, and that it can go on
+    assert report.why_it_ended == "stopped by SIGHUP (the terminal went away), with a checkpoint to resume from"
+    assert report.resumable
     result = run(resume_run(run_dir))
     assert isinstance(result, RunFinished) and result.status == "completed"

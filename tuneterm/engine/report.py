@@ -22,6 +22,7 @@ from tuneterm.engine.events import (
     RunFinished,
     RunStarted,
     StepLogged,
+    StopRequested,
     WarningIssued,
     read_events,
 )
@@ -66,6 +67,11 @@ class RunReport:
     @property
     def has_adapter(self) -> bool:
         return self.adapter_dir is not None
+
+    @property
+    def resumable(self) -> bool:
+        """Stopped or cut short, with a checkpoint to go on from."""
+        return self.status in ("stopped", "interrupted") and bool(self.checkpoints)
 
 
 def perplexity(loss: float | None) -> str:
@@ -152,12 +158,13 @@ def report_of(run_dir: Path) -> RunReport:
     steps = [e for e in events if isinstance(e, StepLogged)]
     evals = [e for e in events if isinstance(e, EvalFinished)]
     started = next((e for e in reversed(events) if isinstance(e, RunStarted)), None)
+    stop = next((e for e in reversed(events) if isinstance(e, StopRequested)), None)
     last = events[-1] if events else None
     finished = last if isinstance(last, RunFinished) else None
     best = evals[-1] if evals else None
     saved = (run_dir / "adapter_model.safetensors").is_file() or (run_dir / "model.safetensors").is_file()
     return RunReport(
-        run_dir=run_dir, status=summary.status, why_it_ended=why_it_ended(summary.status, last, started),
+        run_dir=run_dir, status=summary.status, why_it_ended=why_it_ended(summary.status, last, started, stop),
         steps=summary.step, total_steps=summary.total_steps, epochs=steps[-1].epoch if steps else None,
         training_seconds=training_seconds(events), tokens_seen=tokens_seen(run_dir),
         train_loss_first=steps[0].loss if steps else None, train_loss_last=steps[-1].loss if steps else None,
@@ -172,14 +179,15 @@ def report_of(run_dir: Path) -> RunReport:
         warnings=[e.message for e in events if isinstance(e, WarningIssued)][-20:])
 
 
-def why_it_ended(status: RunState, last: Event | None, started: RunStarted | None) -> str:
+def why_it_ended(status: RunState, last: Event | None, started: RunStarted | None,
+                 stop: StopRequested | None = None) -> str:
     if isinstance(last, RunFailed):
         return f"failed: {last.reason}"
     if isinstance(last, RunFinished):
         if last.status == "early_stopped":
             return "stopped early: the eval loss stopped improving for as many evaluations as the patience allows"
         if last.status == "stopped":
-            return "stopped on request, with a checkpoint to resume from"
+            return f"stopped by {stop.reason if stop else 'request'}, with a checkpoint to resume from"
         planned = f"all {started.total_steps:,} planned steps" if started else "every planned step"
         return f"completed {planned}"
     if status == "running":

@@ -79,6 +79,8 @@ def report_markup(report: RunReport) -> str:
     else:
         lines.append("adapter    [$warning]none saved[/]" + (f"; {len(report.checkpoints)} checkpoints to resume from"
                                                               if report.checkpoints else ""))
+    if report.resumable:
+        lines.append(f"resume     R here, or: tuneterm train --resume {escape(str(report.run_dir))}")
     stop = report.stop_check
     if stop is not None and stop.get("checked"):
         lines.append(f"stop check [$success]every answer ended by itself[/] ({stop['checked']} eval prompts)"
@@ -105,6 +107,7 @@ class SummaryScreen(Screen[None]):
         Binding("k", "stop_check", "Stop check", id="stop_check", tooltip="Do its answers end?"),
         Binding("M", "merge", "Merge", id="merge", tooltip="A standalone model in a new directory"),
         Binding("l", "curves", "Curves", id="curves", tooltip="The monitor: loss, learning rate, log"),
+        Binding("R", "resume", "Resume", id="resume", tooltip="Go on from its last checkpoint"),
         Binding("escape", "leave", "Back", id="leave"),
     ]
 
@@ -155,7 +158,12 @@ class SummaryScreen(Screen[None]):
         if action == "merge":
             return (self.report is not None and self.report.has_adapter
                     and self.report.settings.get("method") != "full")
+        if action == "resume":
+            return self.report is not None and self.report.resumable
         return True
+
+    def action_resume(self) -> None:
+        self.app.run_again(self.run_dir, {}, resume=True)  # type: ignore[attr-defined]
 
     def action_chat(self) -> None:
         from tuneterm.ui.screens.chat import ChatScreen
