@@ -87,6 +87,19 @@ async def test_evaluate_now_and_stop_from_the_monitor(tiny_model: Path, chat_dat
         await pilot.press("s")
         await wait_until(pilot, lambda: resumed.view.result is not None, timeout=120, what="the second stop")
         assert resumed.view.result.status == "stopped" and resumed.view.result.global_step > result.global_step
+        await pilot.press("v")  # its summary says what stopped it, and resumes it too
+        await wait_until(pilot, lambda: isinstance(app.screen, SummaryScreen) and app.screen.report is not None,
+                         what="the summary")
+        text = str(app.screen.query_one("#summary").render())
+        assert "Stopped by the monitor's stop key, with a checkpoint to resume from" in text
+        assert f"tuneterm train --resume {resumed.run_dir}" in text
+        await pilot.press("r")
+        await wait_until(pilot, lambda: isinstance(app.screen, MonitorScreen) and app.screen.view.started is not None
+                         and app.screen.view.step > resumed.view.result.global_step, timeout=120,
+                         what="the run resumed from its summary")
+        again = app.screen
+        await pilot.press("s")
+        await wait_until(pilot, lambda: again.view.result is not None, timeout=120, what="the third stop")
 
 
 async def test_quitting_during_an_in_app_run_stops_it_with_a_checkpoint(tiny_model: Path, chat_data: dict,

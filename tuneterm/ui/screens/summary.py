@@ -80,7 +80,7 @@ def report_markup(report: RunReport) -> str:
         lines.append("adapter    [$warning]none saved[/]" + (f"; {len(report.checkpoints)} checkpoints to resume from"
                                                               if report.checkpoints else ""))
     if report.resumable:
-        lines.append(f"resume     R here, or: tuneterm train --resume {escape(str(report.run_dir))}")
+        lines.append(f"resume     r here, or: tuneterm train --resume {escape(str(report.run_dir))}")
     stop = report.stop_check
     if stop is not None and stop.get("checked"):
         lines.append(f"stop check [$success]every answer ended by itself[/] ({stop['checked']} eval prompts)"
@@ -107,7 +107,7 @@ class SummaryScreen(Screen[None]):
         Binding("k", "stop_check", "Stop check", id="stop_check", tooltip="Do its answers end?"),
         Binding("M", "merge", "Merge", id="merge", tooltip="A standalone model in a new directory"),
         Binding("l", "curves", "Curves", id="curves", tooltip="The monitor: loss, learning rate, log"),
-        Binding("R", "resume", "Resume", id="resume", tooltip="Go on from its last checkpoint"),
+        Binding("r", "resume", "Resume", id="resume", tooltip="Continue from the last complete checkpoint"),
         Binding("escape", "leave", "Back", id="leave"),
     ]
 
