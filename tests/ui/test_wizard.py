@@ -53,6 +53,7 @@ async def test_walk_the_wizard_back_and_forth_take_advice_and_get_the_config(ser
         assert field.advice is not None and "well above the recommended 2e-4" in field.advice.message
         await pilot.press("ctrl+t")  # take the suggestion of the focused field
         assert wizard.draft.get("training.learning_rate") == 2e-4
+        assert field.query_one("#control").value == "0.0002", "the field the cursor is in shows what was taken"
         await type_into(pilot, "#field-training-per_device_train_batch_size #control", "4", submit=False)
 
         # Back twice and forward again: nothing entered is lost.

@@ -411,6 +411,9 @@ class WizardScreen(Screen[None]):
         changes = self.suggestion()
         if changes and self.draft.update(changes):
             self.notify(", ".join(f"{key} = {value}" for key, value in changes.items()), title="Suggestion taken")
+            for field in self.query_one(SettingsStep).fields():
+                if field.key in changes:
+                    field.take(changes[field.key])
             self.draft_changed()
 
     # Planning -------------------------------------------------------------------------------------------------

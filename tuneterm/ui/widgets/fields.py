@@ -100,6 +100,14 @@ class SettingField(Vertical):
             control.placeholder = f"{shown} ({origin})" if chosen is None and shown else self.spec.placeholder
         self._show_advice()
 
+    def take(self, value: Any) -> None:
+        """A value set for the person (a suggestion taken): shown at once, in the field being typed in too."""
+        control = self.query_one("#control")
+        if isinstance(control, Input):
+            control.remove_class("-invalid")
+            with control.prevent(Input.Changed):
+                control.value = yaml_value(value)
+
     def _show_advice(self, problem: str | None = None) -> None:
         text = self.query_one(".setting-advice", Static)
         if problem:
