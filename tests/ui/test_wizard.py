@@ -235,3 +235,35 @@ async def test_two_gpus_and_fsdp_plan_memory_per_gpu_and_show_the_launch_command
         text = str(review.render())
         assert "--gpus 0,1 --strategy fsdp --detach" in text
         assert "CUDA_VISIBLE_DEVICES=0,1" in text and "launch --config_file RUN_DIR/accelerate.yaml" in text
+
+
+async def test_the_demo_says_it_is_building_until_the_wizard_opens_and_builds_once(tiny_model: Path, chat_data: dict,
+                                                                                  tmp_path: Path) -> None:
+    import threading
+
+    demo = tmp_path / "demo"
+    (demo / "data").mkdir(parents=True)
+    (demo / "model").symlink_to(tiny_model)
+    (demo / "data" / "train.jsonl").symlink_to(chat_data["train"])
+    (demo / "data" / "eval.jsonl").symlink_to(chat_data["eval"])
+    release, builds = threading.Event(), []
+
+    def build() -> Path:  # the first build, held until the test has looked
+        builds.append(1)
+        release.wait(60)
+        return demo
+
+    app = make_app(make_services(tmp_path / "runs", demo_dir=build), Opening(demo=True))
+    async with app.run_test(size=(100, 30), notifications=True) as pilot:
+        await wait_until(pilot, lambda: builds, what="the build started")
+        await pilot.pause(0.3)
+        assert any("Building the demo" in n.message for n in app._notifications)
+        await pilot.press("d")  # again, impatient
+        await pilot.pause(0.3)
+        assert any("Still building the demo" in n.message for n in app._notifications)
+        release.set()
+        await wait_until(pilot, lambda: isinstance(app.screen, WizardScreen), what="the wizard")
+        assert app.screen.draft.get("model.path") == str(demo / "model") and builds == [1]
+        assert not any("Building the demo" in n.message for n in app._notifications), "said only while building"
+        wizard = app.screen
+        await wait_until(pilot, lambda: wizard.facts is not None, what="the demo model read")

@@ -116,7 +116,12 @@ class TuneTermApp(App[None]):
         self.open_wizard(draft, "review")
 
     def action_demo(self) -> None:
-        self.notify("Building the demo model and data (once; then cached)...", title="Demo")
+        if any(worker.group == "demo" and worker.is_running for worker in self.workers):
+            self.notify("Still building the demo: the wizard opens when it is ready.", title="Demo")
+            return
+        if self.services.built_demo() is None:  # said until the wizard opens: the first build takes a while
+            self.notify("Building the demo's tiny model and chat data, once (then cached): about 20 seconds on a "
+                        "quiet CPU. The wizard opens when it is ready.", title="Demo", timeout=3600)
         self.build_demo()
 
     @work(thread=True, exclusive=True, group="demo", exit_on_error=False)
@@ -124,6 +129,7 @@ class TuneTermApp(App[None]):
         from tuneterm.demo import demo_config
 
         directory = self.services.demo_dir()
+        self.call_from_thread(self.clear_notifications)
         try:
             config = load_config(base=demo_config(directory), base_source="demo", overrides=self.opening.demo_overrides)
         except TuneTermError as exc:
