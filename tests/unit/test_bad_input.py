@@ -52,6 +52,17 @@ def test_malformed_json_is_named_at_the_first_a_middle_and_the_last_line(tmp_pat
     assert problem.message.startswith("malformed JSON at column") and problem.reason == "malformed JSON"
 
 
+def test_a_raw_control_character_in_a_string_is_named_with_its_column(tmp_path: Path) -> None:
+    path = tmp_path / "data.jsonl"
+    lines = [json.dumps(good(0)), '{"messages": [{"role": "user", "content": "a\tb"}]}']  # a tab typed in the text
+    path.write_text("\n".join(lines) + "\n")
+    report, stream = read_examples(str(path))
+    assert len(list(stream)) == 1
+    [problem] = report.invalid.items
+    assert problem.location == Location(str(path), 2)
+    assert problem.message == "malformed JSON at column 45: Invalid control character"
+
+
 def test_windows_line_endings_read_as_the_text_they_are(tmp_path: Path) -> None:
     path = tmp_path / "crlf.jsonl"
     path.write_bytes(b"".join(json.dumps(good(i)).encode() + b"\r\n" for i in range(3)))

@@ -97,12 +97,17 @@ def _read_jsonl(path: Path, work: Work) -> Iterator[Record | Problem]:
             try:
                 value = json.loads(line)
             except json.JSONDecodeError as exc:
-                yield Problem(f"malformed JSON at column {exc.colno}: {exc.msg}", where, reason="malformed JSON")
+                yield Problem(_malformed(exc), where, reason="malformed JSON")
                 continue
             if not isinstance(value, dict):
                 yield Problem(f"expected a JSON object, got {type(value).__name__}", where, reason="not an object")
                 continue
             yield Record(value, where)
+
+
+def _malformed(exc: json.JSONDecodeError) -> str:
+    """Python's message without the position it ends on ("Invalid control character at"): the column says it."""
+    return f"malformed JSON at column {exc.colno}: {exc.msg.removesuffix(' at')}"
 
 
 def _read_json(path: Path, work: Work) -> Iterator[Record | Problem]:
@@ -113,7 +118,7 @@ def _read_json(path: Path, work: Work) -> Iterator[Record | Problem]:
     except UnicodeDecodeError as exc:
         raise DataError(f"{path}: not UTF-8 text (byte {exc.start + 1}); re-save the file as UTF-8") from None
     except json.JSONDecodeError as exc:
-        raise DataError(f"{path}:{exc.lineno}: malformed JSON at column {exc.colno}: {exc.msg}") from None
+        raise DataError(f"{path}:{exc.lineno}: {_malformed(exc)}") from None
     rows = _json_rows(value, path)
     stage = f"reading {path.name}"
     for index, row in enumerate(rows):
