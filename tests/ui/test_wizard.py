@@ -138,10 +138,14 @@ async def model_then_data(pilot, model: Path, data: Path):
     return wizard
 
 
-async def test_a_broken_dataset_shows_its_lines(services, tiny_model: Path, tmp_path: Path) -> None:
-    from tests.helpers import DATA
+async def test_a_broken_dataset_shows_its_lines_and_can_leave_them_out(services, tiny_model: Path,
+                                                                      tmp_path: Path) -> None:
+    from tests.helpers import write_jsonl
 
-    broken = DATA / "bad" / "unknown_role.jsonl"
+    rows = [{"messages": [{"role": "user", "content": f"What is {i} plus 1?"},
+                          {"role": "assistant", "content": f"{i + 1}."}]} for i in range(30)]
+    rows[1]["messages"][1]["role"] = "robot"
+    broken = write_jsonl(tmp_path / "broken.jsonl", rows)
     app = make_app(services, Opening("wizard", Draft()))
     async with app.run_test(size=(100, 30)) as pilot:
         wizard = await model_then_data(pilot, tiny_model, broken)
@@ -149,6 +153,10 @@ async def test_a_broken_dataset_shows_its_lines(services, tiny_model: Path, tmp_
         report = str(wizard.query_one("#data-report").render())
         assert f"{broken}:2: messages[1]: unknown role 'robot'" in report
         assert any(p.level == "error" and p.location.key == "data.train" for p in wizard.problems)
+        wizard.query_one("#leave-out-invalid").value = True  # leave it out: the record is named, not fatal
+        await wait_until(pilot, lambda: wizard.draft.get("data.strict") is False and not wizard.step_problems("data"),
+                         what="the invalid record left out")
+        assert any(p.level == "warning" and "left out (data.strict: false)" in p.message for p in wizard.problems)
 
 
 async def test_unknown_columns_get_a_column_mapper_that_fixes_them(services, tiny_model: Path,

@@ -466,7 +466,8 @@ class WizardScreen(Screen[None]):
         self.show_model()
         data_step = self.query_one(DataStep)
         data_step.show_values(self.draft.get("data.train"), self.draft.get("data.eval"),
-                              self.draft.get("data.val_size"), self.draft.get("data.format") or "auto")
+                              self.draft.get("data.val_size"), self.draft.get("data.format") or "auto",
+                              self.draft.get("data.strict") is False)
         if self.summary is not None and self.summary_key is not None and self.config is not None:
             view = self.plan.data if self.plan is not None else None
             if view is None and self.facts is not None:

@@ -18,7 +18,7 @@ from textual.containers import Horizontal, VerticalScroll
 from textual.markup import escape
 from textual.message import Message
 from textual.widget import Widget
-from textual.widgets import Button, Input, Label, ProgressBar, Select, Sparkline, Static
+from textual.widgets import Button, Checkbox, Input, Label, ProgressBar, Select, Sparkline, Static
 
 from tuneterm.data.formats import FIELDS, FORMATS
 from tuneterm.data.records import FILE_SUFFIXES
@@ -32,7 +32,7 @@ UNMAPPED = "(not in the data)"
 
 
 class DataSettingChanged(Message):
-    """data.train, data.eval, data.val_size, data.format or data.columns changed."""
+    """data.train, data.eval, data.val_size, data.format, data.strict or data.columns changed."""
 
     def __init__(self, key: str, value: Any):
         super().__init__()
@@ -111,6 +111,10 @@ class DataStep(VerticalScroll):
             yield Label("format", classes="setting-label")
             yield Select([(f, f) for f in ("auto", *FORMATS)], value="auto", allow_blank=False, id="format",
                          compact=True)
+        with Horizontal(classes="setting-row"):
+            yield Label("invalid records", classes="setting-label")
+            yield Checkbox("leave them out, and say which (data.strict: false)", id="leave-out-invalid",
+                           compact=True)
         with Horizontal(id="reading"):
             yield ProgressBar(id="data-progress", show_eta=False)
             yield Static(id="data-progress-text")
@@ -131,7 +135,8 @@ class DataStep(VerticalScroll):
         self.query_one("#reading").display = False
         self.show_columns({}, {})
 
-    def show_values(self, train: str | None, evaluation: str | None, val_size: Any, fmt: str) -> None:
+    def show_values(self, train: str | None, evaluation: str | None, val_size: Any, fmt: str,
+                    leave_out_invalid: bool) -> None:
         for selector, value in (("#data-path", train), ("#eval-path", evaluation),
                                 ("#val-size", None if val_size is None else str(val_size))):
             field = self.query_one(selector, Input)
@@ -141,6 +146,9 @@ class DataStep(VerticalScroll):
         select = self.query_one("#format", Select)
         with select.prevent(Select.Changed):
             select.value = fmt or "auto"
+        leave_out = self.query_one("#leave-out-invalid", Checkbox)
+        with leave_out.prevent(Checkbox.Changed):
+            leave_out.value = leave_out_invalid
 
     def show_progress(self, progress: Progress | None) -> None:
         self.query_one("#reading").display = progress is not None
@@ -220,6 +228,11 @@ class DataStep(VerticalScroll):
     def _format(self, event: Select.Changed) -> None:
         event.stop()
         self.post_message(DataSettingChanged("data.format", None if event.value == "auto" else event.value))
+
+    @on(Checkbox.Changed, "#leave-out-invalid")
+    def _leave_out_invalid(self, event: Checkbox.Changed) -> None:
+        event.stop()
+        self.post_message(DataSettingChanged("data.strict", False if event.value else None))
 
     @on(Select.Changed, ".column-select")
     def _column(self, event: Select.Changed) -> None:
