@@ -113,8 +113,8 @@ class DataStep(VerticalScroll):
                          compact=True)
         with Horizontal(classes="setting-row"):
             yield Label("invalid records", classes="setting-label")
-            yield Checkbox("leave them out, and say which (data.strict: false)", id="leave-out-invalid",
-                           compact=True)
+            yield Checkbox("skip (data.strict: false)", id="leave-out-invalid", compact=True,
+                           tooltip="Train on the valid records and name each one left out, instead of stopping")
         with Horizontal(id="reading"):
             yield ProgressBar(id="data-progress", show_eta=False)
             yield Static(id="data-progress-text")

@@ -55,7 +55,7 @@ class ReviewStep(VerticalScroll):
         with Horizontal(id="review-actions"):
             yield Button("Save config (ctrl+s)", id="save", compact=True)
             yield Button("Launch (ctrl+r)", id="launch", variant="primary", compact=True)
-        yield Checkbox("Run detached (goes on if this terminal closes)", self.detached_by_default, id="detached",
+        yield Checkbox("Run detached (outlives this terminal)", self.detached_by_default, id="detached",
                        compact=True, tooltip="The run gets its own process: closing this terminal or losing the SSH "
                                              "connection does not stop it. Watch it again with tuneterm monitor.")
         yield Static("Resolved config: [b]bold[/b] is yours, [$text-muted]dim[/] tuneterm's default, "
