@@ -113,6 +113,11 @@ async def test_leaving_with_unsaved_settings_asks_first(services, tiny_model: Pa
         await pilot.press("ctrl+q")
         await pilot.pause()
         assert type(app.screen).__name__ == "Confirm", "quitting asks too"
+        assert app.focused.id == "no", "the safe answer first"
+        await pilot.press("left")
+        assert app.focused.id == "yes", "the arrows move between the answers"
+        await pilot.press("right")
+        assert app.focused.id == "no"
 
 
 async def test_a_model_path_typed_without_enter_is_applied_when_the_field_is_left(services, tiny_model: Path) -> None:

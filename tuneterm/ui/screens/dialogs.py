@@ -16,9 +16,10 @@ from textual.widgets.option_list import Option
 
 
 class Confirm(ModalScreen[bool]):
-    """A question with two answers; escape answers no."""
+    """A question with two answers; escape answers no, and the arrows move between the answers."""
 
-    BINDINGS = [Binding("escape", "answer(False)", "Cancel")]
+    BINDINGS = [Binding("escape", "answer(False)", "Cancel"),
+                Binding("left", "app.focus_previous", show=False), Binding("right", "app.focus_next", show=False)]
 
     def __init__(self, question: str, yes: str = "Yes", no: str = "Cancel"):
         super().__init__()
