@@ -93,6 +93,9 @@ class PreviewPane(Widget, can_focus=True):
         return header + "\n" + "".join(body)
 
 
+HELD_OUT_PLACEHOLDER = "0.1 (default: 10% for the eval loss)"
+
+
 class DataStep(VerticalScroll):
     def compose(self) -> ComposeResult:
         yield Static("Training data: a .jsonl / .json / .csv / .parquet file, a folder, or a hub dataset id")
@@ -106,7 +109,7 @@ class DataStep(VerticalScroll):
                         suggester=PathSuggester(accept=lambda path: path.suffix in FILE_SUFFIXES))
         with Horizontal(classes="setting-row"):
             yield Label("held out", classes="setting-label")
-            yield Input(placeholder="0.1 (default: 10% for the eval loss)", id="val-size", compact=True)
+            yield Input(placeholder=HELD_OUT_PLACEHOLDER, id="val-size", compact=True)
         with Horizontal(classes="setting-row"):
             yield Label("format", classes="setting-label")
             yield Select([(f, f) for f in ("auto", *FORMATS)], value="auto", allow_blank=False, id="format",
@@ -143,6 +146,8 @@ class DataStep(VerticalScroll):
             if not field.has_focus and field.value != (value or ""):
                 with field.prevent(Input.Changed):
                     field.value = value or ""
+        self.query_one("#val-size", Input).placeholder = ("0: the eval file is used" if evaluation else
+                                                          HELD_OUT_PLACEHOLDER)
         select = self.query_one("#format", Select)
         with select.prevent(Select.Changed):
             select.value = fmt or "auto"
