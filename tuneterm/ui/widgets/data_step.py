@@ -116,8 +116,9 @@ class DataStep(VerticalScroll):
                          compact=True)
         with Horizontal(classes="setting-row"):
             yield Label("invalid records", classes="setting-label")
-            yield Checkbox("skip (data.strict: false)", id="leave-out-invalid", compact=True,
-                           tooltip="Train on the valid records and name each one left out, instead of stopping")
+            yield Checkbox("skip them, say which", id="leave-out-invalid", compact=True,
+                           tooltip="data.strict: false. Train on the valid records and name each one left out, "
+                                   "instead of stopping")
         with Horizontal(id="reading"):
             yield ProgressBar(id="data-progress", show_eta=False)
             yield Static(id="data-progress-text")
