@@ -131,3 +131,12 @@ def test_out_of_memory_in_a_sharded_process_names_the_parts_on_its_own_gpu(tmp_p
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
     sharded = out_of_memory(config, 7, False, tmp_path).summary
     assert "weights 1.6 GB" in sharded and "(on each GPU: fsdp over 4 processes)" in sharded
+
+
+def test_the_plan_panel_shows_gathered_weights_as_a_part_of_their_own(llama) -> None:  # noqa: ANN001
+    from tuneterm.plan.memory import size
+    from tuneterm.ui.widgets.plan_panel import memory_legend
+
+    sharded = estimate_memory(llama, replace(LORA, world_size=2, strategy="fsdp")).breakdown
+    assert f"gathered weights {size(sharded['gathered_weights'])}" in " ".join(memory_legend(sharded))
+    assert "gathered weights" not in " ".join(memory_legend(estimate_memory(llama, LORA).breakdown))

@@ -17,19 +17,18 @@ from tuneterm.plan.planner import Plan
 from tuneterm.plan.schedule import learning_rates
 from tuneterm.ui.widgets.chart import LineChart
 
-# Breakdown parts shown on their own (the rest is summed as "other"), each with a label and a theme colour. The
-# weights a sharding process gathers while it computes (FSDP, ZeRO-3) are shown apart from its own shard.
-_PARTS = (("weights", "weights", "primary"), ("gathered_weights", "gathered weights", "primary-darken-3"),
-          ("activations", "activations", "accent"), ("optimizer", "optimizer", "secondary"),
-          ("gradients", "gradients", "success"), ("adapters", "adapters", "warning"))
+# Breakdown parts shown on their own (the rest is summed as "other"), each with a theme colour. The weights a
+# sharding process gathers while it computes (FSDP, ZeRO-3) are shown apart from its own shard.
+_PARTS = (("weights", "primary"), ("gathered_weights", "primary-darken-3"), ("activations", "accent"),
+          ("optimizer", "secondary"), ("gradients", "success"), ("adapters", "warning"))
 _VERDICT_COLOURS = {"fits": "$success", "tight": "$warning", "will not fit": "$error"}
 
 
 def _parts(breakdown: dict[str, float]) -> list[tuple[str, str, float]]:
     """(label, theme colour, bytes) of the parts shown, the small ones summed as "other"."""
-    known = {name for name, _, _ in _PARTS}
+    known = dict(_PARTS)
     other = sum(value for name, value in breakdown.items() if name not in known)
-    return [(label, colour, breakdown.get(name, 0.0)) for name, label, colour in _PARTS] + [
+    return [(name.replace("_", " "), colour, breakdown.get(name, 0.0)) for name, colour in _PARTS] + [
         ("other", "foreground-muted", other)]
 
 
