@@ -78,7 +78,7 @@ async def monitored(directory: Path, runs: Path, keys: bool) -> tuple[float, lis
     keys pressed meanwhile."""
     from tuneterm.config import config_from_mapping
     from tuneterm.engine.events import StepLogged, read_events
-    from tuneterm.engine.runner import new_run
+    from tuneterm.engine.run.plans import new_run
     from tuneterm.ui.app import make_app
     from tuneterm.ui.screens.monitor import MonitorScreen
     from tuneterm.ui.services import Services
@@ -118,7 +118,7 @@ async def idle_cpu(runs: Path) -> float:
     import psutil
 
     from tuneterm.engine.events import EVENTS_FILE, RunStarted
-    from tuneterm.engine.rundir import holding_run_lock
+    from tuneterm.engine.rundir.layout import holding_run_lock
     from tuneterm.ui.app import Opening, make_app
     from tuneterm.ui.screens.monitor import MonitorScreen
     from tuneterm.ui.services import Services

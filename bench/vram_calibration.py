@@ -113,7 +113,8 @@ def measure(point: Point, model_dir: Path, work: Path) -> dict:
 
     from tuneterm.config import config_from_mapping
     from tuneterm.engine.loading import detect_device, load_model
-    from tuneterm.engine.runner import build_trainer, release_library_state
+    from tuneterm.engine.run.runner import release_library_state
+    from tuneterm.engine.run.trainer import build_trainer
 
     training = {"per_device_train_batch_size": point.batch, "gradient_accumulation_steps": 1, "max_steps": 3,
                 "gradient_checkpointing": point.checkpointing, "precision": "bf16", "max_length": point.seq,

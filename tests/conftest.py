@@ -114,7 +114,8 @@ class FinishedRun:
 @pytest.fixture(scope="session")
 def finished_run(tiny_model: Path, chat_data: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> FinishedRun:
     from tuneterm.config import config_from_mapping
-    from tuneterm.engine.runner import new_run, run
+    from tuneterm.engine.run.plans import new_run
+    from tuneterm.engine.run.runner import run
 
     config = {"method": "lora", "model": {"path": str(tiny_model)},
               "data": {"train": str(chat_data["train"]), "eval": str(chat_data["eval"])},

@@ -259,12 +259,12 @@ def _context_length_or_none(config: RunConfig) -> int | None:
 def _train(args: argparse.Namespace) -> int:
     from functools import partial
 
-    from tuneterm.engine import distributed
-    from tuneterm.engine.detach import LOG_FILE, start_detached
-    from tuneterm.engine.launch import launch_for, launch_spec, prepare_launch
-    from tuneterm.engine.rundir import CONFIG_FILE
-    from tuneterm.engine.runner import new_run, planned_by_main, prepared_run, resume_run
-    from tuneterm.engine.supervisor import supervise
+    from tuneterm.engine.launch import distributed
+    from tuneterm.engine.launch.command import launch_for, launch_spec, prepare_launch
+    from tuneterm.engine.launch.detach import LOG_FILE, start_detached
+    from tuneterm.engine.launch.supervisor import supervise
+    from tuneterm.engine.run.plans import new_run, planned_by_main, prepared_run, resume_run
+    from tuneterm.engine.rundir.layout import CONFIG_FILE
 
     spec = launch_spec(args.gpus, args.strategy, args.cpu_processes, args.machines, args.main_address)
     if args.resume and (args.config or args.preset):
@@ -336,7 +336,7 @@ def _monitor(args: argparse.Namespace) -> int:
 
 
 def _runs(args: argparse.Namespace) -> int:
-    from tuneterm.engine.runs import list_runs
+    from tuneterm.engine.rundir.runs import list_runs
 
     if args.plain:
         runs = list_runs(args.runs_dir)
@@ -356,10 +356,10 @@ def _runs(args: argparse.Namespace) -> int:
 def _stop(args: argparse.Namespace) -> int:
     import time
 
-    from tuneterm.engine.channel import send
-    from tuneterm.engine.distributed import processes_left
-    from tuneterm.engine.rundir import is_live
-    from tuneterm.engine.runs import summarise_run
+    from tuneterm.engine.launch.channel import send
+    from tuneterm.engine.launch.distributed import processes_left
+    from tuneterm.engine.rundir.layout import is_live
+    from tuneterm.engine.rundir.runs import summarise_run
 
     summary = summarise_run(args.run_dir)
     if summary is None:
@@ -387,7 +387,7 @@ def _stop(args: argparse.Namespace) -> int:
 
 
 def _chat(args: argparse.Namespace) -> int:
-    from tuneterm.engine.generate import GenerationSettings, TunedModel
+    from tuneterm.engine.after.generate import GenerationSettings, TunedModel
 
     settings = GenerationSettings(args.max_new_tokens, args.temperature, args.top_p)
     if settings.problems():
@@ -400,7 +400,7 @@ def _chat(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return EXIT_USAGE
     if args.stop_check:
-        from tuneterm.engine.stopcheck import check_stopping, save_stop_check
+        from tuneterm.engine.after.stopcheck import check_stopping, save_stop_check
 
         check = check_stopping(model, model.eval_samples())
         print(f"Stop check: {check.summary()}")
@@ -442,7 +442,7 @@ def _answer(model: Any, prompt: str, settings: Any, compare_base: bool) -> None:
 
 
 def _merge(args: argparse.Namespace) -> int:
-    from tuneterm.engine.merge import merge
+    from tuneterm.engine.after.merge import merge
     from tuneterm.plan.memory import size
 
     result = merge(args.run_dir, args.out_dir, args.scale, lambda phase: print(f"{phase}...", flush=True))
@@ -456,7 +456,7 @@ def _merge(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from tuneterm.engine.compare import differing_settings, load_curves, save_comparison
+    from tuneterm.engine.after.compare import differing_settings, load_curves, save_comparison
 
     curves = load_curves(args.run_dirs, args.by)
     for run in curves:
@@ -487,7 +487,7 @@ def _app(args: argparse.Namespace) -> int:
 
 def _demo(args: argparse.Namespace) -> int:
     from tuneterm.demo import demo_config, demo_dir
-    from tuneterm.engine.runner import new_run
+    from tuneterm.engine.run.plans import new_run
 
     if not args.headless:
         from tuneterm.ui.app import Opening
@@ -503,11 +503,11 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _run_headless(plan: Any) -> int:
     from tuneterm.console import ConsoleProgress
-    from tuneterm.engine import distributed
     from tuneterm.engine.control import RunControl
     from tuneterm.engine.events import RunFailed, RunFinished
-    from tuneterm.engine.runner import run
-    from tuneterm.engine.signals import StopOnSignals
+    from tuneterm.engine.launch import distributed
+    from tuneterm.engine.launch.signals import StopOnSignals
+    from tuneterm.engine.run.runner import run
 
     main = distributed.is_main()  # under a launcher the main process speaks for the run, the others only of failing
     if main:

@@ -24,7 +24,7 @@ from tuneterm.engine.events import (
     StopRequested,
     WarningIssued,
 )
-from tuneterm.engine.failures import remedies_as_arguments
+from tuneterm.engine.run.failures import remedies_as_arguments
 from tuneterm.errors import SHOWN_PROBLEMS, Location
 
 

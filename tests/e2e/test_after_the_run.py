@@ -19,7 +19,7 @@ def _train_question(chat_data: dict) -> str:
 
 
 def test_the_tuned_model_answers_a_trained_prompt_differently_from_its_base(finished_run, chat_data) -> None:
-    from tuneterm.engine.generate import GenerationSettings, TunedModel
+    from tuneterm.engine.after.generate import GenerationSettings, TunedModel
 
     model = TunedModel.load(finished_run.run_dir)
     ids = model.prompt_ids(_train_question(chat_data))
@@ -55,8 +55,9 @@ def silent_base(tmp_path_factory: pytest.TempPathFactory, chat_data: dict) -> Pa
 
 def _stop_checked(silent_base: Path, chat_data: dict, tmp_path: Path):
     from tuneterm.config import config_from_mapping
-    from tuneterm.engine.runner import new_run, run
-    from tuneterm.engine.stopcheck import read_stop_check
+    from tuneterm.engine.after.stopcheck import read_stop_check
+    from tuneterm.engine.run.plans import new_run
+    from tuneterm.engine.run.runner import run
 
     config = {"method": "lora", "model": {"path": str(silent_base)},
               "data": {"train": str(chat_data["train"]), "eval": str(chat_data["eval"])},
@@ -94,8 +95,8 @@ def test_the_merged_model_gives_the_logits_of_base_plus_adapter(finished_run, tm
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from tuneterm.engine.generate import read_eval_samples
-    from tuneterm.engine.merge import TOLERANCE, merge
+    from tuneterm.engine.after.generate import read_eval_samples
+    from tuneterm.engine.after.merge import TOLERANCE, merge
 
     result = merge(finished_run.run_dir, tmp_path / "merged")
     assert result.passed and result.dtype == "float32"
@@ -128,7 +129,7 @@ def test_merging_never_writes_into_a_non_empty_directory(finished_run, tmp_path)
     target.mkdir()
     (target / "notes.txt").write_text("mine")
     with pytest.raises(RunDirError, match="not empty"):
-        from tuneterm.engine.merge import merge
+        from tuneterm.engine.after.merge import merge
 
         merge(finished_run.run_dir, target)
     assert [p.name for p in target.iterdir()] == ["notes.txt"]
@@ -136,7 +137,7 @@ def test_merging_never_writes_into_a_non_empty_directory(finished_run, tmp_path)
 
 
 def test_compare_writes_one_curve_per_run_and_lists_what_differs(finished_run, tmp_path, capsys) -> None:
-    from tuneterm.engine.compare import comparison_figure, load_curves
+    from tuneterm.engine.after.compare import comparison_figure, load_curves
 
     recorded = tmp_path / "recorded-run"
     shutil.copytree(DATA / "recorded-run", recorded)

@@ -21,13 +21,13 @@ from tests.e2e.test_runs_outlive_the_terminal import logged_step, wait_for
 from tests.helpers import ROOT, with_changes
 from tuneterm.cli import main
 from tuneterm.config import config_from_mapping
-from tuneterm.engine.channel import send
-from tuneterm.engine.detach import start_detached
 from tuneterm.engine.events import CheckpointSaved, RunFailed, RunFinished, RunStarted, StepLogged, read_events
-from tuneterm.engine.launch import LaunchSpec, prepare_launch
-from tuneterm.engine.rundir import MARKER_FILE, is_live
-from tuneterm.engine.runner import new_run
-from tuneterm.engine.runs import summarise_run
+from tuneterm.engine.launch.channel import send
+from tuneterm.engine.launch.command import LaunchSpec, prepare_launch
+from tuneterm.engine.launch.detach import start_detached
+from tuneterm.engine.run.plans import new_run
+from tuneterm.engine.rundir.layout import MARKER_FILE, is_live
+from tuneterm.engine.rundir.runs import summarise_run
 from tuneterm.plan import schedule
 
 TWO_CPU_PROCESSES = LaunchSpec("ddp", cpu_processes=2)

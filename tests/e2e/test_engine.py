@@ -24,7 +24,8 @@ from tuneterm.engine.events import (
     WarningIssued,
     read_events,
 )
-from tuneterm.engine.runner import new_run, resume_run, run
+from tuneterm.engine.run.plans import new_run, resume_run
+from tuneterm.engine.run.runner import run
 from tuneterm.errors import ConfigError, RunDirError
 
 

@@ -21,11 +21,12 @@ import yaml
 
 from tests.helpers import ROOT
 from tuneterm.cli import main
+from tuneterm.engine.after.report import report_of
 from tuneterm.engine.events import RunFinished, StepLogged, read_events
-from tuneterm.engine.report import report_of
-from tuneterm.engine.rundir import MARKER_FILE, is_live
-from tuneterm.engine.runner import resume_run, run
-from tuneterm.engine.runs import summarise_run
+from tuneterm.engine.run.plans import resume_run
+from tuneterm.engine.run.runner import run
+from tuneterm.engine.rundir.layout import MARKER_FILE, is_live
+from tuneterm.engine.rundir.runs import summarise_run
 
 
 def write_config(tmp_path: Path, config: dict) -> Path:

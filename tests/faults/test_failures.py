@@ -23,8 +23,9 @@ from tuneterm.engine.events import (
     RunFinished,
     StepLogged,
 )
-from tuneterm.engine.rundir import MARKER_FILE, mark_complete
-from tuneterm.engine.runner import new_run, resume_run, run
+from tuneterm.engine.run.plans import new_run, resume_run
+from tuneterm.engine.run.runner import run
+from tuneterm.engine.rundir.layout import MARKER_FILE, mark_complete
 from tuneterm.errors import ConfigError, RunDirError
 
 

@@ -19,9 +19,10 @@ from tests.faults.conftest import (
 )
 from tests.helpers import noise_chat, with_changes
 from tuneterm.engine.events import RunFinished, RunStarted, StepLogged
-from tuneterm.engine.rundir import MARKER_FILE
-from tuneterm.engine.runner import resume_run, run
-from tuneterm.engine.runs import summarise_run
+from tuneterm.engine.run.plans import resume_run
+from tuneterm.engine.run.runner import run
+from tuneterm.engine.rundir.layout import MARKER_FILE
+from tuneterm.engine.rundir.runs import summarise_run
 
 
 def _steps_after_the_last_start(run_dir: Path) -> list[int]:
@@ -34,7 +35,7 @@ def test_kill_9_while_a_checkpoint_is_saved_then_resume(tiny_run: dict, tmp_path
     run_dir = Path(tiny_run["training"]["output_dir"])
     flag = tmp_path / "saving"
     process = start_training(write_config(tmp_path / "run.yaml", tiny_run),
-                             hang_when("tuneterm.engine.callback.mark_complete", "calls == 2", str(flag)))
+                             hang_when("tuneterm.engine.run.callback.mark_complete", "calls == 2", str(flag)))
     wait_for(flag.exists, what="the second checkpoint being saved")
     kill(process)
     process.wait(30)
@@ -58,7 +59,7 @@ def test_a_run_killed_while_saving_its_final_adapter_resumes_to_completed_withou
     run_dir = Path(tiny_run["training"]["output_dir"])
     flag = tmp_path / "saving-final"
     process = start_training(write_config(tmp_path / "run.yaml", tiny_run),
-                             hang_when("tuneterm.engine.runner.compare_saved", "True", str(flag)))
+                             hang_when("tuneterm.engine.run.runner.compare_saved", "True", str(flag)))
     wait_for(flag.exists, what="the final save")
     total = next(e.total_steps for e in events_of(run_dir) if isinstance(e, RunStarted))
     kill(process)
@@ -95,7 +96,7 @@ def test_a_signal_stops_after_the_step_with_a_checkpoint_that_resumes(tiny_run: 
 def test_a_second_signal_aborts_at_once_without_a_traceback(tiny_run: dict, tmp_path: Path) -> None:
     run_dir = Path(tiny_run["training"]["output_dir"])
     flag = tmp_path / "saving"
-    slow_save = hang_when("tuneterm.engine.callback.mark_complete", "calls >= 2", str(flag))
+    slow_save = hang_when("tuneterm.engine.run.callback.mark_complete", "calls >= 2", str(flag))
     process = start_training(write_config(tmp_path / "run.yaml", with_changes(tiny_run, training={"eval_steps": 4})),
                              SLOW_STEPS + slow_save)
     wait_for(lambda: logged_step(run_dir) >= 5, what="five steps")
@@ -119,7 +120,7 @@ def test_an_early_stopped_run_killed_while_saving_resumes_without_more_steps(bas
     run_dir = Path(config["training"]["output_dir"])
     flag = tmp_path / "saving-final"
     process = start_training(write_config(tmp_path / "run.yaml", config),
-                             hang_when("tuneterm.engine.runner.compare_saved", "True", str(flag)))
+                             hang_when("tuneterm.engine.run.runner.compare_saved", "True", str(flag)))
     wait_for(flag.exists, what="the final save")
     stopped_at = logged_step(run_dir)
     kill(process)

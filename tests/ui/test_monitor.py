@@ -116,7 +116,7 @@ async def test_quitting_during_an_in_app_run_stops_it_with_a_checkpoint(tiny_mod
         await pilot.pause()
         await pilot.click("#yes")
         await wait_until(pilot, lambda: not app.is_running or app._exit, timeout=120, what="the app to quit")
-    from tuneterm.engine.runs import summarise_run
+    from tuneterm.engine.rundir.runs import summarise_run
 
     summary = summarise_run(run_dir)
     assert summary.status == "stopped"

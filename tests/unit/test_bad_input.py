@@ -15,7 +15,7 @@ from tuneterm.data.formats import FormatUnknown
 from tuneterm.data.pipeline import read_examples
 from tuneterm.data.prepare import prepare
 from tuneterm.data.tokenizer import load_tokenizer
-from tuneterm.engine.rundir import create_run_dir
+from tuneterm.engine.rundir.layout import create_run_dir
 from tuneterm.errors import DataError, LoadError, Location, RunDirError
 from tuneterm.plan.planner import startup_problems
 

@@ -7,8 +7,8 @@ import os
 from pathlib import Path
 
 from tuneterm.engine.events import EvalFinished, PhaseStarted, RunFailed, RunFinished, RunStarted, StepLogged
-from tuneterm.engine.rundir import holding_run_lock
-from tuneterm.engine.runs import list_runs, summarise_run
+from tuneterm.engine.rundir.layout import holding_run_lock
+from tuneterm.engine.rundir.runs import list_runs, summarise_run
 from tuneterm.plan.catalog import cached_models, describe_model, local_models
 
 

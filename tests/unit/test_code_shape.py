@@ -20,7 +20,7 @@ from tests.helpers import ROOT
 BIN = Path(sys.executable).parent
 HEAVY = ("torch", "transformers", "trl", "peft", "datasets", "bitsandbytes", "accelerate")
 # Modules that exist to subclass a heavy library's class; everything else imports heavy libraries in functions.
-HEAVY_BY_DESIGN = {"tuneterm.engine.callback"}
+HEAVY_BY_DESIGN = {"tuneterm.engine.run.callback"}
 
 
 def _lint_imports(project: Path) -> subprocess.CompletedProcess[str]:

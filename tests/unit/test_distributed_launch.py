@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tuneterm.engine.launch import (
+from tuneterm.engine.launch.command import (
     LaunchSpec,
     accelerate_config,
     build_launch,

@@ -118,7 +118,7 @@ def test_plan_shows_the_memory_per_gpu_of_a_strategy(tmp_path: Path, capsys: pyt
 
 def test_out_of_memory_in_a_sharded_process_names_the_parts_on_its_own_gpu(tmp_path: Path,
                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    from tuneterm.engine.failures import out_of_memory
+    from tuneterm.engine.run.failures import out_of_memory
 
     model = tmp_path / "llama"
     model.mkdir()

@@ -11,14 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from tuneterm.engine import distributed
-from tuneterm.engine.channel import ChannelListener, send
 from tuneterm.engine.control import RunControl
 from tuneterm.engine.events import EventLog, RunStarted
-from tuneterm.engine.launch import LaunchSpec, launch_for, prepare_launch
-from tuneterm.engine.rundir import checkpoint_problem, mark_complete
-from tuneterm.engine.runner import resume_run
-from tuneterm.engine.signals import StopOnSignals
+from tuneterm.engine.launch import distributed
+from tuneterm.engine.launch.channel import ChannelListener, send
+from tuneterm.engine.launch.command import LaunchSpec, launch_for, prepare_launch
+from tuneterm.engine.launch.signals import StopOnSignals
+from tuneterm.engine.run.plans import resume_run
+from tuneterm.engine.rundir.layout import checkpoint_problem, mark_complete
 from tuneterm.errors import RunDirError
 from tuneterm.hardware import GpuReading, GpuSurvey, choose_cpu_threads
 

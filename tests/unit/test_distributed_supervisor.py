@@ -15,8 +15,8 @@ from pathlib import Path
 
 from tests.helpers import ROOT
 from tuneterm.engine.events import RunFailed, RunFinished, read_events
-from tuneterm.engine.rundir import is_live
-from tuneterm.engine.supervisor import LAUNCH_FAILED, supervise
+from tuneterm.engine.launch.supervisor import LAUNCH_FAILED, supervise
+from tuneterm.engine.rundir.layout import is_live
 
 TORCHRUN_SUMMARY = textwrap.dedent("""\
     torch.distributed.elastic.multiprocessing.errors.ChildFailedError:
@@ -76,7 +76,7 @@ def test_an_end_the_run_reported_itself_is_left_alone_and_the_lock_is_held_throu
     (tmp_path / "control.jsonl").write_text('{"action": "stop"}\n')
     script = """
         from tuneterm.engine.events import EventLog, RunFinished
-        from tuneterm.engine.rundir import is_live
+        from tuneterm.engine.rundir.layout import is_live
         seen = {"live": is_live(RUN), "supervised": os.environ["TUNETERM_SUPERVISED"],
                 "control_from": os.environ["TUNETERM_CONTROL_FROM"]}
         (RUN / "seen.json").write_text(json.dumps(seen))
@@ -104,7 +104,7 @@ def test_what_the_command_leaves_running_is_ended(tmp_path: Path) -> None:
 
 
 def start_supervisor(run_dir: Path, script: str) -> subprocess.Popen[bytes]:
-    process = subprocess.Popen([sys.executable, "-m", "tuneterm.engine.supervisor", str(run_dir), "--",
+    process = subprocess.Popen([sys.executable, "-m", "tuneterm.engine.launch.supervisor", str(run_dir), "--",
                                 *stand_in(script)], cwd=ROOT, env={**os.environ, "RUN": str(run_dir)})
     deadline = time.monotonic() + 30
     while not (run_dir / "started").exists():

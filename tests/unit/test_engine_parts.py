@@ -14,7 +14,7 @@ from tuneterm.config import config_from_mapping
 from tuneterm.data.tokenizer import load_tokenizer
 from tuneterm.engine.capture import library_output_as_events
 from tuneterm.engine.events import WarningIssued
-from tuneterm.engine.rundir import mark_complete, resume_point
+from tuneterm.engine.rundir.layout import mark_complete, resume_point
 from tuneterm.errors import ConfigError, LoadError, RunDirError, first_sentence
 from tuneterm.hardware import Device, choose_cpu_threads, resolve_precision
 

@@ -17,8 +17,8 @@ from textual.worker import Worker, WorkerState
 from tuneterm.config import RunConfig, load_config
 from tuneterm.engine.control import RunControl
 from tuneterm.engine.events import EVENTS_FILE, read_events
-from tuneterm.engine.launch import LaunchSpec
-from tuneterm.engine.runner import RunPlan
+from tuneterm.engine.launch.command import LaunchSpec
+from tuneterm.engine.run.plans import RunPlan
 from tuneterm.errors import TuneTermError
 from tuneterm.ui.commands import ActionCommands
 from tuneterm.ui.draft import Draft
@@ -152,7 +152,7 @@ class TuneTermApp(App[None]):
 
     def open_run(self, run_dir: Path) -> None:
         """A run that goes on opens on its monitor, one that ended on its summary (the monitor is a key away)."""
-        from tuneterm.engine.rundir import is_live
+        from tuneterm.engine.rundir.layout import is_live
 
         training_here = self.training is not None and self.training.active and \
             self.training.run_dir.resolve() == run_dir.resolve()
@@ -189,8 +189,8 @@ class TuneTermApp(App[None]):
     def launch(self, config: RunConfig, detached: bool, spec: LaunchSpec | None = None) -> None:
         """Start a run from the wizard: in a thread of this app, or detached in a process of its own (always, on
         chosen GPUs: accelerate starts a process per GPU)."""
-        from tuneterm.engine.launch import prepare_launch
-        from tuneterm.engine.runner import new_run
+        from tuneterm.engine.launch.command import prepare_launch
+        from tuneterm.engine.run.plans import new_run
 
         detached = detached or spec is not None
         if not detached and self.training is not None and self.training.active:
@@ -207,7 +207,7 @@ class TuneTermApp(App[None]):
         self.start(plan, detached)
 
     def start(self, plan: RunPlan, detached: bool) -> None:
-        from tuneterm.engine.detach import start_detached
+        from tuneterm.engine.launch.detach import start_detached
 
         if detached:
             try:
@@ -241,7 +241,7 @@ class TuneTermApp(App[None]):
         """A run again with changed settings (a failure's remedy, or none): resumed from its last checkpoint, or
         started anew in a new directory. In this app's thread when it ran here, else detached."""
         from tuneterm.config import yaml_value
-        from tuneterm.engine.runner import new_run, resume_run
+        from tuneterm.engine.run.plans import new_run, resume_run
 
         if self.training is not None and self.training.active:
             self.notify("A run is already training in this app: stop it first.", title="Cannot start the run",

@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from tuneterm.config import RunConfig, config_from_mapping, load_config, preset_path, set_argument
-from tuneterm.engine.launch import LaunchSpec
+from tuneterm.engine.launch.command import LaunchSpec
 from tuneterm.errors import ConfigError, Location, Problem
 from tuneterm.plan.memory import Strategy
 

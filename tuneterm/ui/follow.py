@@ -14,7 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tuneterm.engine.events import EVENTS_FILE, Event, RunFailed, RunFinished, event_from_json
-from tuneterm.engine.rundir import is_live
+from tuneterm.engine.rundir.layout import is_live
 
 POLL_SECONDS = 0.5
 BATCH_BYTES = 1 << 21

@@ -4,7 +4,7 @@ The engine runs in a thread; its events reach the monitor with post_message (thr
 screen). Whatever it or its libraries print goes to RUN_DIR/train.log, never onto the screen. When the person
 quits, the run is asked to stop and the app waits for its checkpoint. When the terminal disappears (SIGHUP: the
 SSH session dropped), the same happens before the process exits: an in-app run always ends resumable. A run that
-must outlive the terminal is started detached instead (engine/detach.py).
+must outlive the terminal is started detached instead (engine/launch/detach.py).
 """
 
 from __future__ import annotations
@@ -17,9 +17,10 @@ from types import FrameType
 from typing import Any
 
 from tuneterm.engine.control import RunControl
-from tuneterm.engine.detach import LOG_FILE
 from tuneterm.engine.events import Event
-from tuneterm.engine.runner import RunPlan, run
+from tuneterm.engine.launch.detach import LOG_FILE
+from tuneterm.engine.run.plans import RunPlan
+from tuneterm.engine.run.runner import run
 
 SIGHUP_WAIT_SECONDS = 900.0
 

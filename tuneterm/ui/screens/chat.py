@@ -1,6 +1,6 @@
 """Chat with a run's tuned model and its base model, side by side, for the same prompt.
 
-The model is loaded once in a worker (engine/generate.py: the base with the run's adapter; the base model's
+The model is loaded once in a worker (engine/after/generate.py: the base with the run's adapter; the base model's
 answer is the same weights with the adapter off). Each answer streams into its pane as tokens come, through
 post_message (never call_from_thread per token). A prompt is typed, or picked from the eval prompts the run kept,
 and then the answer the model was trained on is shown as the third pane. Escape stops an answer; the generation
@@ -22,7 +22,7 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Footer, Header, Input, Label, Static
 
-from tuneterm.engine.generate import EvalSample, Generation, GenerationSettings, TunedModel
+from tuneterm.engine.after.generate import EvalSample, Generation, GenerationSettings, TunedModel
 from tuneterm.errors import TuneTermError
 
 PANES = {"tuned": "tuned", "base": "base (adapter off)", "reference": "reference (trained on)"}

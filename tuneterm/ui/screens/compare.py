@@ -1,5 +1,5 @@
 """Runs compared: their train and eval losses on one chart, one stable colour per run, and the settings that
-differ between them (engine/compare.py reads both; the same picture is written as a PNG on request)."""
+differ between them (engine/after/compare.py reads both; the same picture is written as a PNG on request)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static
 
-from tuneterm.engine.compare import Axis, RunCurves, differing_settings, load_curves
+from tuneterm.engine.after.compare import Axis, RunCurves, differing_settings, load_curves
 from tuneterm.errors import TuneTermError
 from tuneterm.ui.widgets.chart import LineChart
 
@@ -122,7 +122,7 @@ class CompareScreen(Screen[None]):
 
     @work(thread=True, exclusive=True, group="compare-png", exit_on_error=False)
     def save_png(self, path: Path) -> None:
-        from tuneterm.engine.compare import save_comparison
+        from tuneterm.engine.after.compare import save_comparison
 
         try:
             save_comparison(self.curves, path, self.axis)

@@ -25,10 +25,10 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Footer, Header, Log, Sparkline, Static, TabbedContent, TabPane
 
-from tuneterm.engine.channel import send
+from tuneterm.engine.after.report import clock
 from tuneterm.engine.control import RunControl
 from tuneterm.engine.events import Event, RunFailed, RunFinished
-from tuneterm.engine.report import clock
+from tuneterm.engine.launch.channel import send
 from tuneterm.plan.memory import size
 from tuneterm.ui.commands import ActionCommands
 from tuneterm.ui.follow import EventFollower

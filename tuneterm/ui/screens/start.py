@@ -15,7 +15,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, OptionList, Static
 from textual.widgets.option_list import Option
 
-from tuneterm.engine.runs import RunSummary, list_runs
+from tuneterm.engine.rundir.runs import RunSummary, list_runs
 from tuneterm.ui.services import Services
 
 RUN_COLUMNS = ("run", "status", "method", "model", "step", "best eval", "started")

@@ -1,7 +1,7 @@
 """After the run: did it work? Why it ended, what it reached, where its files are, and what to do next.
 
 The screen a finished run opens on (from the run list, `tuneterm monitor`, or the monitor when a run ends). It
-reads the run's report (engine/report.py) in a worker and offers what comes after a fine-tune: chat with the
+reads the run's report (engine/after/report.py) in a worker and offers what comes after a fine-tune: chat with the
 tuned model next to its base, the stop check, a merge into a standalone model, and the loss curves.
 """
 
@@ -19,7 +19,7 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Footer, Header, Static
 
-from tuneterm.engine.report import RunReport, clock, loss_text, perplexity, report_of
+from tuneterm.engine.after.report import RunReport, clock, loss_text, perplexity, report_of
 from tuneterm.errors import TuneTermError
 from tuneterm.ui.commands import ActionCommands
 from tuneterm.ui.services import Services
@@ -180,9 +180,9 @@ class SummaryScreen(Screen[None]):
 
     @work(thread=True, exclusive=True, group="after", exit_on_error=False)
     def stop_check(self) -> None:
-        from tuneterm.engine.card import write_card
-        from tuneterm.engine.generate import TunedModel
-        from tuneterm.engine.stopcheck import check_stopping, save_stop_check
+        from tuneterm.engine.after.card import write_card
+        from tuneterm.engine.after.generate import TunedModel
+        from tuneterm.engine.after.stopcheck import check_stopping, save_stop_check
 
         try:
             model = TunedModel.load(self.run_dir)
@@ -195,7 +195,7 @@ class SummaryScreen(Screen[None]):
         self.post_message(StepDone("Stop check", check.summary(), check.passed))
 
     def action_merge(self) -> None:
-        from tuneterm.engine.merge import output_dir_problem
+        from tuneterm.engine.after.merge import output_dir_problem
         from tuneterm.ui.screens.dialogs import AskMerge
 
         if self.busy:
@@ -213,7 +213,7 @@ class SummaryScreen(Screen[None]):
 
     @work(thread=True, exclusive=True, group="after", exit_on_error=False)
     def merge(self, out_dir: Path, scale: float) -> None:
-        from tuneterm.engine.merge import merge
+        from tuneterm.engine.after.merge import merge
 
         def phase(text: str) -> None:
             self.app.call_from_thread(self.say, f"[$accent]Merge: {escape(text)}...[/]")

@@ -24,7 +24,7 @@ from tuneterm.config import RunConfig, config_from_mapping
 from tuneterm.data.formats import FormatUnknown
 from tuneterm.data.prepare import view_of
 from tuneterm.data.summary import DataSummary
-from tuneterm.engine.launch import LaunchSpec, build_launch, launch_problems
+from tuneterm.engine.launch.command import LaunchSpec, build_launch, launch_problems
 from tuneterm.errors import Cancelled, ConfigError, Location, Problem, TuneTermError
 from tuneterm.hardware import GpuSurvey
 from tuneterm.plan.catalog import ModelDescription, ModelEntry, describe_model, local_models

@@ -31,8 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from tuneterm.config import load_config
-from tuneterm.engine.generate import ADAPTER_FILE, read_eval_samples, stop_token_ids
-from tuneterm.engine.rundir import CONFIG_FILE
+from tuneterm.engine.after.generate import ADAPTER_FILE, read_eval_samples, stop_token_ids
+from tuneterm.engine.rundir.layout import CONFIG_FILE
 from tuneterm.errors import RunDirError
 from tuneterm.hub import open_source
 from tuneterm.plan.planner import model_facts

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneterm.config import RunConfig, load_config
+from tuneterm.engine.after.stopcheck import read_stop_check
 from tuneterm.engine.events import (
     EVENTS_FILE,
     EvalFinished,
@@ -26,9 +27,8 @@ from tuneterm.engine.events import (
     WarningIssued,
     read_events,
 )
-from tuneterm.engine.rundir import CONFIG_FILE, checkpoints
-from tuneterm.engine.runs import RunState, summarise_run
-from tuneterm.engine.stopcheck import read_stop_check
+from tuneterm.engine.rundir.layout import CONFIG_FILE, checkpoints
+from tuneterm.engine.rundir.runs import RunState, summarise_run
 
 NOTABLE_KEYS = ("method", "model.path", "data.train", "data.train_on", "lora.r", "lora.lora_alpha",
                 "lora.target_modules", "training.learning_rate", "training.lr_scheduler_type",

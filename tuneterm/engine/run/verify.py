@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 
@@ -47,3 +48,30 @@ def compare(before: Mapping[str, str], after_tensors: Mapping[str, Any]) -> dict
         "ok": all_changed and not non_finite,
         "method": "sha256 of each tensor's bytes before training vs. the saved weights; NaN and Inf checked",
     }
+
+
+def is_peft(model: Any) -> bool:
+    """A model with a PEFT adapter on it (LoRA, QLoRA), rather than one whose own weights train."""
+    return hasattr(model, "peft_config")
+
+
+def _trainable_tensors(model: Any) -> dict[str, Any]:
+    """What training is meant to change, named as it will be saved."""
+    if is_peft(model):
+        from peft import get_peft_model_state_dict
+
+        return get_peft_model_state_dict(model)
+    return {name: p for name, p in model.named_parameters() if p.requires_grad}
+
+
+def fingerprint_trainable(model: Any) -> dict[str, str]:
+    return fingerprint(_trainable_tensors(model))
+
+
+def compare_saved(before: dict[str, str], model: Any, run_dir: Path) -> dict[str, Any]:
+    """Compare with the adapter file as written (full fine-tuning: with the weights in memory)."""
+    if is_peft(model):
+        from safetensors.torch import load_file
+
+        return compare(before, load_file(str(run_dir / "adapter_model.safetensors")))
+    return compare(before, _trainable_tensors(model))

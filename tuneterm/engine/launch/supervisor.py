@@ -1,6 +1,6 @@
-"""A detached launch, watched from start to end: `python -m tuneterm.engine.supervisor RUN_DIR -- COMMAND...`.
+"""A detached launch, watched from start to end: `python -m tuneterm.engine.launch.supervisor RUN_DIR -- COMMAND...`.
 
-A run started detached with a launch (engine/launch.py) runs its command, `accelerate launch ...` or a single
+A run started detached with a launch (engine/launch/command.py) runs its command, `accelerate launch ...` or a single
 training process, under this small process, which outlives it:
 - it holds the run's lock for as long as any process of the run lives, so the run counts as running until all are
   gone, and `tuneterm stop` returns only then;
@@ -29,12 +29,12 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, BinaryIO
 
-from tuneterm.engine.channel import CONTROL_FILE, send
-from tuneterm.engine.detach import LOG_FILE
-from tuneterm.engine.distributed import CONTROL_FROM_VARIABLE, SUPERVISED_VARIABLE
 from tuneterm.engine.events import EVENTS_FILE, EventLog, RunFailed, RunFinished, event_from_json
-from tuneterm.engine.rundir import CONFIG_FILE, holding_run_lock, last_complete_checkpoint
-from tuneterm.engine.signals import NAMES, STOPPING_SIGNALS
+from tuneterm.engine.launch.channel import CONTROL_FILE, send
+from tuneterm.engine.launch.detach import LOG_FILE
+from tuneterm.engine.launch.distributed import CONTROL_FROM_VARIABLE, SUPERVISED_VARIABLE
+from tuneterm.engine.launch.signals import NAMES, STOPPING_SIGNALS
+from tuneterm.engine.rundir.layout import CONFIG_FILE, holding_run_lock, last_complete_checkpoint
 
 LAUNCH_FAILED = "LaunchFailed"
 TAIL_BYTES = 64 * 1024
@@ -162,6 +162,6 @@ def _ended(code: int) -> str:
     return f"was killed by {name}{oom}"
 
 
-if __name__ == "__main__":  # started detached (engine/detach.py), its own output already going to train.log
+if __name__ == "__main__":  # started detached (engine/launch/detach.py), its own output already going to train.log
     exit_code = supervise(Path(sys.argv[1]), sys.argv[sys.argv.index("--") + 1:])
     raise SystemExit(exit_code if exit_code >= 0 else 128 - exit_code)  # killed by signal N: 128 + N, as shells say

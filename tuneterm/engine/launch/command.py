@@ -3,7 +3,7 @@
 A run on one GPU is `python -m tuneterm train --prepared RUN_DIR` with that GPU visible. On several it is
 `accelerate launch --config_file RUN_DIR/accelerate.yaml -m tuneterm train --prepared RUN_DIR`: accelerate starts
 one process per GPU and tells each (in its environment) how the processes share the work, DDP, FSDP or DeepSpeed
-ZeRO-2/3; tuneterm reads that and trains accordingly (engine/distributed.py).
+ZeRO-2/3; tuneterm reads that and trains accordingly (engine/launch/distributed.py).
 
 The choice is written into the run directory (accelerate.yaml, and launch.json to start it again the same way
 when it resumes), and the command is an argument list with the environment it needs, so the wizard can show it,

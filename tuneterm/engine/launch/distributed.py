@@ -30,7 +30,7 @@ from tuneterm.plan.memory import Strategy
 T = TypeVar("T")
 
 SUPERVISED_VARIABLE = "TUNETERM_SUPERVISED"
-"""Set by the supervisor of a detached launch (engine/supervisor.py), which holds the run's lock itself and reports
+"""Set by the supervisor of a detached launch (launch/supervisor.py), which holds the run's lock itself and reports
 a launcher that fails."""
 CONTROL_FROM_VARIABLE = "TUNETERM_CONTROL_FROM"
 """Where in control.jsonl the requests to a supervised run begin: those made while it was starting count."""

@@ -11,7 +11,7 @@ Layout of RUN_DIR:
   training_loss.png, training_eval_loss.png
   adapter_check.json           proof that the adapter weights changed
   error.log                    the traceback, when a run failed
-  accelerate.yaml, launch.json a run launched on chosen GPUs or several processes: the command (engine/launch.py)
+  accelerate.yaml, launch.json a run launched on chosen GPUs or several processes: the command (launch/command.py)
   train.log                    the output of a detached run
   .lock                        held (flock) by the process running it (the main process of a distributed run, or
                                the supervisor of a detached launch), so a run list can tell a live run from one whose

@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from tuneterm.config import RunConfig, set_argument
-from tuneterm.engine import distributed
-from tuneterm.engine.fingerprint import CHANGEABLE_ON_RESUME
-from tuneterm.engine.rundir import last_complete_checkpoint
+from tuneterm.engine.launch import distributed
+from tuneterm.engine.rundir.fingerprint import CHANGEABLE_ON_RESUME
+from tuneterm.engine.rundir.layout import last_complete_checkpoint
 from tuneterm.errors import TuneTermError
 from tuneterm.plan.memory import estimate_memory, size
 from tuneterm.plan.planner import memory_setup, model_facts

@@ -20,7 +20,7 @@ from typing import Any
 from tuneterm.config import RunConfig, load_config
 from tuneterm.data.chat import end_of_turn_token
 from tuneterm.engine.loading import detect_device, load_model
-from tuneterm.engine.rundir import CONFIG_FILE
+from tuneterm.engine.rundir.layout import CONFIG_FILE
 from tuneterm.errors import RunDirError
 from tuneterm.hardware import Device
 

@@ -2,7 +2,7 @@
 
 The Trainer calls this between steps: it turns the trainer state into StepLogged / EvalFinished / CheckpointSaved
 events, and it is where a request from another thread (stop, save now, evaluate now, a new patience) takes effect,
-always after a whole optimizer step; in a distributed run, in every process at the same step (engine/distributed.py).
+always after a whole optimizer step; in a distributed run, in every process at the same step (launch/distributed.py).
 It also keeps what is reported true:
 - the first evaluation (before any training) is the baseline; an evaluation is "best" only when it beats it;
 - a non-finite loss, gradient norm or weight stops the run at once, before anything non-finite is saved;
@@ -20,7 +20,6 @@ from typing import Any
 
 from transformers import EarlyStoppingCallback, TrainerCallback
 
-from tuneterm.engine import distributed
 from tuneterm.engine.control import RunControl
 from tuneterm.engine.events import (
     CheckpointSaved,
@@ -30,7 +29,8 @@ from tuneterm.engine.events import (
     StepLogged,
     StopRequested,
 )
-from tuneterm.engine.rundir import mark_complete
+from tuneterm.engine.launch import distributed
+from tuneterm.engine.rundir.layout import mark_complete
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tuneterm.engine.generate import EvalSample, GenerationSettings, TunedModel, read_eval_samples
+from tuneterm.engine.after.generate import EvalSample, GenerationSettings, TunedModel, read_eval_samples
 
 STOP_CHECK_FILE = "stop_check.json"
 PROMPTS_CHECKED = 5

@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from tuneterm.config import load_config
+from tuneterm.engine.after.report import tokens_by_step
 from tuneterm.engine.events import EVENTS_FILE, EvalFinished, StepLogged, read_events
-from tuneterm.engine.report import tokens_by_step
-from tuneterm.engine.rundir import CONFIG_FILE
+from tuneterm.engine.rundir.layout import CONFIG_FILE
 from tuneterm.errors import RunDirError
 
 Axis = Literal["step", "tokens"]

@@ -5,7 +5,7 @@ to RUN_DIR/control.jsonl (stop, save, evaluate, patience); the run, whoever star
 second and hands them to its RunControl, which applies them between optimizer steps. What became of a request is
 in events.jsonl (StopRequested, CheckpointSaved, EvalFinished, PatienceChanged). A file needs no server and works
 over any filesystem the run directory is on. In a distributed run the main process reads it, and every process
-applies what was asked at the same step (engine/distributed.py).
+applies what was asked at the same step (engine/launch/distributed.py).
 """
 
 from __future__ import annotations

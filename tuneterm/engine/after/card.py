@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from tuneterm.engine.report import RunReport, clock, loss_text, perplexity
+from tuneterm.engine.after.report import RunReport, clock, loss_text, perplexity
 
 CARD_FILE = "README.md"
 METHOD_NAMES = {"lora": "LoRA", "qlora": "QLoRA", "full": "full"}

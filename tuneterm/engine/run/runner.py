@@ -1,11 +1,11 @@
-"""run(plan, sink, control): one fine-tuning run from config to saved, verified adapter.
+"""run(plan, sink, control): one fine-tuning run from its plan to a saved, verified adapter.
 
 The TUI's worker thread, the headless `tuneterm train`, a detached run and a run under `accelerate launch` all
 call this function. It knows nothing of who is watching: it reports through the event sink (and always to
 RUN_DIR/events.jsonl) and listens to the control object between optimizer steps. It may run in any thread.
 
-Under a launcher every process calls it with the same plan (planned_by_main); only the main process writes the run
-directory and reports (engine/distributed.py), the others train alongside and drop their events.
+Under a launcher every process calls it with the same plan (plans.planned_by_main); only the main process writes the run
+directory and reports (engine/launch/distributed.py), the others train alongside and drop their events.
 """
 
 from __future__ import annotations
@@ -16,17 +16,15 @@ import json
 import sys
 import threading
 import traceback
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from tuneterm.config import RunConfig, load_config, parse_override
+from tuneterm.config import RunConfig
 from tuneterm.data.prepare import PreparedData, prepare
 from tuneterm.data.tokenizer import load_tokenizer
-from tuneterm.engine import distributed, failures, fingerprint
+from tuneterm.engine.after.generate import eval_samples_of, save_eval_samples
 from tuneterm.engine.capture import library_output_as_events
-from tuneterm.engine.channel import ChannelListener
 from tuneterm.engine.control import RunControl
 from tuneterm.engine.events import (
     EVENTS_FILE,
@@ -43,117 +41,24 @@ from tuneterm.engine.events import (
     WarningIssued,
     read_events,
 )
-from tuneterm.engine.generate import eval_samples_of, save_eval_samples
-from tuneterm.engine.launch import launch_for
+from tuneterm.engine.launch import distributed
+from tuneterm.engine.launch.channel import ChannelListener
 from tuneterm.engine.loading import detect_device, load_model
-from tuneterm.engine.rundir import CONFIG_FILE, DEFAULT_RUNS_ROOT, create_run_dir, holding_run_lock, resume_point
-from tuneterm.errors import Cancelled, ConfigError, Location, Problem, RunDirError, TuneTermError, first_sentence
+from tuneterm.engine.run import failures
+from tuneterm.engine.run.plans import RunPlan, run_config
+from tuneterm.engine.run.trainer import build_trainer, parameter_counts, save_adapter
+from tuneterm.engine.run.verify import compare_saved, fingerprint_trainable
+from tuneterm.engine.rundir import fingerprint
+from tuneterm.engine.rundir.layout import CONFIG_FILE, holding_run_lock
+from tuneterm.errors import Cancelled, TuneTermError, first_sentence
 from tuneterm.hardware import CPU, Device, choose_cpu_threads
 from tuneterm.plan.memory import SHARDED_WEIGHTS
-from tuneterm.plan.planner import model_facts, startup_problems
+from tuneterm.plan.planner import model_facts
 from tuneterm.plan.resolve import resolve, schedule_of
 from tuneterm.work import Progress, Work, import_training_libraries
 
 ADAPTER_CHECK_FILE = "adapter_check.json"
 ERROR_LOG = "error.log"
-
-# Keys of the training section that are tuneterm's own rather than SFTConfig fields.
-_TUNETERM_TRAINING_KEYS = ("precision", "gradient_checkpointing", "eval_interval_epochs", "early_stopping_patience",
-                           "early_stopping_threshold", "cpu_threads")
-
-
-@dataclass(frozen=True)
-class RunPlan:
-    config: RunConfig
-    run_dir: Path
-    resume_from: Path | None = None
-    skipped: tuple[str, ...] = ()
-    """Newer checkpoints that resuming passes over, each with why."""
-
-
-def new_run(config: RunConfig, runs_root: Path = DEFAULT_RUNS_ROOT) -> RunPlan:
-    """A new run directory holding the run's config from the start, so that a run which fails before training
-    is still a run: listed as failed, with its config to start it again. A config that cannot start (no data, a
-    mistyped path, an output directory in use) is refused before anything is written."""
-    problems = startup_problems(config)
-    if problems:
-        raise ConfigError(problems)
-    run_dir = create_run_dir(config, runs_root)
-    run_config(config).save(run_dir / CONFIG_FILE)
-    return RunPlan(config, run_dir)
-
-
-def prepared_run(run_dir: Path) -> RunPlan:
-    """A run directory made by new_run whose run has not started yet (a detached run starts this way)."""
-    return RunPlan(load_config(run_dir / CONFIG_FILE), run_dir)
-
-
-def run_config(config: RunConfig) -> RunConfig:
-    """The config as a run directory keeps it: without the output directory, so that running it again makes a
-    new run instead of being refused for writing into this one."""
-    if not config.get("training.output_dir"):
-        return config
-    return config.resolved({"training.output_dir": (None, "each run gets a new directory; this one was "
-                                                          f"{config.get('training.output_dir')}")})
-
-
-def resume_run(run_dir: Path, overrides: Iterable[str] = (), world_size: int | None = None) -> RunPlan:
-    """Continue a stopped or interrupted run from its last complete checkpoint, with its saved config, after
-    checking that the data, the model and the config are still those the run started from, and that it resumes
-    in as many processes as it trained in (`world_size`: this process's launch unless said). `overrides` (--set)
-    may change only what does not change what is trained (the eval batch, gradient checkpointing, patience...)."""
-    checkpoint, skipped = resume_point(run_dir)
-    events_path = run_dir / EVENTS_FILE
-    events = read_events(events_path) if events_path.exists() else []
-    finished = [e for e in events if isinstance(e, RunFinished)]
-    if finished and finished[-1].status in ("completed", "early_stopped"):
-        raise RunDirError(f"{run_dir}: this run already {finished[-1].status.replace('_', ' ')}; "
-                          f"start a new one with tuneterm train {run_dir / CONFIG_FILE}")
-    started = [e for e in events if isinstance(e, RunStarted)]
-    world_size = world_size or distributed.world_size()
-    if started and started[-1].world_size != world_size:
-        raise RunDirError(_other_world_size(run_dir, started[-1], world_size))
-    config = load_config(run_dir / CONFIG_FILE, overrides=overrides)
-    changing = {parse_override(text)[0] for text in overrides} - fingerprint.CHANGEABLE_ON_RESUME
-    if changing:
-        raise ConfigError([Problem("cannot change when resuming: the checkpoint's optimizer state and schedule "
-                                   "belong to the run as it started; start a new run to change it (keys that may "
-                                   f"change: {', '.join(sorted(fingerprint.CHANGEABLE_ON_RESUME))})",
-                                   Location(key=key)) for key in sorted(changing)])
-    if overrides:
-        config.save(run_dir / CONFIG_FILE)
-    changed = fingerprint.changes(config, run_dir)
-    if changed:
-        raise RunDirError(f"{run_dir}: cannot resume: what the run was started from has changed, and its "
-                          "checkpoint's optimizer state and schedule belong to the original. "
-                          + "; ".join(changed) + f". Start a new run instead: tuneterm train {run_dir / CONFIG_FILE}")
-    return RunPlan(config, run_dir, checkpoint, tuple(skipped))
-
-
-def _other_world_size(run_dir: Path, started: RunStarted, world_size: int) -> str:
-    """Why a run resumes only with as many processes as it trained with, and how."""
-    launch = launch_for(run_dir, resume=True)
-    how = f": {launch.shell()}" if launch else " (under the same launcher settings)"
-    return (f"{run_dir}: this run trained in {started.world_size} process{'es' if started.world_size > 1 else ''} "
-            f"and would resume in {world_size}: its checkpoint's optimizer state, data order and schedule belong "
-            f"to {started.world_size}. Resume it the way it ran{how}")
-
-
-def planned_by_main(make: Callable[[], RunPlan], settings: Callable[[], RunConfig]) -> RunPlan:
-    """The run plan made once. Alone, by this process; under a launcher, by the main process (which creates the run
-    directory or checks the checkpoint), handed to every other so that all train the same plan. `settings` is the
-    config every process reads first, to join the process group as the Trainer would (ddp_timeout, ddp_backend)."""
-    if not distributed.launched():
-        return make()
-    config = settings()
-    distributed.join(cpu=bool(config.get("training.use_cpu")) or detect_device().kind != "cuda",
-                     timeout_seconds=config.get("training.ddp_timeout", DDP_TIMEOUT_SECONDS),
-                     backend=config.get("training.ddp_backend"))
-    return distributed.from_main(make)
-
-
-DDP_TIMEOUT_SECONDS = 1800
-"""TrainingArguments' default: how long a process waits for the others at a collective operation."""
 
 
 class _Stopped(Exception):
@@ -192,8 +97,8 @@ def run(plan: RunPlan, sink: EventSink | None = None, control: RunControl | None
 def _write_run_card(run_dir: Path) -> None:
     """README.md from the run's files, after its last event. The run has ended either way: a card that cannot be
     written is said on stderr (train.log for a run that is not in a terminal), never turned into a failure."""
-    from tuneterm.engine.card import write_card
-    from tuneterm.engine.report import report_of
+    from tuneterm.engine.after.card import write_card
+    from tuneterm.engine.after.report import report_of
 
     try:
         write_card(report_of(run_dir))
@@ -330,9 +235,9 @@ class _Run:
         self.phase("loading model", f"{config.get('model.path')} ({config.method}, {device.name})")
         model = load_model(config, config.get("training.precision"), device, strategy)
         self.phase("building trainer")
-        trainer, callback = self.build_trainer(config, model, tokenizer, data, device)
+        trainer, callback = self.trainer_with_callbacks(config, model, tokenizer, data, device)
         before = fingerprint_trainable(trainer.model) if main else {}
-        total, trainable = _parameter_counts(trainer.model)
+        total, trainable = parameter_counts(trainer.model)
         plan = schedule_of(config, len(data.train.examples), len(data.eval.examples) if data.eval else 0, world)
         self.emit(RunStarted(
             run_dir=str(self.run_dir), config=config.to_nested(), defaulted=sorted(config.defaulted),
@@ -380,7 +285,7 @@ class _Run:
     def check_stopping(self, config: RunConfig, model: Any, tokenizer: Any, device: Device, strategy: str) -> None:
         """Do its answers end? Checked on the model in memory, before it is freed (not when the person asked to
         stop, and not where the weights are sharded across processes: then tuneterm chat --stop-check does it)."""
-        from tuneterm.engine.stopcheck import check_after_training
+        from tuneterm.engine.after.stopcheck import check_after_training
 
         later = f"check it with tuneterm chat {self.run_dir} --stop-check"
         if self.control.stop_requested or strategy in SHARDED_WEIGHTS:
@@ -394,7 +299,7 @@ class _Run:
 
     def stop_where_it_ended(self, trainer: Any, config: RunConfig) -> None:
         """A run whose early stopping had already fired (it was interrupted while saving) trains no further."""
-        from tuneterm.engine.callback import evaluations_without_improvement
+        from tuneterm.engine.run.callback import evaluations_without_improvement
 
         assert self.plan.resume_from is not None
         state = json.loads((self.plan.resume_from / "trainer_state.json").read_text(encoding="utf-8"))
@@ -414,7 +319,7 @@ class _Run:
 
     def save_history(self, trainer: Any) -> None:
         """The Trainer's log history and the loss curves, whatever the end (best effort on a full disk)."""
-        from tuneterm.engine.plots import save_loss_plots
+        from tuneterm.engine.after.plots import save_loss_plots
 
         with contextlib.suppress(OSError):
             trainer.state.save_to_json(str(self.run_dir / "trainer_state.json"))
@@ -446,11 +351,11 @@ class _Run:
         torch.set_num_threads(threads)
         return config.resolved({"training.cpu_threads": (threads, why)})
 
-    def build_trainer(self, config: RunConfig, model: Any, tokenizer: Any, data: PreparedData,
-                      device: Device) -> tuple[Any, Any]:
+    def trainer_with_callbacks(self, config: RunConfig, model: Any, tokenizer: Any, data: PreparedData,
+                               device: Device) -> tuple[Any, Any]:
         from transformers import EarlyStoppingCallback
 
-        from tuneterm.engine.callback import EventCallback
+        from tuneterm.engine.run.callback import EventCallback
 
         train_dataset, eval_dataset = data.to_datasets()
         early_stopping = None
@@ -462,52 +367,6 @@ class _Run:
         trainer = build_trainer(config, model, tokenizer, train_dataset, eval_dataset, self.run_dir, device,
                                 callbacks, resuming=self.plan.resume_from is not None)
         return trainer, callback
-
-
-def build_trainer(config: RunConfig, model: Any, tokenizer: Any, train_dataset: Any, eval_dataset: Any | None,
-                  output_dir: Path, device: Device, callbacks: list[Any], resuming: bool = False) -> Any:
-    """The SFTTrainer for a resolved config and tokenised datasets (also used by the VRAM calibration bench)."""
-    from transformers import PrinterCallback
-    from trl import SFTConfig, SFTTrainer
-
-    training = config.section("training")
-    has_eval = eval_dataset is not None
-    arguments = {k: v for k, v in training.items() if k not in _TUNETERM_TRAINING_KEYS}
-    arguments.update(
-        output_dir=str(output_dir),
-        bf16=training["precision"] == "bf16",
-        fp16=training["precision"] == "fp16",
-        use_cpu=device.kind == "cpu",
-        activation_checkpointing=training["gradient_checkpointing"],
-        eval_strategy="steps" if has_eval else "no",
-        save_strategy="steps",
-        load_best_model_at_end=training["load_best_model_at_end"] and has_eval,
-        # A resumed run has its baseline already; evaluating again would count against patience.
-        eval_on_start=training["eval_on_start"] and has_eval and not resuming,
-        report_to="none",
-        disable_tqdm=True,
-        # A NaN loss must be seen as NaN (the default replaces it with an average, or 0.0 at the start).
-        logging_nan_inf_filter=False,
-        # With a limit of 1 the Trainer deletes the last checkpoint at the end when the best is another one; the
-        # last complete checkpoint is never deleted.
-        save_total_limit=max(training["save_total_limit"], 2) if has_eval else training["save_total_limit"],
-        include_num_input_tokens_seen="non_padding",
-    )
-    # Every trainable parameter takes part in every step: DDP need not search the graph for unused ones.
-    arguments.setdefault("ddp_find_unused_parameters", False)
-    trainer = SFTTrainer(model=model, args=SFTConfig(**arguments), train_dataset=train_dataset,
-                         eval_dataset=eval_dataset, processing_class=tokenizer, callbacks=callbacks,
-                         peft_config=lora_config(config) if config.method != "full" else None)
-    trainer.remove_callback(PrinterCallback)  # progress goes through events, not print()
-    return trainer
-
-
-def save_adapter(trainer: Any, run_dir: Path) -> None:
-    """The final adapter (or model), saved by every process together: FSDP gathers the full state dict for it
-    (checkpoints keep theirs sharded), ZeRO-3 its 16-bit weights; the main process writes the files."""
-    if trainer.is_fsdp_enabled:
-        trainer.accelerator.state.fsdp_plugin.set_state_dict_type("FULL_STATE_DICT")
-    trainer.save_model(str(run_dir))
 
 
 def _check_same_everywhere(config: RunConfig, data: PreparedData) -> None:
@@ -524,49 +383,3 @@ def _check_same_everywhere(config: RunConfig, data: PreparedData) -> None:
                             "files at the same paths (a shared filesystem)")
 
 
-def lora_config(config: RunConfig) -> Any:
-    from peft import LoftQConfig, LoraConfig
-
-    fields = config.section("lora")
-    if isinstance(fields.get("loftq_config"), dict):
-        fields["loftq_config"] = LoftQConfig(**fields["loftq_config"])
-    return LoraConfig(task_type="CAUSAL_LM", **fields)
-
-
-def _is_peft(model: Any) -> bool:
-    return hasattr(model, "peft_config")
-
-
-def _trainable_tensors(model: Any) -> dict[str, Any]:
-    """What training is meant to change, named as it will be saved."""
-    if _is_peft(model):
-        from peft import get_peft_model_state_dict
-
-        return get_peft_model_state_dict(model)
-    return {name: p for name, p in model.named_parameters() if p.requires_grad}
-
-
-def fingerprint_trainable(model: Any) -> dict[str, str]:
-    from tuneterm.engine.verify import fingerprint
-
-    return fingerprint(_trainable_tensors(model))
-
-
-def compare_saved(before: dict[str, str], model: Any, run_dir: Path) -> dict[str, Any]:
-    """Compare with the adapter file as written (full fine-tuning: with the weights in memory)."""
-    from tuneterm.engine.verify import compare
-
-    if _is_peft(model):
-        from safetensors.torch import load_file
-
-        return compare(before, load_file(str(run_dir / "adapter_model.safetensors")))
-    return compare(before, _trainable_tensors(model))
-
-
-def _parameter_counts(model: Any) -> tuple[int, int]:
-    """(total, trainable), counting 4-bit packed weights at their real size, as PEFT reports them."""
-    if _is_peft(model):
-        trainable, total = model.get_nb_trainable_parameters()
-        return total, trainable
-    return (sum(p.numel() for p in model.parameters()),
-            sum(p.numel() for p in model.parameters() if p.requires_grad))

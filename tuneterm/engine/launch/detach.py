@@ -6,8 +6,8 @@ signal handlers (SIGTERM still stops it gracefully). Its console output goes to 
 events.jsonl as always; any terminal follows it with `tuneterm monitor RUN_DIR` and controls it through the
 control channel (`tuneterm stop RUN_DIR`).
 
-A run with a launch of its own (launch.json: chosen GPUs, several processes, several machines; engine/launch.py)
-starts its command under a supervisor (engine/supervisor.py) that outlives it and reports a launch that fails.
+A run with a launch of its own (launch.json: chosen GPUs, several processes, several machines; engine/launch/command.py)
+starts its command under a supervisor (engine/launch/supervisor.py) that outlives it and reports a launch that fails.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import sys
 import time
 from pathlib import Path
 
-from tuneterm.engine.launch import launch_for
-from tuneterm.engine.rundir import is_live
+from tuneterm.engine.launch.command import launch_for
+from tuneterm.engine.rundir.layout import is_live
 from tuneterm.errors import RunDirError
 
 LOG_FILE = "train.log"
@@ -34,7 +34,8 @@ def start_detached(run_dir: Path, resume: bool = False, wait_seconds: float = 60
         command = [sys.executable, "-m", "tuneterm", "train", "--resume" if resume else "--prepared",
                    str(run_dir.resolve())]
     else:
-        command = [sys.executable, "-m", "tuneterm.engine.supervisor", str(run_dir.resolve()), "--", *launch.argv]
+        command = [sys.executable, "-m", "tuneterm.engine.launch.supervisor", str(run_dir.resolve()), "--",
+                   *launch.argv]
     environment = {**os.environ, **(launch.env if launch else {}), "PYTHONUNBUFFERED": "1"}
     with open(run_dir / LOG_FILE, "ab") as log:
         process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,

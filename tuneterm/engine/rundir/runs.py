@@ -25,7 +25,7 @@ from tuneterm.engine.events import (
     StepLogged,
     event_from_json,
 )
-from tuneterm.engine.rundir import CONFIG_FILE, is_live
+from tuneterm.engine.rundir.layout import CONFIG_FILE, is_live
 
 RunState = Literal["running", "completed", "early_stopped", "stopped", "failed", "interrupted"]
 TAIL_BYTES = 256 * 1024
