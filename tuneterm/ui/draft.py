@@ -14,9 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from tuneterm.config import RunConfig, config_from_mapping, load_config, preset_path, set_argument
+from tuneterm.config import RunConfig, config_from_mapping, load_config, nested_of, set_argument
 from tuneterm.engine.launch.command import LaunchSpec
 from tuneterm.errors import ConfigError, Location, Problem
 from tuneterm.plan.memory import Strategy
@@ -78,28 +76,9 @@ class Draft:
         self.source = path
         self.saved_values = copy.deepcopy(self.values)
 
-    def nested(self) -> dict[str, Any]:
-        nested: dict[str, Any] = {}
-        for key, value in self.values.items():
-            if "." in key:
-                section, name = key.split(".", 1)
-                nested.setdefault(section, {})[name] = value
-            else:
-                nested[key] = value
-        return nested
-
     def config(self) -> RunConfig:
         """Validated with tuneterm's defaults under the preset under the person's values; raises ConfigError."""
-        mapping = self.nested()
-        if self.preset:
-            layered = yaml.safe_load(preset_path(self.preset).read_text(encoding="utf-8")) or {}
-            for section, values in mapping.items():
-                if isinstance(values, dict):
-                    layered.setdefault(section, {}).update(values)
-                else:
-                    layered[section] = values
-            mapping = layered
-        return config_from_mapping(mapping, source="the wizard")
+        return config_from_mapping(nested_of(self.values), source="the wizard", preset=self.preset)
 
     def problems(self) -> list[Problem]:
         """Config problems and what is still missing to launch, each with its key."""
