@@ -163,10 +163,23 @@ def processes() -> list[dict[str, Any]]:
     return everyone
 
 
+def processes_on(started: RunStarted, host: str | None = None) -> list[dict[str, Any]]:
+    """The run's processes (as its start listed them) on `host`, this machine unless said: only this machine's GPUs
+    are NVML's to read, and only its process ids are this machine's to ask after."""
+    host = host or socket.gethostname()
+    return [p for p in started.processes if p.get("host") == host]
+
+
+def ranks_by_gpu(started: RunStarted, host: str | None = None) -> dict[int, int]:
+    """The GPUs (as nvidia-smi numbers them) that the run's processes on `host` (this machine unless said) train on,
+    each with its process's rank: empty for a run on a CPU, on another machine, or recorded before RunStarted listed
+    its processes."""
+    return {p["gpu"]: p["rank"] for p in processes_on(started, host) if p.get("gpu") is not None}
+
+
 def gpus_here(started: RunStarted) -> list[int]:
     """The GPUs (as nvidia-smi numbers them) that the run's processes on this machine train on; empty on a CPU."""
-    host = socket.gethostname()
-    return sorted(p["gpu"] for p in started.processes if p["host"] == host and p["gpu"] is not None)
+    return sorted(ranks_by_gpu(started))
 
 
 def _this_gpu() -> int | None:
@@ -200,8 +213,7 @@ def processes_left(run_dir: Path) -> list[int]:
     started = [e for e in iter_events(run_dir / EVENTS_FILE) if isinstance(e, RunStarted)]
     if not started or started[-1].world_size < 2:
         return []
-    host = socket.gethostname()
-    return [p["pid"] for p in started[-1].processes if p["host"] == host and _alive(p["pid"])]
+    return [p["pid"] for p in processes_on(started[-1]) if _alive(p["pid"])]
 
 
 def _alive(pid: int) -> bool:
