@@ -12,7 +12,7 @@ import os
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from tuneterm.errors import ConfigError, Location, Problem
 
@@ -94,7 +94,10 @@ def _nvml_message(exc: Exception) -> str:
 _NVML = _Nvml()
 
 
-def _optional(read: Callable[[], Any]) -> Any:
+Reading = TypeVar("Reading")
+
+
+def _optional(read: Callable[[], Reading]) -> Reading | None:
     try:
         return read()
     except Exception:  # a reading this GPU or driver does not support

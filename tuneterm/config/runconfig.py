@@ -33,7 +33,8 @@ class RunConfig:
 
     @property
     def method(self) -> Method:
-        return self.values["method"]
+        method: Method = self.values["method"]
+        return method
 
     def get(self, key: str, default: Any = None) -> Any:
         return self.values.get(key, default)

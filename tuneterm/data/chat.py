@@ -54,7 +54,8 @@ class RenderedConversation:
 
 def render(tokenizer: Any, conversation: Conversation) -> str:
     try:
-        return tokenizer.apply_chat_template(conversation, tokenize=False)
+        text: str = tokenizer.apply_chat_template(conversation, tokenize=False)
+        return text
     except Exception as exc:  # jinja raises its own errors, and templates call raise_exception()
         raise TemplateError(f"the chat template cannot render this conversation: {exc}") from None
 

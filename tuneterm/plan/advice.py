@@ -61,24 +61,28 @@ class Context:
 Rule = Callable[[Context], "Advice | None"]
 
 
+def _suggest(level: Level, field: str, value: Any, message: str, why: str, source: str) -> Advice:
+    """The usual advice: its fix sets the very key it is about to the value the guides recommend."""
+    return Advice(level, field, message, why, source, {field: value})
+
+
 def _learning_rate(c: Context) -> Advice | None:
     lr = c.get("training.learning_rate")
     source = f"{GUIDE_HYPERPARAMS}, chapter 1; {GUIDE_UNSLOTH}"
     if c.config.method == "full" and lr >= 1e-4:
-        return Advice("warning", "training.learning_rate", f"{lr:g} is a LoRA learning rate; full fine-tuning "
-                      "wants about 2e-5",
-                      "Full fine-tuning spreads each update over every weight and is damaged by the rates that "
-                      "suit a small adapter.", GUIDE_UNSLOTH, {"training.learning_rate": 2e-5})
+        return _suggest("warning", "training.learning_rate", 2e-5,
+                        f"{lr:g} is a LoRA learning rate; full fine-tuning wants about 2e-5",
+                        "Full fine-tuning spreads each update over every weight and is damaged by the rates that "
+                        "suit a small adapter.", GUIDE_UNSLOTH)
     if not c.adapter:
         return None
     if lr > 2e-4 * 1.5:
-        return Advice("warning", "training.learning_rate", f"{lr:g} is well above the recommended 2e-4 start",
-                      "The whole loss signal lands on a few adapter weights; a rate far above 2e-4 pushes them out "
-                      "of the useful region before the task is learned.", source, {"training.learning_rate": 2e-4})
+        return _suggest("warning", "training.learning_rate", 2e-4, f"{lr:g} is well above the recommended 2e-4 start",
+                        "The whole loss signal lands on a few adapter weights; a rate far above 2e-4 pushes them "
+                        "out of the useful region before the task is learned.", source)
     if lr < 5e-6:
-        return Advice("warning", "training.learning_rate", f"{lr:g} is below the workable range (5e-6 to 2e-4)",
-                      "Far below the range the adapter barely moves and the fine-tune stays the base model.",
-                      source, {"training.learning_rate": 2e-4})
+        return _suggest("warning", "training.learning_rate", 2e-4, f"{lr:g} is below the workable range (5e-6 to 2e-4)",
+                        "Far below the range the adapter barely moves and the fine-tune stays the base model.", source)
     return None
 
 
@@ -87,14 +91,13 @@ def _alpha_ratio(c: Context) -> Advice | None:
         return None
     r, alpha = c.get("lora.r"), c.get("lora.lora_alpha")
     if alpha / r < 1:
-        return Advice("warning", "lora.lora_alpha", f"alpha/r = {alpha}/{r} = {alpha / r:.2g} is below 1",
-                      "The adapter's update is scaled by alpha/r; below 1 it is damped and learns slowly. "
-                      "Use alpha = r (stable) or 2r (faster).", f"{GUIDE_UNSLOTH}; {GUIDE_HYPERPARAMS}, chapter 1",
-                      {"lora.lora_alpha": r})
+        return _suggest("warning", "lora.lora_alpha", r, f"alpha/r = {alpha}/{r} = {alpha / r:.2g} is below 1",
+                        "The adapter's update is scaled by alpha/r; below 1 it is damped and learns slowly. "
+                        "Use alpha = r (stable) or 2r (faster).", f"{GUIDE_UNSLOTH}; {GUIDE_HYPERPARAMS}, chapter 1")
     if r >= 64 and not c.get("lora.use_rslora"):
-        return Advice("info", "lora.use_rslora", f"rank {r} without rank-stabilised scaling",
-                      "At high ranks alpha/r shrinks the update as r grows; rsLoRA scales by alpha/sqrt(r), which "
-                      "keeps high ranks learning.", GUIDE_UNSLOTH, {"lora.use_rslora": True})
+        return _suggest("info", "lora.use_rslora", True, f"rank {r} without rank-stabilised scaling",
+                        "At high ranks alpha/r shrinks the update as r grows; rsLoRA scales by alpha/sqrt(r), which "
+                        "keeps high ranks learning.", GUIDE_UNSLOTH)
     return None
 
 
@@ -114,25 +117,24 @@ def _rank_for_data(c: Context) -> Advice | None:
 
 
 def _dropout(c: Context) -> Advice | None:
-    if c.adapter and c.get("lora.lora_dropout") > 0.1:
-        return Advice("warning", "lora.lora_dropout", f"dropout {c.get('lora.lora_dropout'):g} is above 0.1",
-                      "Dropout is an unreliable regulariser in short fine-tuning runs; 0.1 already gave the worst "
-                      "eval loss in the guide's experiments.", f"{GUIDE_UNSLOTH}; {GUIDE_COMPLETE}, section 8",
-                      {"lora.lora_dropout": 0.0})
-    return None
+    dropout = c.get("lora.lora_dropout")
+    if not c.adapter or dropout <= 0.1:
+        return None
+    return _suggest("warning", "lora.lora_dropout", 0.0, f"dropout {dropout:g} is above 0.1",
+                    "Dropout is an unreliable regulariser in short fine-tuning runs; 0.1 already gave the worst "
+                    "eval loss in the guide's experiments.", f"{GUIDE_UNSLOTH}; {GUIDE_COMPLETE}, section 8")
 
 
 def _weight_decay(c: Context) -> Advice | None:
     decay = c.get("training.weight_decay")
     if decay > 0.1:
-        return Advice("warning", "training.weight_decay", f"weight decay {decay:g} is above 0.1",
-                      "High decay fights the learning signal: the optimizer shrinks the adapter as fast as it "
-                      "grows it.", f"{GUIDE_UNSLOTH}; {GUIDE_HYPERPARAMS}, chapter 4",
-                      {"training.weight_decay": 0.01})
+        return _suggest("warning", "training.weight_decay", 0.01, f"weight decay {decay:g} is above 0.1",
+                        "High decay fights the learning signal: the optimizer shrinks the adapter as fast as it "
+                        "grows it.", f"{GUIDE_UNSLOTH}; {GUIDE_HYPERPARAMS}, chapter 4")
     if decay == 0:
-        return Advice("info", "training.weight_decay", "no weight decay",
-                      "0.01 is a light check on the adapter drifting from the base model's knowledge.",
-                      f"{GUIDE_HYPERPARAMS}, chapter 4", {"training.weight_decay": 0.01})
+        return _suggest("info", "training.weight_decay", 0.01, "no weight decay",
+                        "0.01 is a light check on the adapter drifting from the base model's knowledge.",
+                        f"{GUIDE_HYPERPARAMS}, chapter 4")
     return None
 
 
@@ -144,13 +146,12 @@ def _warmup(c: Context) -> Advice | None:
         return None
     source = f"{GUIDE_UNSLOTH}; {GUIDE_HYPERPARAMS}, chapter 3"
     if fraction < 0.05 and c.adapter:
-        return Advice("warning", "training.warmup_steps", f"warmup is {fraction:.0%} of the steps",
-                      "A fresh adapter is most sensitive to its first updates; warming up over 5-10% of the steps "
-                      "keeps them from pushing it into a bad region.", source, {"training.warmup_steps": 0.1})
+        return _suggest("warning", "training.warmup_steps", 0.1, f"warmup is {fraction:.0%} of the steps",
+                        "A fresh adapter is most sensitive to its first updates; warming up over 5-10% of the steps "
+                        "keeps them from pushing it into a bad region.", source)
     if fraction > 0.2:
-        return Advice("info", "training.warmup_steps", f"warmup is {fraction:.0%} of the steps",
-                      "5-10% is enough; a long warmup spends the run below the target rate.", source,
-                      {"training.warmup_steps": 0.1})
+        return _suggest("info", "training.warmup_steps", 0.1, f"warmup is {fraction:.0%} of the steps",
+                        "5-10% is enough; a long warmup spends the run below the target rate.", source)
     return None
 
 
@@ -158,24 +159,23 @@ SHORT_RUN_STEPS = 50
 
 
 def _scheduler(c: Context) -> Advice | None:
-    if c.schedule is None or c.get("training.lr_scheduler_type") != "cosine":
+    schedule = c.schedule
+    if schedule is None or c.get("training.lr_scheduler_type") != "cosine" or schedule.total_steps >= SHORT_RUN_STEPS:
         return None
-    if c.schedule.total_steps < SHORT_RUN_STEPS:
-        return Advice("info", "training.lr_scheduler_type", f"cosine decay over only {c.schedule.total_steps} steps",
-                      "In a very short run cosine starts decaying right after warmup and most steps run at a low "
-                      "rate; constant_with_warmup keeps the full rate.", f"{GUIDE_HYPERPARAMS}, chapter 3",
-                      {"training.lr_scheduler_type": "constant_with_warmup"})
-    return None
+    return _suggest("info", "training.lr_scheduler_type", "constant_with_warmup",
+                    f"cosine decay over only {schedule.total_steps} steps",
+                    "In a very short run cosine starts decaying right after warmup and most steps run at a low "
+                    "rate; constant_with_warmup keeps the full rate.", f"{GUIDE_HYPERPARAMS}, chapter 3")
 
 
 def _epochs(c: Context) -> Advice | None:
     epochs = c.get("training.num_train_epochs")
-    if epochs > 3:
-        return Advice("warning", "training.num_train_epochs", f"{epochs:g} epochs",
-                      "More than 3 epochs brings diminishing returns and memorisation, LoRA overfits quickly; "
-                      "let early stopping find the optimum within 1-3.",
-                      f"{GUIDE_UNSLOTH}; {GUIDE_HYPERPARAMS}, chapter 4", {"training.num_train_epochs": 3})
-    return None
+    if epochs <= 3:
+        return None
+    return _suggest("warning", "training.num_train_epochs", 3, f"{epochs:g} epochs",
+                    "More than 3 epochs brings diminishing returns and memorisation, LoRA overfits quickly; "
+                    "let early stopping find the optimum within 1-3.",
+                    f"{GUIDE_UNSLOTH}; {GUIDE_HYPERPARAMS}, chapter 4")
 
 
 def _effective_batch(c: Context) -> Advice | None:
@@ -184,21 +184,20 @@ def _effective_batch(c: Context) -> Advice | None:
     effective = micro * accumulation * world
     if 8 <= effective <= 64:
         return None
-    target = max(1, math.ceil(16 / (micro * world)))
-    return Advice("info", "training.gradient_accumulation_steps", f"effective batch {effective} ({micro} x "
-                  f"{accumulation}{f' x {world} GPUs' if world > 1 else ''})",
-                  "An effective batch near 16 gives stable gradients; accumulation reaches it without more "
-                  "memory.", f"{GUIDE_UNSLOTH}; {GUIDE_HYPERPARAMS}, chapter 2",
-                  {"training.gradient_accumulation_steps": target})
+    gpus = f" x {world} GPUs" if world > 1 else ""
+    return _suggest("info", "training.gradient_accumulation_steps", max(1, math.ceil(16 / (micro * world))),
+                    f"effective batch {effective} ({micro} x {accumulation}{gpus})",
+                    "An effective batch near 16 gives stable gradients; accumulation reaches it without more "
+                    "memory.", f"{GUIDE_UNSLOTH}; {GUIDE_HYPERPARAMS}, chapter 2")
 
 
 def _targets(c: Context) -> Advice | None:
-    if c.adapter and c.get("lora.target_modules") != "all-linear":
-        return Advice("info", "lora.target_modules", f"LoRA on {c.get('lora.target_modules')} only",
-                      "Adapting every linear layer of attention and MLP is what matches full fine-tuning; the "
-                      "memory saved by adapting fewer is small.", f"{GUIDE_UNSLOTH}; {GUIDE_RANK}",
-                      {"lora.target_modules": "all-linear"})
-    return None
+    targets = c.get("lora.target_modules")
+    if not c.adapter or targets == "all-linear":
+        return None
+    return _suggest("info", "lora.target_modules", "all-linear", f"LoRA on {targets} only",
+                    "Adapting every linear layer of attention and MLP is what matches full fine-tuning; the "
+                    "memory saved by adapting fewer is small.", f"{GUIDE_UNSLOTH}; {GUIDE_RANK}")
 
 
 def _max_length(c: Context) -> Advice | None:
@@ -208,35 +207,33 @@ def _max_length(c: Context) -> Advice | None:
     suggested = math.ceil(c.lengths.p99 / 64) * 64
     source = f"{GUIDE_HYPERPARAMS}, chapter 2"
     if length < c.lengths.p95:
-        return Advice("warning", "training.max_length", f"max_length {length} is below the data's 95th percentile "
-                      f"({c.lengths.p95} tokens)",
-                      "More than 5% of the examples are cut, and with them the responses at their end.", source,
-                      {"training.max_length": suggested})
+        return _suggest("warning", "training.max_length", suggested,
+                        f"max_length {length} is below the data's 95th percentile ({c.lengths.p95} tokens)",
+                        "More than 5% of the examples are cut, and with them the responses at their end.", source)
     if length > 2 * suggested:
-        return Advice("info", "training.max_length", f"max_length {length} is far above the data's 99th "
-                      f"percentile ({c.lengths.p99} tokens)",
-                      "Memory is planned for the longest batch; a max length far above the data buys nothing and "
-                      "leaves less room for the micro-batch.", source, {"training.max_length": suggested})
+        return _suggest("info", "training.max_length", suggested,
+                        f"max_length {length} is far above the data's 99th percentile ({c.lengths.p99} tokens)",
+                        "Memory is planned for the longest batch; a max length far above the data buys nothing and "
+                        "leaves less room for the micro-batch.", source)
     return None
 
 
 def _precision(c: Context) -> Advice | None:
-    precision, device = c.get("training.precision"), c.device
-    if device is None or device.kind != "cuda":
+    device = c.device
+    # (bf16 on a GPU without it is an error when the config resolves, not advice)
+    if device is None or device.kind != "cuda" or c.get("training.precision") != "fp16" or not device.bf16:
         return None
-    if precision == "fp16" and device.bf16:  # (bf16 on a GPU without it is an error when the config resolves)
-        return Advice("warning", "training.precision", f"fp16 on {device.name}, which supports bf16",
-                      "fp16's narrow range silently underflows small gradients to zero; bf16 has fp32's range.",
-                      f"{GUIDE_HYPERPARAMS}, chapter 6", {"training.precision": "bf16"})
-    return None
+    return _suggest("warning", "training.precision", "bf16", f"fp16 on {device.name}, which supports bf16",
+                    "fp16's narrow range silently underflows small gradients to zero; bf16 has fp32's range.",
+                    f"{GUIDE_HYPERPARAMS}, chapter 6")
 
 
 def _eval_split(c: Context) -> Advice | None:
     if c.get("data.eval") or c.get("data.val_size"):
         return None
-    return Advice("warning", "data.val_size", "no eval split",
-                  "Without held-out data overfitting is invisible and early stopping cannot work.",
-                  f"{GUIDE_HYPERPARAMS}, chapter 4; {GUIDE_COMPLETE}, section 3", {"data.val_size": 0.1})
+    return _suggest("warning", "data.val_size", 0.1, "no eval split",
+                    "Without held-out data overfitting is invisible and early stopping cannot work.",
+                    f"{GUIDE_HYPERPARAMS}, chapter 4; {GUIDE_COMPLETE}, section 3")
 
 
 def _eval_interval(c: Context) -> Advice | None:
@@ -247,21 +244,20 @@ def _eval_interval(c: Context) -> Advice | None:
     low, high = max(1, round(0.1 * per_epoch)), max(1, round(0.2 * per_epoch))
     if low <= steps <= high:
         return None
-    fraction = steps / per_epoch
-    return Advice("info", "training.eval_steps", f"evaluation every {steps} steps ({fraction:.0%} of an epoch)",
-                  "Every 10-20% of an epoch catches the turn of the eval loss without slowing the run; patience "
-                  "counts evaluations, so the interval sets how late early stopping reacts.",
-                  f"{GUIDE_HYPERPARAMS}, chapter 4",
-                  {"training.eval_steps": high})
+    return _suggest("info", "training.eval_steps", high,
+                    f"evaluation every {steps} steps ({steps / per_epoch:.0%} of an epoch)",
+                    "Every 10-20% of an epoch catches the turn of the eval loss without slowing the run; patience "
+                    "counts evaluations, so the interval sets how late early stopping reacts.",
+                    f"{GUIDE_HYPERPARAMS}, chapter 4")
 
 
 def _patience(c: Context) -> Advice | None:
     patience = c.get("training.early_stopping_patience")
     if 3 <= patience <= 5:
         return None
-    return Advice("info", "training.early_stopping_patience", f"patience {patience}",
-                  "3 to 5 evaluations tolerate noise without running far past the optimum.",
-                  f"{GUIDE_HYPERPARAMS}, chapter 4", {"training.early_stopping_patience": 3})
+    return _suggest("info", "training.early_stopping_patience", 3, f"patience {patience}",
+                    "3 to 5 evaluations tolerate noise without running far past the optimum.",
+                    f"{GUIDE_HYPERPARAMS}, chapter 4")
 
 
 RULES: tuple[Rule, ...] = (_learning_rate, _alpha_ratio, _rank_for_data, _dropout, _weight_decay, _warmup,

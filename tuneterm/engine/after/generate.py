@@ -153,7 +153,8 @@ class _Streamer:
             self.sent = text
 
     def text(self) -> str:
-        return self.tokenizer.decode([i for i in self.ids if i not in self.stop_ids], skip_special_tokens=True)
+        text: str = self.tokenizer.decode([i for i in self.ids if i not in self.stop_ids], skip_special_tokens=True)
+        return text
 
 
 class TunedModel:

@@ -19,7 +19,8 @@ def build_trainer(config: RunConfig, model: Any, tokenizer: Any, train_dataset: 
                   output_dir: Path, device: Device, callbacks: list[Any], resuming: bool = False) -> Any:
     """The SFTTrainer for a resolved config and tokenised datasets (also used by the VRAM calibration bench)."""
     from transformers import PrinterCallback
-    from trl import SFTConfig, SFTTrainer
+    from trl.trainer.sft_config import SFTConfig
+    from trl.trainer.sft_trainer import SFTTrainer
 
     training = config.section("training")
     has_eval = eval_dataset is not None

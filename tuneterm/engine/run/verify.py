@@ -60,7 +60,8 @@ def _trainable_tensors(model: Any) -> dict[str, Any]:
     if is_peft(model):
         from peft import get_peft_model_state_dict
 
-        return get_peft_model_state_dict(model)
+        adapter: dict[str, Any] = get_peft_model_state_dict(model)
+        return adapter
     return {name: p for name, p in model.named_parameters() if p.requires_grad}
 
 
