@@ -14,7 +14,7 @@ import sys
 
 from tuneterm import __version__
 from tuneterm.cli import app, chat, compare, demo, inspect, merge, monitor, plan, runs, stop, train
-from tuneterm.cli.common import EXIT_FAILED, EXIT_USAGE
+from tuneterm.cli.common import EXIT_FAILED, EXIT_USAGE, Command
 from tuneterm.errors import ConfigError, RunDirError, TuneTermError, listed
 
 COMMANDS = (train, plan, inspect, monitor, runs, stop, chat, merge, compare, demo)
@@ -32,7 +32,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USAGE
     try:
-        return args.command(args)
+        command: Command = args.command
+        return command(args)
     except ConfigError as exc:
         print(f"{exc.summary}\n{listed(exc.problems)}", file=sys.stderr)
         return EXIT_USAGE

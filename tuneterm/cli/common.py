@@ -4,12 +4,16 @@ the runs directory), defined once so that they read and behave the same in every
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeAlias
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
-Subcommands = argparse._SubParsersAction
+Subcommands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 """What `add_parser(subcommands)` of each command module adds its parser to."""
+Command = Callable[[argparse.Namespace], int]
+"""What each command module's `run` is, and what its parser stores as `command`."""
 
 
 def config_arguments(parser: argparse.ArgumentParser) -> None:

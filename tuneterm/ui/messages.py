@@ -1,62 +1,39 @@
-"""Messages that worker threads post to the screens (post_message is thread-safe and never waits).
+"""Messages that cross screens: a screen says what happened, and the app, which alone decides what is shown,
+acts on it. A screen never imports another screen.
 
-Named as events: each says what happened. Progress messages say only the latest value, so a burst of them
-collapses into one (can_replace); results are never dropped.
+Named as events: each says what happened. Messages a screen or a widget posts to itself stay next to it.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
 from textual.message import Message
+from textual.screen import Screen
 
-from tuneterm.data.summary import DataSummary
-from tuneterm.errors import TuneTermError
-from tuneterm.plan.catalog import ModelDescription, ModelEntry
-from tuneterm.plan.model import ModelFacts
-from tuneterm.work import Progress
+RunViewName = Literal["monitor", "summary"]
+"""The two views of a run: its monitor (curves, GPUs, log) and its summary (the report and what comes after)."""
 
 
-class ModelsListed(Message):
-    def __init__(self, entries: list[ModelEntry]):
-        super().__init__()
-        self.entries = entries
+@dataclass
+class RunChosen(Message):
+    """A run was picked from a list of runs: the app opens it (its monitor while it runs, else its summary)."""
+
+    run_dir: Path
 
 
-class ModelDescribed(Message):
-    def __init__(self, description: ModelDescription):
-        super().__init__()
-        self.description = description
+@dataclass
+class RunViewRequested(Message):
+    """A run's other view was asked for: the app shows it."""
+
+    run_dir: Path
+    view: RunViewName
 
 
-class ModelFactsRead(Message):
-    """The model's parameter groups (stage 1 of planning), or why they cannot be read."""
+@dataclass
+class LeaveRequested(Message):
+    """The person asked to leave a screen: the app goes back to the one under it, or to the start screen."""
 
-    def __init__(self, path: str, facts: ModelFacts | None, error: TuneTermError | None = None):
-        super().__init__()
-        self.path, self.facts, self.error = path, facts, error
-
-
-class DataProgressed(Message):
-    def __init__(self, progress: Progress):
-        super().__init__()
-        self.progress = progress
-
-    def can_replace(self, message: Message) -> bool:
-        return isinstance(message, DataProgressed)
-
-
-class DataRead(Message):
-    """The data summary (stage 2 of planning) for the data settings identified by `key`."""
-
-    def __init__(self, key: tuple[object, ...], summary: DataSummary):
-        super().__init__()
-        self.key, self.summary = key, summary
-
-
-class DataFailed(Message):
-    def __init__(self, key: tuple[object, ...], error: TuneTermError):
-        super().__init__()
-        self.key, self.error = key, error
-
-
-class DataCancelled(Message):
-    pass
+    screen: Screen[Any]

@@ -104,7 +104,8 @@ def from_main(make: Callable[[], T]) -> T:
         raise error
     if not made[1]:
         raise MainProcessFailed
-    return made[0]
+    plan: T = made[0]
+    return plan
 
 
 class MainProcessFailed(Exception):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from rich.text import Text
@@ -16,6 +17,7 @@ from textual.widgets import DataTable, Footer, Header, OptionList, Static
 from textual.widgets.option_list import Option
 
 from tuneterm.engine.rundir.runs import RunSummary, list_runs
+from tuneterm.ui.messages import RunChosen
 from tuneterm.ui.services import Services
 
 RUN_COLUMNS = ("run", "status", "method", "model", "step", "best eval", "started")
@@ -26,16 +28,11 @@ STATUS_COLOURS = {"running": "accent", "completed": "success", "early_stopped": 
                   "failed": "error", "interrupted": "error"}
 
 
-class RunsListed(Message):
-    def __init__(self, runs: list[RunSummary]):
-        super().__init__()
-        self.runs = runs
+@dataclass
+class RunsListed(Message, bubble=False):
+    """The runs in the runs directory, newest first (posted by the worker that lists them)."""
 
-
-class RunChosen(Message):
-    def __init__(self, run_dir: Path):
-        super().__init__()
-        self.run_dir = run_dir
+    runs: list[RunSummary]
 
 
 def age(seconds: float, now: float) -> str:

@@ -3,12 +3,12 @@ problems with their lines); examples as the model sees them, the trained text hi
 what the max length cuts; the held-out share or an eval file.
 
 The reading itself runs in a worker of the wizard (with progress and cancel); this step shows its results and
-posts what the person changes.
+posts what the person changes to the wizard screen.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 from textual import on
@@ -20,31 +20,33 @@ from textual.message import Message
 from textual.widget import Widget
 from textual.widgets import Button, Checkbox, Input, Label, ProgressBar, Select, Sparkline, Static
 
-from tuneterm.data.formats import FIELDS, FORMATS
-from tuneterm.data.records import FILE_SUFFIXES
+from tuneterm.data.formats import FIELDS, FORMATS, FormatUnknown
 from tuneterm.data.summary import DataView, Preview, SourceSummary
-from tuneterm.errors import Problem
+from tuneterm.errors import Problem, TuneTermError
 from tuneterm.ui.widgets.fields import parse
-from tuneterm.ui.widgets.paths import PathSuggester
+from tuneterm.ui.widgets.paths import PathSuggester, is_data_file
 from tuneterm.work import Progress
 
 UNMAPPED = "(not in the data)"
 
 
-class DataSettingChanged(Message):
+@dataclass
+class DataSettingChanged(Message, bubble=False):
     """data.train, data.eval, data.val_size, data.format, data.strict or data.columns changed."""
 
-    def __init__(self, key: str, value: Any):
-        super().__init__()
-        self.key, self.value = key, value
+    key: str
+    value: Any
+    """The new value; None: unset, so the default applies."""
 
 
-class BrowseRequested(Message):
-    pass
+@dataclass
+class BrowseRequested(Message, bubble=False):
+    """The person asked for the file dialog to pick the training data."""
 
 
-class CancelRequested(Message):
-    pass
+@dataclass
+class CancelRequested(Message, bubble=False):
+    """The person asked to stop reading the data."""
 
 
 class PreviewPane(Widget, can_focus=True):
@@ -101,12 +103,12 @@ class DataStep(VerticalScroll):
         yield Static("Training data: a .jsonl / .json / .csv / .parquet file, a folder, or a hub dataset id")
         with Horizontal(classes="path-row"):
             yield Input(placeholder="e.g. data/train.jsonl or org/dataset:train", id="data-path",
-                        suggester=PathSuggester(accept=lambda path: path.suffix in FILE_SUFFIXES))
+                        suggester=PathSuggester(accept=is_data_file))
             yield Button("Browse (ctrl+o)", id="browse", compact=True)
         with Horizontal(classes="setting-row"):
             yield Label("eval file", classes="setting-label")
             yield Input(placeholder="none: hold out part of the training data", id="eval-path", compact=True,
-                        suggester=PathSuggester(accept=lambda path: path.suffix in FILE_SUFFIXES))
+                        suggester=PathSuggester(accept=is_data_file))
         with Horizontal(classes="setting-row"):
             yield Label("held out", classes="setting-label")
             yield Input(placeholder=HELD_OUT_PLACEHOLDER, id="val-size", compact=True)
@@ -177,6 +179,21 @@ class DataStep(VerticalScroll):
                 select.value = mapping.get(role, UNMAPPED) if mapping.get(role) in found else UNMAPPED
             select.prompt = role
 
+    def show_read(self, error: TuneTermError | None = None, mapping: dict[str, str] | None = None) -> None:
+        """A read ended: its summary follows (the column mapper hidden), or why the data cannot be used; a format
+        the columns do not tell brings the column mapper, set to the `mapping` chosen so far."""
+        self.show_progress(None)
+        if error is None:
+            self.show_columns({}, {})
+            return
+        self.show_failure(error.summary, error.problems)
+        if isinstance(error, FormatUnknown):
+            self.show_columns(error.columns, mapping or {})
+
+    def show_cancelled(self) -> None:
+        self.show_progress(None)
+        self.show_failure("Reading the data was cancelled. Press enter in the path to read it again.", [])
+
     def show_failure(self, message: str, problems: list[Problem]) -> None:
         lines = [f"[$error]✗ {escape(message)}[/]"] + [f"  {escape(str(p))}" for p in problems[:20]]
         if len(problems) > 20:
@@ -218,27 +235,27 @@ class DataStep(VerticalScroll):
     @on(Input.Submitted, "#data-path")
     def _train(self, event: Input.Submitted) -> None:
         event.stop()
-        self.post_message(DataSettingChanged("data.train", event.value.strip() or None))
+        self.screen.post_message(DataSettingChanged("data.train", event.value.strip() or None))
 
     @on(Input.Submitted, "#eval-path")
     def _eval(self, event: Input.Submitted) -> None:
         event.stop()
-        self.post_message(DataSettingChanged("data.eval", event.value.strip() or None))
+        self.screen.post_message(DataSettingChanged("data.eval", event.value.strip() or None))
 
     @on(Input.Changed, "#val-size")
     def _val_size(self, event: Input.Changed) -> None:
         event.stop()
-        self.post_message(DataSettingChanged("data.val_size", parse(event.value)))
+        self.screen.post_message(DataSettingChanged("data.val_size", parse(event.value)))
 
     @on(Select.Changed, "#format")
     def _format(self, event: Select.Changed) -> None:
         event.stop()
-        self.post_message(DataSettingChanged("data.format", None if event.value == "auto" else event.value))
+        self.screen.post_message(DataSettingChanged("data.format", None if event.value == "auto" else event.value))
 
     @on(Checkbox.Changed, "#leave-out-invalid")
     def _leave_out_invalid(self, event: Checkbox.Changed) -> None:
         event.stop()
-        self.post_message(DataSettingChanged("data.strict", False if event.value else None))
+        self.screen.post_message(DataSettingChanged("data.strict", False if event.value else None))
 
     @on(Select.Changed, ".column-select")
     def _column(self, event: Select.Changed) -> None:
@@ -247,18 +264,14 @@ class DataStep(VerticalScroll):
         for select in self.query(".column-select").results(Select):
             if select.value not in (UNMAPPED, Select.NULL):
                 mapping[(select.id or "").removeprefix("map-")] = select.value
-        self.post_message(DataSettingChanged("data.columns", mapping or None))
+        self.screen.post_message(DataSettingChanged("data.columns", mapping or None))
 
     @on(Button.Pressed, "#browse")
     def _browse(self, event: Button.Pressed) -> None:
         event.stop()
-        self.post_message(BrowseRequested())
+        self.screen.post_message(BrowseRequested())
 
     @on(Button.Pressed, "#cancel-data")
     def _cancel(self, event: Button.Pressed) -> None:
         event.stop()
-        self.post_message(CancelRequested())
-
-
-def data_file_filter(path: Path) -> bool:
-    return path.suffix in FILE_SUFFIXES
+        self.screen.post_message(CancelRequested())

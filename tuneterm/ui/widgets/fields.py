@@ -33,12 +33,13 @@ class FieldSpec:
     placeholder: str = ""
 
 
-class FieldEdited(Message):
-    """A field holds a new valid value (None: the person cleared it, so the default applies)."""
+@dataclass
+class FieldEdited(Message, bubble=False):
+    """A field holds a new valid value."""
 
-    def __init__(self, key: str, value: Any):
-        super().__init__()
-        self.key, self.value = key, value
+    key: str
+    value: Any
+    """None: the person cleared the field, so the default applies."""
 
 
 def parse(text: str) -> Any:
@@ -136,7 +137,7 @@ class SettingField(Vertical):
         event.input.set_class(problem is not None, "-invalid")
         self._show_advice(problem)
         if problem is None:
-            self.post_message(FieldEdited(self.key, value))
+            self.screen.post_message(FieldEdited(self.key, value))
 
     def _picked(self, value: Any, current: Any) -> None:
         """A choice the person made. Not one the control reported on its own: a Select reports its first option
@@ -145,7 +146,7 @@ class SettingField(Vertical):
         if not self.shown or value != current or value is Select.NULL:
             return
         if self.chosen is not None or value != self.effective:
-            self.post_message(FieldEdited(self.key, value))
+            self.screen.post_message(FieldEdited(self.key, value))
 
     @on(Select.Changed, "#control")
     def _selected(self, event: Select.Changed) -> None:

@@ -4,6 +4,7 @@ Hugging Face cache, local directories with a config.json, the demo), and what th
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 from rich.text import Text
 from textual import on
@@ -24,16 +25,19 @@ REMOTE_CODE = ("this model's architecture is defined by Python code in its repos
                "that code on this machine. Allow it only for repositories you trust.")
 
 
-class ModelPicked(Message):
-    def __init__(self, path: str):
-        super().__init__()
-        self.path = path
+@dataclass
+class ModelPicked(Message, bubble=False):
+    """A model was typed or picked from the list."""
+
+    path: str
+    """A local directory or a hub id, as typed or listed."""
 
 
-class RemoteCodeAllowed(Message):
-    def __init__(self, allowed: bool):
-        super().__init__()
-        self.allowed = allowed
+@dataclass
+class RemoteCodeAllowed(Message, bubble=False):
+    """The person allowed (or no longer allows) the model's own code to run."""
+
+    allowed: bool
 
 
 def count(number: int) -> str:
@@ -127,16 +131,16 @@ class ModelStep(VerticalScroll):
         names (an unchanged path changes nothing)."""
         event.stop()
         if event.value.strip():
-            self.post_message(ModelPicked(event.value.strip()))
+            self.screen.post_message(ModelPicked(event.value.strip()))
 
     @on(DataTable.RowSelected, "#model-list")
     def _picked(self, event: DataTable.RowSelected) -> None:
         event.stop()
         if event.row_key.value:
             self.query_one("#model-path", Input).value = event.row_key.value
-            self.post_message(ModelPicked(event.row_key.value))
+            self.screen.post_message(ModelPicked(event.row_key.value))
 
     @on(Checkbox.Changed, "#remote-code")
     def _remote_code(self, event: Checkbox.Changed) -> None:
         event.stop()
-        self.post_message(RemoteCodeAllowed(event.value))
+        self.screen.post_message(RemoteCodeAllowed(event.value))

@@ -1,11 +1,31 @@
-"""Completion for paths and hub ids typed into an input: the next directory entry, or a known name."""
+"""Paths typed or picked: completion for paths and hub ids typed into an input (the next directory entry, or a
+known name), and the file picker for a data file."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from textual.suggester import Suggester
+
+from tuneterm.data.records import FILE_SUFFIXES
+
+if TYPE_CHECKING:
+    from textual_fspicker import FileOpen
+
+
+def is_data_file(path: Path) -> bool:
+    """Whether tuneterm reads the file as data (JSON lines, JSON, CSV, Parquet)."""
+    return path.suffix in FILE_SUFFIXES
+
+
+def data_file_picker(current: str | None) -> FileOpen:
+    """A file dialog for the training data, opened where the current data file is (else here)."""
+    from textual_fspicker import FileOpen, Filters
+
+    start = Path(current).parent if current and Path(current).exists() else Path.cwd()
+    return FileOpen(start, filters=Filters(("Datasets", is_data_file), ("Any", lambda path: True)))
 
 
 class PathSuggester(Suggester):

@@ -4,6 +4,8 @@ still missing, and the actions: save the config, launch."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from textual import on
 from textual.app import ComposeResult
 from textual.containers import Horizontal, VerticalScroll
@@ -15,12 +17,14 @@ from tuneterm.config import RunConfig
 from tuneterm.errors import Problem
 
 
-class SaveRequested(Message):
-    pass
+@dataclass
+class SaveRequested(Message, bubble=False):
+    """The person asked to save the config to a file."""
 
 
-class LaunchRequested(Message):
-    pass
+@dataclass
+class LaunchRequested(Message, bubble=False):
+    """The person asked to start the run."""
 
 
 def marked_yaml(config: RunConfig) -> str:
@@ -95,9 +99,9 @@ class ReviewStep(VerticalScroll):
     @on(Button.Pressed, "#save")
     def _save(self, event: Button.Pressed) -> None:
         event.stop()
-        self.post_message(SaveRequested())
+        self.screen.post_message(SaveRequested())
 
     @on(Button.Pressed, "#launch")
     def _launch(self, event: Button.Pressed) -> None:
         event.stop()
-        self.post_message(LaunchRequested())
+        self.screen.post_message(LaunchRequested())

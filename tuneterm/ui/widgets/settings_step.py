@@ -9,6 +9,7 @@ the advice of the focused field.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from textual import on
@@ -68,10 +69,12 @@ GROUPS: tuple[tuple[str, tuple[FieldSpec, ...]], ...] = (
 NO_PRESET = "(none)"
 
 
-class PresetChosen(Message):
-    def __init__(self, preset: str | None):
-        super().__init__()
-        self.preset = preset
+@dataclass
+class PresetChosen(Message, bubble=False):
+    """The person chose the preset whose values lie under theirs."""
+
+    preset: str | None
+    """None: no preset."""
 
 
 STRATEGY_TEXT = {
@@ -83,10 +86,13 @@ STRATEGY_TEXT = {
 }
 
 
-class LaunchChanged(Message):
-    def __init__(self, gpus: tuple[int, ...], strategy: Strategy):
-        super().__init__()
-        self.gpus, self.strategy = gpus, strategy
+@dataclass
+class LaunchChanged(Message, bubble=False):
+    """The person changed the GPUs to train on or how they share the work."""
+
+    gpus: tuple[int, ...]
+    """As nvidia-smi numbers them; none: the first GPU, or the CPU."""
+    strategy: Strategy
 
 
 class SettingsStep(VerticalScroll):
@@ -136,7 +142,7 @@ class SettingsStep(VerticalScroll):
         event.stop()
         gpus = tuple(sorted(self.query_one("#gpus", SelectionList).selected))
         strategy = self.query_one("#strategy", Select).value
-        self.post_message(LaunchChanged(gpus, strategy if len(gpus) > 1 else "single"))  # type: ignore[arg-type]
+        self.screen.post_message(LaunchChanged(gpus, strategy if len(gpus) > 1 else "single"))  # type: ignore[arg-type]
 
     def fields(self) -> list[SettingField]:
         return list(self.query(SettingField))
@@ -172,5 +178,5 @@ class SettingsStep(VerticalScroll):
     @on(Select.Changed, "#preset")
     def _preset(self, event: Select.Changed) -> None:
         event.stop()
-        self.post_message(PresetChosen(None if event.value == NO_PRESET else str(event.value)))
+        self.screen.post_message(PresetChosen(None if event.value == NO_PRESET else str(event.value)))
 
