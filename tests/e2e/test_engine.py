@@ -232,13 +232,27 @@ def test_train_accepts_other_formats_through_the_same_data_layer(base_config: di
     assert min(evals) < evals[0]
 
 
+def test_run_started_carries_the_eval_cadence_batch_and_memory_estimate_the_run_resolved(finished_run) -> None:
+    started = of_type(finished_run.events, RunStarted)[0]
+    training = started.config["training"]
+    evals = sorted({e.step for e in of_type(finished_run.events, EvalFinished)} - {0})
+    assert started.eval_steps == training["eval_steps"] == evals[0]
+    assert started.early_stopping_patience == training["early_stopping_patience"]
+    assert started.effective_batch_size == (training["per_device_train_batch_size"]
+                                            * training["gradient_accumulation_steps"] * started.world_size)
+    # On a CPU there is neither a CUDA context nor an allocator's slack: the total is the parts' peak.
+    assert started.estimated_memory["weights"] > 0
+    assert started.estimated_memory_total == pytest.approx(sum(started.estimated_memory.values()))
+
+
 def test_the_planned_learning_rates_are_the_ones_the_trainer_logs(finished_run) -> None:
+    """The schedule RunStarted carries, which the monitor draws, is the one the Trainer followed."""
     from tuneterm.plan.schedule import learning_rates
 
     started = of_type(finished_run.events, RunStarted)[0]
     training = started.config["training"]
-    warmup = math.ceil(training["warmup_steps"] * started.total_steps)
-    planned = dict(learning_rates(training["lr_scheduler_type"], training["learning_rate"], warmup,
+    assert started.warmup_steps == math.ceil(training["warmup_steps"] * started.total_steps)
+    planned = dict(learning_rates(started.lr_scheduler_type, started.learning_rate, started.warmup_steps,
                                   started.total_steps))
     logged = {e.step: e.learning_rate for e in of_type(finished_run.events, StepLogged)}
     assert planned.keys() == logged.keys()

@@ -2,11 +2,23 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 
 from tests.helpers import DATA
-from tuneterm.engine.events import EvalFinished, PhaseStarted, RunFinished, RunStarted, StepLogged, read_events
+from tuneterm.config import config_from_mapping
+from tuneterm.engine.events import (
+    EvalFinished,
+    PhaseStarted,
+    RunFinished,
+    RunStarted,
+    StepLogged,
+    event_from_json,
+    read_events,
+)
+from tuneterm.plan.resolve import schedule_of
+from tuneterm.plan.schedule import learning_rates
 from tuneterm.ui.run_view import RunView, ema
 
 RECORDED = DATA / "recorded-run"
@@ -153,3 +165,77 @@ def test_time_lying_stopped_is_not_counted_and_paces_start_again_after_a_resume(
     assert view.elapsed() == 20.0 + 6.0
     assert view.eta() == 2.0 * (100 - 13)
     assert view.samples_per_second() == 8.0
+
+
+def recorded_start() -> RunStarted:
+    return next(e for e in read_events(RECORDED / "events.jsonl") if isinstance(e, RunStarted))
+
+
+def as_written_now(recorded: RunStarted) -> RunStarted:
+    """The recorded start as the runner writes it now: what the run resolved in fields of its own, from the plan's
+    schedule; its config left out, so that nothing can come from there."""
+    config = config_from_mapping(recorded.config)
+    plan = schedule_of(config, recorded.train_examples, recorded.eval_examples)
+    assert plan.total_steps == recorded.total_steps
+    return dataclasses.replace(
+        recorded, config={}, lr_scheduler_type=config.get("training.lr_scheduler_type"),
+        learning_rate=config.get("training.learning_rate"), warmup_steps=plan.warmup_steps,
+        eval_steps=plan.eval_steps, early_stopping_patience=config.get("training.early_stopping_patience"),
+        effective_batch_size=plan.effective_batch_size, estimated_memory={"weights": 2e6, "activations": 1e6},
+        estimated_memory_total=3e6)
+
+
+def viewing(*events) -> RunView:
+    view = RunView()
+    for event in events:
+        view.apply(event)
+    return view
+
+
+def test_what_the_run_resolved_round_trips_through_events_jsonl() -> None:
+    now = as_written_now(recorded_start())
+    assert event_from_json(now.to_json()) == now
+    recorded = recorded_start()  # a line written before these fields: it loads, with them at their defaults
+    assert (recorded.warmup_steps, recorded.eval_steps, recorded.effective_batch_size) == (None, None, None)
+    assert recorded.estimated_memory == {} and recorded.estimated_memory_total is None
+
+
+def test_the_monitor_draws_the_learning_rates_the_plan_computes() -> None:
+    """From the fields of a start written now, and from the config of one written before them: the same curve,
+    the one plan/schedule.py computes for the recorded run (cosine, 14 warmup steps of 132)."""
+    recorded = recorded_start()
+    planned = learning_rates("cosine", 0.003, 14, 132, 400)
+    for start in (as_written_now(recorded), recorded):
+        view = viewing(start)
+        assert view.planned_rates() == planned
+        assert view.next_eval_step() == 9
+        assert view.patience == 3
+
+
+def test_the_fields_of_the_start_win_over_its_config() -> None:
+    start = dataclasses.replace(as_written_now(recorded_start()), config=started().config)
+    view = viewing(start)
+    assert view.planned_rates() == learning_rates("cosine", 0.003, 14, 132, 400)
+    assert view.next_eval_step() == 9, "not the config's eval_steps (10)"
+
+
+def test_samples_per_second_count_the_effective_batch_and_old_runs_the_average_per_step() -> None:
+    now = viewing(dataclasses.replace(started(), effective_batch_size=20))
+    steps(now, [1.0] * 10)  # one step per second
+    assert now.samples_per_second() == 20.0
+    before = viewing(started())  # 160 examples, 10 steps an epoch
+    steps(before, [1.0] * 10)
+    assert before.samples_per_second() == 16.0
+
+
+def test_the_memory_estimate_comes_with_the_start_and_old_runs_have_none() -> None:
+    assert viewing(as_written_now(recorded_start())).started.estimated_memory_total == 3e6
+    assert viewing(recorded_start()).started.estimated_memory_total is None
+
+
+def test_the_gpus_of_the_run_are_those_of_its_processes_on_this_host() -> None:
+    processes = [{"rank": 0, "host": "here", "pid": 1, "gpu": 2}, {"rank": 1, "host": "here", "pid": 2, "gpu": 3},
+                 {"rank": 2, "host": "there", "pid": 3, "gpu": 0}, {"rank": 3, "host": "here", "pid": 4, "gpu": None}]
+    view = viewing(dataclasses.replace(started(), processes=processes))
+    assert view.ranks_by_gpu("here") == {2: 0, 3: 1}
+    assert viewing(started()).ranks_by_gpu("here") == {}

@@ -83,6 +83,25 @@ class RunStarted(Event):
     processes: list[dict[str, Any]] = field(default_factory=list)
     """Each process: {"rank", "host", "pid", "gpu"}, gpu being the NVML index (as nvidia-smi numbers it) of the GPU it
     trains on, on its host; None on a CPU."""
+    # What the run resolved, for whoever watches it: the monitor draws these instead of working them out again from
+    # `config`. In runs recorded before RunStarted carried them they are None (ui/run_view.py says what it shows).
+    lr_scheduler_type: str | None = None
+    """The learning-rate schedule, by transformers' name for it (linear, cosine...)."""
+    learning_rate: float | None = None
+    """The peak rate the schedule scales, reached at the end of warmup."""
+    warmup_steps: int | None = None
+    """Optimizer steps of warmup: a fraction of the total already turned into steps (plan/schedule.py)."""
+    eval_steps: int | None = None
+    """Optimizer steps between evaluations; None without an eval split."""
+    early_stopping_patience: int | None = None
+    """Evaluations without improvement that end the run (early stopping needs an eval split)."""
+    effective_batch_size: int | None = None
+    """Examples per optimizer step: micro-batch x gradient accumulation x processes."""
+    estimated_memory: dict[str, float] = field(default_factory=dict)
+    """The plan's estimate of one process's device memory, in bytes by part (plan/memory.py names the parts)."""
+    estimated_memory_total: float | None = None
+    """What NVML should show for one process, by that estimate: the parts' peak, the allocator's slack and the CUDA
+    context."""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -8,6 +8,7 @@ is off by one makes "eval every 20% of an epoch" or a warmup fraction quietly wr
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 
@@ -57,7 +58,7 @@ def schedule_for(micro_batch: int, accumulation: int, epochs: float, max_steps: 
 
 
 # The learning-rate schedules of transformers.optimization, as multipliers of the base rate at a step.
-_SCHEDULES = {
+_SCHEDULES: dict[str, Callable[[float], float]] = {
     "linear": lambda progress: max(0.0, 1.0 - progress),
     "cosine": lambda progress: max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress))),
     "cosine_with_restarts": lambda progress: (0.0 if progress >= 1.0

@@ -3,7 +3,6 @@ without losing work, and the command palette."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -19,12 +18,15 @@ from tuneterm.engine.control import RunControl
 from tuneterm.engine.events import EVENTS_FILE, read_events
 from tuneterm.engine.launch.command import LaunchSpec
 from tuneterm.engine.run.plans import RunPlan
+from tuneterm.engine.run.start import StartingRun, start_detached_run
 from tuneterm.errors import TuneTermError
 from tuneterm.ui.commands import ActionCommands
 from tuneterm.ui.draft import Draft
+from tuneterm.ui.messages import LeaveRequested, RunChosen, RunViewName, RunViewRequested
 from tuneterm.ui.screens.dialogs import Confirm
 from tuneterm.ui.screens.monitor import MonitorScreen, RunEventsPosted
-from tuneterm.ui.screens.start import RunChosen, StartScreen
+from tuneterm.ui.screens.start import StartScreen
+from tuneterm.ui.screens.summary import SummaryScreen
 from tuneterm.ui.services import Services
 from tuneterm.ui.training import TrainingInApp
 
@@ -161,19 +163,28 @@ class TuneTermApp(App[None]):
         else:
             self.open_summary(run_dir)
 
-    def other_view(self, kind: type[Screen], run_dir: Path, open_view: Callable[[Path], object]) -> None:
+    @on(RunViewRequested)
+    def _run_view_requested(self, message: RunViewRequested) -> None:
+        self.other_view(message.run_dir, message.view)
+
+    @on(LeaveRequested)
+    def _leave_requested(self, message: LeaveRequested) -> None:
+        self.leave(message.screen)
+
+    def other_view(self, run_dir: Path, view: RunViewName) -> None:
         """Between a run's summary and its monitor: back to the one just below when it is that run's, so that
         going back and forth never piles up screens; otherwise a new one."""
+        kind: type[MonitorScreen | SummaryScreen] = MonitorScreen if view == "monitor" else SummaryScreen
         below = self.screen_stack[-2] if len(self.screen_stack) > 1 else None
-        if isinstance(below, kind) and getattr(below, "run_dir", None) == run_dir:
+        if isinstance(below, kind) and below.run_dir == run_dir:
             self.pop_screen()
+        elif view == "monitor":
+            self.open_monitor(run_dir)
         else:
-            open_view(run_dir)
+            self.open_summary(run_dir)
 
     def open_summary(self, run_dir: Path) -> None:
-        from tuneterm.ui.screens.summary import SummaryScreen
-
-        self.push_screen(SummaryScreen(self.services, run_dir.resolve()))
+        self.push_screen(SummaryScreen(self.services, run_dir.resolve(), self.run_again))
 
     def open_monitor(self, run_dir: Path, control: RunControl | None = None) -> MonitorScreen:
         """The run's monitor, kept while the app runs so that leaving it and coming back loses nothing."""
@@ -189,29 +200,22 @@ class TuneTermApp(App[None]):
     def launch(self, config: RunConfig, detached: bool, spec: LaunchSpec | None = None) -> None:
         """Start a run from the wizard: in a thread of this app, or detached in a process of its own (always, on
         chosen GPUs: accelerate starts a process per GPU)."""
-        from tuneterm.engine.launch.command import prepare_launch
-        from tuneterm.engine.run.plans import new_run
-
         detached = detached or spec is not None
         if not detached and self.training is not None and self.training.active:
             self.notify("A run is already training in this app: stop it first, or launch this one detached.",
                         title="Cannot start the run", severity="warning", timeout=15)
             return
         try:
-            plan = new_run(config, self.services.runs_dir)
-            if spec is not None:
-                prepare_launch(plan.run_dir, spec)
+            starting = StartingRun.new(config, self.services.runs_dir, spec)
         except TuneTermError as exc:
             self.notify(str(exc), title="Cannot start the run", severity="error", timeout=20)
             return
-        self.start(plan, detached)
+        self.start(starting.plan, detached)
 
     def start(self, plan: RunPlan, detached: bool) -> None:
-        from tuneterm.engine.launch.detach import start_detached
-
         if detached:
             try:
-                start_detached(plan.run_dir, resume=plan.resume_from is not None)
+                start_detached_run(plan)
             except TuneTermError as exc:
                 self.notify(str(exc), title="The run did not start", severity="error", timeout=20)
                 return
@@ -241,7 +245,6 @@ class TuneTermApp(App[None]):
         """A run again with changed settings (a failure's remedy, or none): resumed from its last checkpoint, or
         started anew in a new directory. In this app's thread when it ran here, else detached."""
         from tuneterm.config import yaml_value
-        from tuneterm.engine.run.plans import new_run, resume_run
 
         if self.training is not None and self.training.active:
             self.notify("A run is already training in this app: stop it first.", title="Cannot start the run",
@@ -250,13 +253,12 @@ class TuneTermApp(App[None]):
         overrides = [f"{key}={yaml_value(value)}" for key, value in settings.items()]
         in_app = self.training is not None and self.training.run_dir.resolve() == run_dir.resolve()
         try:
-            plan = (resume_run(run_dir, overrides) if resume
-                    else new_run(load_config(run_dir / "config.yaml", overrides=overrides), self.services.runs_dir))
+            starting = StartingRun.again(run_dir, overrides, resume, self.services.runs_dir)
         except TuneTermError as exc:
             self.notify(str(exc), title="Cannot start the run again", severity="error", timeout=20)
             return
         self.monitors.pop(run_dir.resolve(), None)
-        self.start(plan, detached=not in_app)
+        self.start(starting.plan, detached=not in_app)
 
     @on(Worker.StateChanged)
     def _worker_changed(self, event: Worker.StateChanged) -> None:

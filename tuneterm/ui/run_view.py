@@ -2,13 +2,16 @@
 
 Every loss point is kept, in compact arrays (a 100k-step run is a few MB); the log keeps its last lines. A
 resumed run logs again the steps after its checkpoint: the later values replace the earlier ones. The sentinels
-turn the numbers into the warnings the guides give, each with its reason. Pure: no textual import, so it is
-tested on recorded event streams.
+turn the numbers into the warnings the guides give, each with its reason. What the run resolved (its schedule,
+eval cadence, batch, memory estimate) comes with its RunStarted, so the view never works it out again; runs
+recorded before it did still open (see `resolved`). Pure: no textual import, so it is tested on recorded event
+streams.
 """
 
 from __future__ import annotations
 
 import array
+import dataclasses
 import math
 import statistics
 from bisect import bisect_left, bisect_right
@@ -31,7 +34,7 @@ from tuneterm.engine.events import (
     StopRequested,
     WarningIssued,
 )
-from tuneterm.plan.schedule import learning_rates
+from tuneterm.plan.schedule import learning_rates, warmup_steps
 
 LOG_LINES = 2000
 MEMORISING_LOSS = 0.2
@@ -71,6 +74,26 @@ def ema(values: list[float], weight: float = EMA_WEIGHT) -> list[float]:
     return [smoother.add(value) for value in values]
 
 
+def resolved(started: RunStarted) -> RunStarted:
+    """`started` with its schedule, eval cadence and patience whatever its age. A run recorded before RunStarted
+    carried them (tests/data/recorded-run is one) has them at None: they are read back from its resolved config,
+    the warmup turned into steps as the run did. What the config cannot say stays None: such a run shows no
+    memory estimate (making one again would read the model's config, perhaps from the hub), and its samples per
+    second count the average examples per step (see RunView.samples_per_second)."""
+    training = started.config.get("training", {})
+    interval = training.get("eval_steps")
+    from_config = {
+        "lr_scheduler_type": training.get("lr_scheduler_type", "linear"),
+        "learning_rate": training.get("learning_rate", 0.0),
+        "warmup_steps": warmup_steps(started.total_steps, training.get("warmup_steps") or 0),
+        "eval_steps": interval if isinstance(interval, int) and started.eval_examples else None,
+        "early_stopping_patience": training.get("early_stopping_patience"),
+    }
+    missing = {name: value for name, value in from_config.items()
+               if getattr(started, name) is None and value is not None}
+    return dataclasses.replace(started, **missing) if missing else started
+
+
 class RunView:
     def __init__(self) -> None:
         self.steps = array.array("i")
@@ -85,6 +108,7 @@ class RunView:
         self.evals: list[EvalFinished] = []
         self.checkpoints: list[CheckpointSaved] = []
         self.started: RunStarted | None = None
+        """The latest start, with what it resolved (see `resolved`)."""
         self.segment_start: int = 0
         """Index of the first step logged by the latest start (a resume): paces are measured from there."""
         self._elapsed_before = 0.0
@@ -125,9 +149,10 @@ class RunView:
             self.patience = event.patience if event.patience is not None else self.patience
             self._say(f"eval at step {event.step:,}: loss {event.eval_loss:.4f}")
         elif isinstance(event, RunStarted):
-            self.started = event
+            self.started = resolved(event)
             self.phase, self.result, self.stop_requested, self.process_gone = "training", None, None, False
-            self.patience = event.config.get("training", {}).get("early_stopping_patience", self.patience)
+            if self.started.early_stopping_patience is not None:
+                self.patience = self.started.early_stopping_patience
             self._say(f"training {event.train_examples:,} examples for {event.total_steps:,} steps on "
                             f"{event.device}" + (f", resuming from {event.resumed_from}" if event.resumed_from else ""))
         elif isinstance(event, PhaseStarted):
@@ -219,12 +244,8 @@ class RunView:
         return next((e for e in self.evals if e.step == last.best_step), None)
 
     def next_eval_step(self) -> int | None:
-        if not self.started:
-            return None
-        interval = self.started.config.get("training", {}).get("eval_steps")
-        if not isinstance(interval, int) or not self.started.eval_examples:
-            return None
-        return (self.step // interval + 1) * interval
+        interval = self.started.eval_steps if self.started else None
+        return (self.step // interval + 1) * interval if interval else None
 
     def elapsed(self) -> float:
         """Seconds of training so far: from each start of the run to its latest event, not the time in between."""
@@ -245,23 +266,31 @@ class RunView:
         return max(0.0, pace * (self.total_steps - self.step))
 
     def samples_per_second(self) -> float | None:
+        """Examples trained on per second over the pace window: steps times the effective batch (in a run recorded
+        before RunStarted carried it, the average examples per step: train examples over steps per epoch)."""
         window = self._pace_window()
         if not self.started or window < 1:
             return None
         seconds = self.step_times[-1] - self.step_times[-1 - window]
         steps = self.steps[-1] - self.steps[-1 - window]
-        batch = self.started.train_examples / max(self.started.steps_per_epoch, 1)
+        batch = self.started.effective_batch_size or self.started.train_examples / max(self.started.steps_per_epoch, 1)
         return steps * batch / seconds if seconds > 0 else None
 
     def planned_rates(self, points: int = 400) -> list[tuple[int, float]] | None:
-        if not self.started:
+        """The learning rate the run's schedule sets at each step (plan/schedule.py), about `points` of them; None
+        before the run starts and for a schedule whose curve depends on the run."""
+        started = self.started
+        if started is None or started.lr_scheduler_type is None or started.learning_rate is None \
+                or started.warmup_steps is None:
             return None
-        training = self.started.config.get("training", {})
-        warmup = training.get("warmup_steps", 0)
-        total = self.started.total_steps
-        warmup_steps = math.ceil(total * warmup) if isinstance(warmup, float) else int(warmup or 0)
-        return learning_rates(training.get("lr_scheduler_type", "linear"), training.get("learning_rate", 0.0),
-                              warmup_steps, total, points)
+        return learning_rates(started.lr_scheduler_type, started.learning_rate, started.warmup_steps,
+                              started.total_steps, points)
+
+    def ranks_by_gpu(self, host: str) -> dict[int, int]:
+        """The GPUs the run's processes on `host` train on, as NVML numbers them, with each one's rank: empty for a
+        run on a CPU, on another machine, or recorded before RunStarted listed its processes."""
+        processes = self.started.processes if self.started else []
+        return {p["gpu"]: p["rank"] for p in processes if p.get("gpu") is not None and p.get("host") == host}
 
     # Sentinels -----------------------------------------------------------------------------------------------
 

@@ -52,8 +52,8 @@ from tuneterm.engine.rundir import fingerprint
 from tuneterm.engine.rundir.layout import CONFIG_FILE, holding_run_lock
 from tuneterm.errors import Cancelled, TuneTermError, first_sentence
 from tuneterm.hardware import CPU, Device, choose_cpu_threads
-from tuneterm.plan.memory import SHARDED_WEIGHTS
-from tuneterm.plan.planner import model_facts
+from tuneterm.plan.memory import SHARDED_WEIGHTS, estimate_memory
+from tuneterm.plan.planner import memory_setup, model_facts
 from tuneterm.plan.resolve import resolve, schedule_of
 from tuneterm.work import Progress, Work, import_training_libraries
 
@@ -239,13 +239,20 @@ class _Run:
         before = fingerprint_trainable(trainer.model) if main else {}
         total, trainable = parameter_counts(trainer.model)
         plan = schedule_of(config, len(data.train.examples), len(data.eval.examples) if data.eval else 0, world)
+        memory = estimate_memory(model_facts(config),
+                                 memory_setup(config, world, "cuda" if device.kind == "cuda" else "cpu", strategy))
         self.emit(RunStarted(
             run_dir=str(self.run_dir), config=config.to_nested(), defaulted=sorted(config.defaulted),
             notes=config.notes, train_examples=plan.train_examples, eval_examples=plan.eval_examples,
             steps_per_epoch=plan.steps_per_epoch, total_steps=plan.total_steps,
             trainable_params=trainable, total_params=total, device=device.name,
             resumed_from=str(self.plan.resume_from) if self.plan.resume_from else None,
-            world_size=world, strategy=strategy, processes=distributed.processes()))
+            world_size=world, strategy=strategy, processes=distributed.processes(),
+            lr_scheduler_type=config.get("training.lr_scheduler_type"),
+            learning_rate=config.get("training.learning_rate"), warmup_steps=plan.warmup_steps,
+            eval_steps=plan.eval_steps, early_stopping_patience=config.get("training.early_stopping_patience"),
+            effective_batch_size=plan.effective_batch_size,
+            estimated_memory=memory.breakdown, estimated_memory_total=memory.total_bytes))
         if self.stop_agreed():
             raise _Stopped
         if self.plan.resume_from is not None:

@@ -2,13 +2,16 @@
 
 The screen a finished run opens on (from the run list, `tuneterm monitor`, or the monitor when a run ends). It
 reads the run's report (engine/after/report.py) in a worker and offers what comes after a fine-tune: chat with the
-tuned model next to its base, the stop check, a merge into a standalone model, and the loss curves.
+tuned model next to its base, the stop check, a merge into a standalone model, and the loss curves (the run's
+monitor, which the app opens when this screen asks for it with a message).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from textual import on, work
 from textual.app import ComposeResult
@@ -22,6 +25,7 @@ from textual.widgets import Footer, Header, Static
 from tuneterm.engine.after.report import RunReport, clock, loss_text, perplexity, report_of
 from tuneterm.errors import TuneTermError
 from tuneterm.ui.commands import ActionCommands
+from tuneterm.ui.messages import LeaveRequested, RunViewRequested
 from tuneterm.ui.services import Services
 
 OUTCOME_TEXT = {"improved": "[$success]the eval loss improved on the loss before training[/]",
@@ -111,9 +115,12 @@ class SummaryScreen(Screen[None]):
         Binding("escape", "leave", "Back", id="leave"),
     ]
 
-    def __init__(self, services: Services, run_dir: Path):
+    def __init__(self, services: Services, run_dir: Path,
+                 again: Callable[[Path, dict[str, Any], bool], None] | None = None):
         super().__init__()
         self.services, self.run_dir = services, run_dir
+        self.again = again
+        """again(run_dir, settings, resume): the run again, as the monitor starts it; here it is only resumed."""
         self.report: RunReport | None = None
         self.busy = ""
         """The long action under way (stop check, merge), or ""."""
@@ -159,11 +166,12 @@ class SummaryScreen(Screen[None]):
             return (self.report is not None and self.report.has_adapter
                     and self.report.settings.get("method") != "full")
         if action == "resume":
-            return self.report is not None and self.report.resumable
+            return self.report is not None and self.report.resumable and self.again is not None
         return True
 
     def action_resume(self) -> None:
-        self.app.run_again(self.run_dir, {}, resume=True)  # type: ignore[attr-defined]
+        if self.again is not None:
+            self.again(self.run_dir, {}, True)
 
     def action_chat(self) -> None:
         from tuneterm.ui.screens.chat import ChatScreen
@@ -237,9 +245,7 @@ class SummaryScreen(Screen[None]):
         self.read_report()
 
     def action_curves(self) -> None:
-        from tuneterm.ui.screens.monitor import MonitorScreen
-
-        self.app.other_view(MonitorScreen, self.run_dir, self.app.open_monitor)  # type: ignore[attr-defined]
+        self.post_message(RunViewRequested(self.run_dir, "monitor"))
 
     def action_leave(self) -> None:
-        self.app.leave(self)  # type: ignore[attr-defined]
+        self.post_message(LeaveRequested(self))
