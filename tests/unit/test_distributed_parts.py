@@ -146,7 +146,7 @@ def test_the_gpus_a_run_trains_on_here() -> None:
                        world_size=3, processes=[{"rank": 0, "host": host, "pid": 1, "gpu": 5},
                                                 {"rank": 1, "host": host, "pid": 2, "gpu": 2},
                                                 {"rank": 2, "host": "elsewhere", "pid": 3, "gpu": 0}])
-    assert distributed.gpus_here(start) == [2, 5]
+    assert distributed.ranks_by_gpu(start) == {5: 0, 2: 1}
 
 
 def test_processes_of_one_run_share_the_cores() -> None:

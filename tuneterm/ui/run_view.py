@@ -34,6 +34,7 @@ from tuneterm.engine.events import (
     StopRequested,
     WarningIssued,
 )
+from tuneterm.engine.launch.distributed import ranks_by_gpu
 from tuneterm.plan.schedule import learning_rates, warmup_steps
 
 LOG_LINES = 2000
@@ -289,8 +290,7 @@ class RunView:
     def ranks_by_gpu(self, host: str) -> dict[int, int]:
         """The GPUs the run's processes on `host` train on, as NVML numbers them, with each one's rank: empty for a
         run on a CPU, on another machine, or recorded before RunStarted listed its processes."""
-        processes = self.started.processes if self.started else []
-        return {p["gpu"]: p["rank"] for p in processes if p.get("gpu") is not None and p.get("host") == host}
+        return ranks_by_gpu(self.started, host) if self.started else {}
 
     # Sentinels -----------------------------------------------------------------------------------------------
 

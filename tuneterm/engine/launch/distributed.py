@@ -178,11 +178,6 @@ def ranks_by_gpu(started: RunStarted, host: str | None = None) -> dict[int, int]
     return {p["gpu"]: p["rank"] for p in processes_on(started, host) if p.get("gpu") is not None}
 
 
-def gpus_here(started: RunStarted) -> list[int]:
-    """The GPUs (as nvidia-smi numbers them) that the run's processes on this machine train on; empty on a CPU."""
-    return sorted(ranks_by_gpu(started))
-
-
 def _this_gpu() -> int | None:
     """The NVML index of this process's GPU (the one nvidia-smi and the monitor show), None on a CPU."""
     import torch
