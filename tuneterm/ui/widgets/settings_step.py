@@ -10,11 +10,12 @@ the advice of the focused field.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from textual import on
 from textual.app import ComposeResult
 from textual.containers import Horizontal, VerticalScroll
+from textual.dom import DOMNode
 from textual.events import DescendantFocus
 from textual.markup import escape
 from textual.message import Message
@@ -142,7 +143,7 @@ class SettingsStep(VerticalScroll):
         event.stop()
         gpus = tuple(sorted(self.query_one("#gpus", SelectionList).selected))
         strategy = self.query_one("#strategy", Select).value
-        self.screen.post_message(LaunchChanged(gpus, strategy if len(gpus) > 1 else "single"))  # type: ignore[arg-type]
+        self.screen.post_message(LaunchChanged(gpus, cast(Strategy, strategy) if len(gpus) > 1 else "single"))
 
     def fields(self) -> list[SettingField]:
         return list(self.query(SettingField))
@@ -164,10 +165,10 @@ class SettingsStep(VerticalScroll):
             select.value = preset or NO_PRESET
 
     def focused_field(self) -> SettingField | None:
-        focused = self.screen.focused
-        while focused is not None and not isinstance(focused, SettingField):
-            focused = focused.parent  # type: ignore[assignment]
-        return focused if isinstance(focused, SettingField) else None
+        node: DOMNode | None = self.screen.focused
+        while node is not None and not isinstance(node, SettingField):
+            node = node.parent
+        return node
 
     def on_descendant_focus(self, event: DescendantFocus) -> None:
         field = self.focused_field()
