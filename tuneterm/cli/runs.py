@@ -1,5 +1,5 @@
 """`tuneterm runs`: the runs of a runs directory with their status, step and best eval loss; printed, or in the
-app to open one."""
+app to open one. A run with damaged files is printed with what is wrong with them, under its line."""
 
 from __future__ import annotations
 
@@ -31,6 +31,8 @@ def run(args: argparse.Namespace) -> int:
             total = f"/{summary.total_steps}" if summary.total_steps else ""
             print(f"{summary.status:13s} {summary.step:>7}{total:<8} best {best:>8}  {summary.method or '?':6s} "
                   f"{summary.run_dir}")
+            for problem in summary.problems:
+                print(f"{'':13s} ! {problem}")
         return EXIT_OK
     from tuneterm.ui.app import Opening
 

@@ -1,13 +1,18 @@
 """`tuneterm stop RUN_DIR`: ask a run, whoever started it, to finish its current step, save a checkpoint and the
-adapter, and stop; then wait until every process of it has gone, so that a script can resume it next."""
+adapter, and stop; then wait until every process of it has gone, so that a script can resume it next. A run that
+ended some other way (it completed first, failed, was killed) is said as it ended, with a failing exit code."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tuneterm.cli.common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Subcommands
+
+if TYPE_CHECKING:
+    from tuneterm.engine.rundir.runs import RunSummary
 
 WAIT_POLL_SECONDS = 0.5
 
@@ -26,6 +31,7 @@ def add_parser(subcommands: Subcommands) -> None:
 def run(args: argparse.Namespace) -> int:
     import time
 
+    from tuneterm.engine.events import EVENTS_FILE
     from tuneterm.engine.launch.distributed import processes_left
     from tuneterm.engine.launch.handle import RunHandle
     from tuneterm.engine.rundir.layout import is_live
@@ -38,6 +44,8 @@ def run(args: argparse.Namespace) -> int:
     if not is_live(args.run_dir):
         print(f"{args.run_dir} is not running (it is {summary.status.replace('_', ' ')}).", file=sys.stderr)
         return EXIT_FAILED
+    events = args.run_dir / EVENTS_FILE
+    asked_at = events.stat().st_size if events.is_file() else 0
     RunHandle(args.run_dir).stop("tuneterm stop")
     print(f"Asked {args.run_dir} to stop after its current step and save a checkpoint.", flush=True)
     if args.no_wait:
@@ -51,6 +59,34 @@ def run(args: argparse.Namespace) -> int:
         time.sleep(WAIT_POLL_SECONDS)
     summary = summarise_run(args.run_dir)
     assert summary is not None
-    print(f"Stopped at step {summary.step:,} ({summary.status.replace('_', ' ')}). Continue it with: "
-          f"tuneterm train --resume {args.run_dir}")
-    return EXIT_OK
+    if summary.status == "stopped":
+        print(f"Stopped at step {summary.step:,} with a checkpoint. Continue it with: "
+              f"tuneterm train --resume {args.run_dir}")
+        return EXIT_OK
+    print(f"{args.run_dir} {_how_it_ended_instead(summary, _acted_on_since(events, asked_at))}", file=sys.stderr)
+    return EXIT_FAILED
+
+
+ENDED_OTHERWISE = {
+    "completed": "completed all its steps",
+    "early_stopped": "stopped early (its eval loss stopped improving)",
+    "failed": "failed",
+    "interrupted": "ended without a last event (killed, or its machine went down)",
+    "running": "is still running",
+}
+"""How a run asked to stop ended instead, by its status."""
+
+
+def _how_it_ended_instead(summary: RunSummary, acted: bool) -> str:
+    """The truth about a run that did not stop on request: whether it read the request, and how it ended."""
+    asked = "was asked to stop, but" if acted else "never acted on the request to stop:"
+    reason = f": {summary.reason}" if summary.reason else ""
+    again = f". Continue it with: tuneterm train --resume {summary.run_dir}" if summary.status == "interrupted" else ""
+    return f"{asked} it {ENDED_OTHERWISE[summary.status]} at step {summary.step:,}{reason}{again}"
+
+
+def _acted_on_since(events: Path, offset: int) -> bool:
+    """Whether the run said it was stopping (StopRequested) in the events it wrote after `offset`."""
+    from tuneterm.engine.events import StopRequested, iter_events
+
+    return events.is_file() and any(isinstance(event, StopRequested) for event in iter_events(events, offset=offset))

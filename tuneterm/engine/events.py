@@ -10,10 +10,12 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import os
+import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Literal
@@ -213,20 +215,40 @@ def _field_defaults(cls: type) -> tuple[frozenset[str], dict[str, Any], dict[str
 _DEFAULTS = {name: _field_defaults(cls) for name, cls in EVENT_TYPES.items()}
 
 
-def event_from_json(line: str) -> Event:
-    """One line of events.jsonl as its event. Built without the dataclass's __init__ (which sets each field of a
-    frozen instance one call at a time), and parsed by orjson (five times faster than json here): replaying a
-    100k-step run is dominated by this function. The rare line holding NaN, which orjson refuses, goes to json."""
+class UnreadableLine(ValueError):
+    """A line of a run's JSON-lines file (events.jsonl, control.jsonl) that holds nothing its reader can use: garbage
+    a full disk or a crash left, a line cut short, a line from elsewhere. Its message says why."""
+
+
+def json_object(line: str | bytes) -> dict[str, Any]:
+    """The object one line of a JSON-lines file holds. Parsed by orjson (five times faster than json here); the rare
+    line holding NaN, which orjson refuses, goes to json."""
     try:
         data = orjson.loads(line)
     except orjson.JSONDecodeError:
-        data = json.loads(line)
-    kind = data.pop("event")
-    cls = EVENT_TYPES[kind]
-    required, plain, factories = _DEFAULTS[kind]
+        try:
+            data = json.loads((line.decode("utf-8") if isinstance(line, bytes) else line).strip())
+        except UnicodeDecodeError as exc:
+            raise UnreadableLine(f"not text ({exc.reason} at byte {exc.start})") from None
+        except ValueError as exc:
+            raise UnreadableLine(f"not JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise UnreadableLine(f"a JSON {type(data).__name__}, not an object")
+    return data
+
+
+def event_from_json(line: str | bytes) -> Event:
+    """One line of events.jsonl as its event, or UnreadableLine. Built without the dataclass's __init__ (which sets
+    each field of a frozen instance one call at a time): replaying a 100k-step run is dominated by this function."""
+    data = json_object(line)
+    kind = data.pop("event", None)
+    cls = EVENT_TYPES.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        raise UnreadableLine(f"no known event name (its \"event\" is {kind!r})")
+    required, plain, factories = _DEFAULTS[cls.__name__]
     missing = required - data.keys()
     if missing:
-        raise TypeError(f"{cls.__name__} is missing {', '.join(sorted(missing))}")
+        raise UnreadableLine(f"{cls.__name__} is missing {', '.join(sorted(missing))}")
     event = object.__new__(cls)
     event.__dict__.update(plain)
     for name, factory in factories.items():
@@ -236,16 +258,72 @@ def event_from_json(line: str) -> Event:
     return event
 
 
-def read_events(path: Path) -> list[Event]:
-    """Every complete event in an events.jsonl; a half-written last line (a live run) is skipped."""
-    return list(iter_events(path))
+@dataclass(frozen=True)
+class SkippedLine:
+    """A line of a run's file that a reader could not use and went past: where it is, and why."""
+
+    path: Path
+    number: int
+    """Counted from 1, as editors number lines."""
+    reason: str
+    holds: str = "event"
+    """What a line of that file should hold: an event (events.jsonl), a request (control.jsonl)."""
+
+    def __str__(self) -> str:
+        return f"{self.path.name} line {self.number} is not a readable {self.holds} (skipped): {self.reason}"
 
 
-def iter_events(path: Path) -> Iterator[Event]:
-    with open(path, encoding="utf-8") as handle:
-        for line in handle:
-            if line.endswith("\n"):
-                yield event_from_json(line)
+SkipReport = Callable[[SkippedLine], object]
+
+_said_on_stderr: set[tuple[Path, int]] = set()
+
+
+def say_on_stderr(skipped: SkippedLine) -> None:
+    """The report of a reader told of no other: one line on stderr, once per line of a file in this process (a
+    command that reads a run's events several times says it once)."""
+    if (skipped.path, skipped.number) not in _said_on_stderr:
+        _said_on_stderr.add((skipped.path, skipped.number))
+        print(skipped, file=sys.stderr, flush=True)
+
+
+def line_number_at(path: Path, offset: int) -> int:
+    """The number of the line that starts at byte `offset` of the file."""
+    with open(path, "rb") as handle:
+        return handle.read(offset).count(b"\n") + 1
+
+
+def events_of_lines(lines: Iterable[bytes], path: Path, first_line: Callable[[], int],
+                    skipped: SkipReport) -> Iterator[Event]:
+    """The events of complete lines of `path`, in order: a line that holds none is told to `skipped` and gone
+    past, so that no event after it is lost. `first_line` numbers the first of them, asked only when one is
+    unreadable (counting the lines of a long file is work the usual read does without)."""
+    for index, line in enumerate(lines):
+        if not line.strip():
+            continue  # an empty line holds nothing to lose
+        try:
+            yield event_from_json(line)
+        except UnreadableLine as exc:
+            skipped(SkippedLine(path, first_line() + index, str(exc)))
+
+
+def read_events(path: Path, skipped: SkipReport = say_on_stderr) -> list[Event]:
+    """Every complete event in an events.jsonl (iter_events says what is skipped)."""
+    return list(iter_events(path, skipped))
+
+
+def iter_events(path: Path, skipped: SkipReport = say_on_stderr, offset: int = 0) -> Iterator[Event]:
+    """The events of an events.jsonl from byte `offset` (the start of a line) on. A line that holds no event is
+    reported to `skipped` and gone past; a last line without its newline is still being written by a live run,
+    and is read when it is complete."""
+    with open(path, "rb") as handle:
+        handle.seek(offset)
+        yield from events_of_lines((line for line in handle if line.endswith(b"\n")), path,
+                                   lambda: line_number_at(path, offset), skipped)
+
+
+def last_of_run(events: Sequence[Event]) -> Event | None:
+    """The last event that says where a run is: a warning, which may follow its end, says nothing of that."""
+    return next((event for event in reversed(events) if not isinstance(event, WarningIssued)), None)
 
 
 SINK_ERROR_LOG = "sink-error.log"
@@ -256,7 +334,8 @@ class EventLog:
 
     Neither a full disk nor a failing sink stops the run: a write that fails is remembered (the run's end says
     so) and later events still reach the sink; a sink that raises gets its traceback written to sink-error.log
-    next to the events, once, and training goes on.
+    next to the events, once, and training goes on. A file whose last line was cut short (a full disk, a kill)
+    gets that line ended first, so that the first event appended (a resumed run's start) is not glued to it.
     """
 
     def __init__(self, path: Path | None, sink: EventSink | None = None):
@@ -264,6 +343,7 @@ class EventLog:
         self.path = path
         self._sink = sink
         self._lock = threading.Lock()
+        self._line_start = "\n" if path is not None and _ends_mid_line(path) else ""
         self._handle: IO[str] | None = open(path, "a", encoding="utf-8") if path else None
         self.write_error: OSError | None = None
         self.sink_failed = False
@@ -273,8 +353,9 @@ class EventLog:
             return
         with self._lock:
             try:
-                self._handle.write(event.to_json() + "\n")
+                self._handle.write(self._line_start + event.to_json() + "\n")
                 self._handle.flush()
+                self._line_start = ""
             except OSError as exc:
                 self.write_error = self.write_error or exc
         if self._sink is None:
@@ -297,3 +378,13 @@ class EventLog:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _ends_mid_line(path: Path) -> bool:
+    """Whether the file's last line lacks its newline: a write cut short."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(-1, os.SEEK_END)
+            return handle.read(1) != b"\n"
+    except OSError:  # no file, or an empty one
+        return False

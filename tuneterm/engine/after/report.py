@@ -2,7 +2,8 @@
 
 One report, read from the run directory's own files (events.jsonl, trainer_state.json, adapter_check.json,
 stop_check.json, config.yaml), for the summary screen, the run card (README.md) and `tuneterm compare`.
-Nothing is called best unless an evaluation beat the loss before training; a loss that was NaN is said so.
+Nothing is called best unless an evaluation beat the loss before training; a loss that was NaN is said so. Lines
+of events.jsonl that hold no event are among its warnings, by line number.
 """
 
 from __future__ import annotations
@@ -22,9 +23,11 @@ from tuneterm.engine.events import (
     RunFailed,
     RunFinished,
     RunStarted,
+    SkippedLine,
     StepLogged,
     StopRequested,
     WarningIssued,
+    last_of_run,
     read_events,
 )
 from tuneterm.engine.rundir.layout import CONFIG_FILE, checkpoints
@@ -153,13 +156,14 @@ def report_of(run_dir: Path) -> RunReport:
         from tuneterm.errors import RunDirError
 
         raise RunDirError(f"{run_dir}: not a tuneterm run directory (no {CONFIG_FILE})")
-    events = read_events(run_dir / EVENTS_FILE) if (run_dir / EVENTS_FILE).is_file() else []
+    skipped: list[SkippedLine] = []
+    events = read_events(run_dir / EVENTS_FILE, skipped.append) if (run_dir / EVENTS_FILE).is_file() else []
     config = load_config(run_dir / CONFIG_FILE)
     steps = [e for e in events if isinstance(e, StepLogged)]
     evals = [e for e in events if isinstance(e, EvalFinished)]
     started = next((e for e in reversed(events) if isinstance(e, RunStarted)), None)
     stop = next((e for e in reversed(events) if isinstance(e, StopRequested)), None)
-    last = events[-1] if events else None
+    last = last_of_run(events)
     finished = last if isinstance(last, RunFinished) else None
     best = evals[-1] if evals else None
     saved = (run_dir / "adapter_model.safetensors").is_file() or (run_dir / "model.safetensors").is_file()
@@ -176,7 +180,7 @@ def report_of(run_dir: Path) -> RunReport:
         adapter_changed=finished.adapter_changed if finished else None,
         plots=[p for p in (run_dir / "training_loss.png", run_dir / "training_eval_loss.png") if p.is_file()],
         checkpoints=checkpoints(run_dir), settings=notable_settings(config), stop_check=read_stop_check(run_dir),
-        warnings=[e.message for e in events if isinstance(e, WarningIssued)][-20:])
+        warnings=([e.message for e in events if isinstance(e, WarningIssued)] + [str(line) for line in skipped])[-20:])
 
 
 def why_it_ended(status: RunState, last: Event | None, started: RunStarted | None,

@@ -15,26 +15,42 @@ import os
 import threading
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from tuneterm.engine.control import RunControl
+from tuneterm.engine.events import (
+    EVENTS_FILE,
+    EventLog,
+    SkippedLine,
+    UnreadableLine,
+    WarningIssued,
+    json_object,
+    line_number_at,
+    say_on_stderr,
+)
 
 CONTROL_FILE = "control.jsonl"
 Action = Literal["stop", "save", "evaluate", "patience"]
+ACTIONS: tuple[Action, ...] = get_args(Action)
 POLL_SECONDS = 0.5
 
 
 def send(run_dir: Path, action: Action, **arguments: Any) -> None:
-    """Append one request; a single small write with O_APPEND, so concurrent senders never interleave."""
+    """Append one request; a single small write with O_APPEND, so concurrent senders never interleave. A file
+    whose last line was left unfinished (a writer killed half-way) gets that line ended first, so that the request
+    is a line of its own and not lost glued to it."""
     line = json.dumps({"action": action, "time": time.time(), "pid": os.getpid(), **arguments}) + "\n"
-    descriptor = os.open(run_dir / CONTROL_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    descriptor = os.open(run_dir / CONTROL_FILE, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-        os.write(descriptor, line.encode("utf-8"))
+        size = os.fstat(descriptor).st_size
+        ends_mid_line = size > 0 and os.pread(descriptor, 1, size - 1) != b"\n"
+        os.write(descriptor, (("\n" if ends_mid_line else "") + line).encode("utf-8"))
     finally:
         os.close(descriptor)
 
 
 def apply(request: dict[str, Any], control: RunControl) -> None:
+    """Hand one request to the run's control, or say why it cannot be used (UnreadableLine)."""
     action = request.get("action")
     if action == "stop":
         control.request_stop(str(request.get("reason") or "tuneterm stop"))
@@ -42,16 +58,24 @@ def apply(request: dict[str, Any], control: RunControl) -> None:
         control.request_save()
     elif action == "evaluate":
         control.request_evaluate()
-    elif action == "patience" and isinstance(request.get("patience"), int) and request["patience"] > 0:
-        control.set_patience(request["patience"])
+    elif action == "patience":
+        patience = request.get("patience")
+        if not isinstance(patience, int) or isinstance(patience, bool) or patience < 1:
+            raise UnreadableLine(f"patience must be a whole number of at least 1, not {patience!r}")
+        control.set_patience(patience)
+    else:
+        raise UnreadableLine(f"no known action (its \"action\" is {action!r}; known: {', '.join(ACTIONS)})")
 
 
 class ChannelListener:
     """While held, a thread applies the requests appended after it started (older ones are history), or after
-    `offset` (a run whose supervisor was asked while the run was starting)."""
+    `offset` (a run whose supervisor was asked while the run was starting). A line it cannot use is gone past and
+    said where a person sees it: on stderr (the terminal, or train.log) and as a warning in events.jsonl (the
+    monitor's log, the run's report); the requests after it still count."""
 
     def __init__(self, run_dir: Path, control: RunControl, offset: int | None = None):
         self.path = run_dir / CONTROL_FILE
+        self.events = run_dir / EVENTS_FILE
         self.control = control
         self._offset = offset if offset is not None else self.path.stat().st_size if self.path.exists() else 0
         self._done = threading.Event()
@@ -64,12 +88,19 @@ class ChannelListener:
             handle.seek(self._offset)
             data = handle.read()
         complete = data[:data.rfind(b"\n") + 1]  # a line still being written waits for the next poll
-        self._offset += len(complete)
-        for line in complete.splitlines():
-            try:
-                apply(json.loads(line), self.control)
-            except ValueError:
+        start, self._offset = self._offset, self._offset + len(complete)
+        for index, line in enumerate(complete.split(b"\n")[:-1]):
+            if not line.strip():
                 continue
+            try:
+                apply(json_object(line), self.control)
+            except UnreadableLine as exc:
+                self._report(SkippedLine(self.path, line_number_at(self.path, start) + index, str(exc), "request"))
+
+    def _report(self, skipped: SkippedLine) -> None:
+        say_on_stderr(skipped)
+        with EventLog(self.events) as emit:
+            emit(WarningIssued(message=str(skipped), source="control channel"))
 
     def _listen(self) -> None:
         while not self._done.wait(POLL_SECONDS):

@@ -29,7 +29,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, BinaryIO
 
-from tuneterm.engine.events import EVENTS_FILE, EventLog, RunFailed, RunFinished, event_from_json
+from tuneterm.engine.events import EVENTS_FILE, EventLog, RunFailed, RunFinished, iter_events
 from tuneterm.engine.launch.channel import CONTROL_FILE, send
 from tuneterm.engine.launch.detach import LOG_FILE
 from tuneterm.engine.launch.distributed import CONTROL_FROM_VARIABLE, SUPERVISED_VARIABLE
@@ -127,16 +127,11 @@ def _end_what_is_left(group: int, grace_seconds: float = 30.0) -> None:
 
 
 def _ended_since(events: Path, offset: int) -> bool:
-    """Whether the run wrote its own end (RunFinished or RunFailed) after `offset`."""
+    """Whether the run wrote its own end (RunFinished or RunFailed) after `offset`; a line that holds no event is
+    said on this process's output (train.log) and gone past."""
     if not events.exists():
         return False
-    with open(events, "rb") as handle:
-        handle.seek(offset)
-        lines = handle.read().decode("utf-8", errors="replace").splitlines()
-    for line in reversed(lines):
-        with contextlib.suppress(ValueError, KeyError, TypeError):
-            return isinstance(event_from_json(line), (RunFinished, RunFailed))
-    return False
+    return any(isinstance(event, (RunFinished, RunFailed)) for event in iter_events(events, offset=offset))
 
 
 def _what_happened(log: Path, code: int) -> str:
