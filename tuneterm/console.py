@@ -4,10 +4,17 @@ Used by `tuneterm train` and `tuneterm demo --headless`, where output goes to a 
 Step lines are throttled (the first, the last, and at most one every few seconds); evaluations, checkpoints,
 warnings and the end of the run are always printed, and a failure lists the problems behind it with their
 locations.
+
+The terminal may be gone while the run goes on (an SSH session that dropped leaves pipes whose reader closed, or
+a hung-up tty): a line that cannot reach it is dropped, and the stream is pointed at /dev/null so that nothing
+written to it later fails either, the run's own lines, a library's or the interpreter's last flush at exit.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import os
 import sys
 import time
 from typing import TextIO
@@ -27,6 +34,37 @@ from tuneterm.engine.events import (
 from tuneterm.engine.run.failures import remedies_as_arguments
 from tuneterm.errors import SHOWN_PROBLEMS, Location
 
+TERMINAL_GONE = frozenset({errno.EPIPE, errno.EIO})
+"""What a write fails with once its terminal is gone: a pipe whose reader closed (an SSH session's, a `| head`),
+a tty whose session hung up."""
+
+
+def write_line(text: str, stream: TextIO) -> None:
+    """Print `text` and flush it, or drop it, and every line after it, when `stream`'s terminal is gone."""
+    try:
+        print(text, file=stream, flush=True)
+    except OSError as exc:
+        if exc.errno not in TERMINAL_GONE:
+            raise
+        _point_at_devnull(stream)
+
+
+def _point_at_devnull(stream: TextIO) -> None:
+    """Point the stream's descriptor at /dev/null: every later write succeeds and goes nowhere, and what the
+    failed write left in its buffer is let go. A stream without a descriptor keeps failing, and is dropped each
+    time by whoever writes through write_line."""
+    try:
+        descriptor = stream.fileno()
+    except (OSError, ValueError):  # io.UnsupportedOperation is both
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, descriptor)
+    finally:
+        os.close(devnull)
+    with contextlib.suppress(OSError, ValueError):
+        stream.flush()
+
 
 class ConsoleProgress:
     def __init__(self, out: TextIO | None = None, step_interval: float = 2.0):
@@ -37,7 +75,7 @@ class ConsoleProgress:
     def __call__(self, event: Event) -> None:
         line = self.format(event)
         if line is not None:
-            print(line, file=self.out or sys.stdout, flush=True)
+            write_line(line, self.out or sys.stdout)
 
     def format(self, event: Event) -> str | None:
         if isinstance(event, PhaseStarted):

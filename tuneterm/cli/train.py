@@ -9,9 +9,11 @@ same command speaks for the run in the main process and only of failing in the o
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from tuneterm.cli.common import (
     EXIT_FAILED,
@@ -98,8 +100,9 @@ def run(args: argparse.Namespace) -> int:
 
 def run_headless(plan: RunPlan) -> int:
     """Train the planned run in this process, printing its progress (the main process of a launch) or only its
-    failure (the others); ctrl+c or a signal stops it after the current step, with a checkpoint."""
-    from tuneterm.console import ConsoleProgress
+    failure (the others); ctrl+c or a signal stops it after the current step, with a checkpoint, and a second one
+    ends it at once. Its output may outlive the terminal: what cannot reach it is dropped, never a failure."""
+    from tuneterm.console import ConsoleProgress, write_line
     from tuneterm.engine.control import RunControl
     from tuneterm.engine.events import RunFailed, RunFinished
     from tuneterm.engine.launch import distributed
@@ -108,17 +111,34 @@ def run_headless(plan: RunPlan) -> int:
 
     main = distributed.is_main()  # under a launcher the main process speaks for the run, the others only of failing
     if main:
-        print(f"Run directory: {plan.run_dir}", flush=True)
+        write_line(f"Run directory: {plan.run_dir}", sys.stdout)
     control = RunControl()
-    announce = (lambda message: print(f"\n{message}", file=sys.stderr, flush=True)) if main else (lambda message: None)
-    try:
-        with StopOnSignals(control, announce, echo_seconds=2.0 if distributed.launched() else 0.0):
-            result = run_plan(plan, ConsoleProgress() if main else None, control)
-    except KeyboardInterrupt:
-        if main:
-            print(f"Aborted. Continue from the last complete checkpoint with: tuneterm train --resume {plan.run_dir}",
-                  file=sys.stderr)
-        return EXIT_INTERRUPTED
+    announce = (lambda message: write_line(f"\n{message}", sys.stderr)) if main else (lambda message: None)
+    with StopOnSignals(control, announce, echo_seconds=2.0 if distributed.launched() else 0.0,
+                       abort=lambda name: _abort(plan, main, name)):
+        result = run_plan(plan, ConsoleProgress() if main else None, control)
     if not main and isinstance(result, RunFailed):
-        print(f"[rank {distributed.rank()}] {ConsoleProgress().format(result)}", file=sys.stderr, flush=True)
+        write_line(f"[rank {distributed.rank()}] {ConsoleProgress().format(result)}", sys.stderr)
     return EXIT_OK if isinstance(result, RunFinished) else EXIT_FAILED
+
+
+def _abort(plan: RunPlan, main: bool, signal_name: str) -> NoReturn:
+    """The second signal: the run is recorded as aborted, said in one line, and the process ends on the spot, from
+    wherever the main thread was (a save in C++, a finalizer): nothing of the run's may run after it."""
+    from tuneterm.engine.events import EVENTS_FILE, EventLog, RunFailed
+    from tuneterm.engine.rundir.layout import last_complete_checkpoint
+
+    try:
+        if main:  # the disk or the terminal may be gone: the abort stands all the same
+            with contextlib.suppress(OSError):
+                checkpoint, _ = last_complete_checkpoint(plan.run_dir)
+                with EventLog(plan.run_dir / EVENTS_FILE) as emit:
+                    emit(RunFailed(reason=f"aborted by a second signal ({signal_name}); continue with: tuneterm "
+                                          f"train --resume {plan.run_dir}", error_type="Aborted",
+                                   last_good_checkpoint=str(checkpoint) if checkpoint else None))
+            # Straight to the descriptor: the signal may have come in the middle of a write to sys.stderr.
+            with contextlib.suppress(OSError):
+                os.write(sys.stderr.fileno(), f"\nAborted. Continue from the last complete checkpoint with: tuneterm "
+                                              f"train --resume {plan.run_dir}\n".encode())
+    finally:
+        os._exit(EXIT_INTERRUPTED)
