@@ -1,7 +1,9 @@
 """How another thread talks to a running training: stop, save a checkpoint now, evaluate now, change patience.
 
 The engine polls this object between optimizer steps, so a request never interrupts a step half-way. The app,
-the signal handlers of `tuneterm train` and the control channel of a detached run all hold one of these.
+the signal handlers of `tuneterm train` and the control channel of a detached run all hold one of these. It also
+knows which step is in progress, so that whoever asks for a checkpoint can be told the step it will be saved at:
+the engine takes a save request and moves on to the next step in one locked exchange, so the answer is exact.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ class RunControl:
         self._evaluate = threading.Event()
         self._lock = threading.Lock()
         self._patience: int | None = None
+        self._step_in_progress: int | None = None
+        """The step whose end applies a request made now; None until training begins."""
         self.stop_reason = ""
 
     def request_stop(self, reason: str = "requested") -> bool:
@@ -28,9 +32,13 @@ class RunControl:
             self._stop.set()
             return True
 
-    def request_save(self) -> None:
-        """Save a checkpoint after the current step and go on training."""
-        self._save.set()
+    def request_save(self) -> int | None:
+        """Save a checkpoint at the end of the step in progress and go on training. Returns that step, the N of
+        the checkpoint-N it writes, or None before training began (then it is saved at the end of the first
+        step trained)."""
+        with self._lock:
+            self._save.set()
+            return self._step_in_progress
 
     def request_evaluate(self) -> None:
         """Evaluate after the current step and go on training."""
@@ -50,9 +58,17 @@ class RunControl:
     def stop_requested(self) -> bool:
         return self._stop.is_set()
 
-    def take_save_request(self) -> bool:
-        """True once per request_save() call (requests made during one step count once)."""
-        return _take(self._save)
+    def training_from(self, step: int) -> None:
+        """Training goes on after `step`: requests made from now on take effect at the end of step + 1."""
+        with self._lock:
+            self._step_in_progress = step + 1
+
+    def take_save_request(self, step_ended: int) -> bool:
+        """At the end of `step_ended`: True once per request_save() call (requests made during one step count
+        once), and the next step becomes the one in progress, in one exchange with request_save()."""
+        with self._lock:
+            self._step_in_progress = step_ended + 1
+            return _take(self._save)
 
     def take_evaluate_request(self) -> bool:
         return _take(self._evaluate)

@@ -5,6 +5,11 @@ events, and it is where a request from another thread (stop, save now, evaluate 
 always after a whole optimizer step; in a distributed run, in every process at the same step (launch/distributed.py).
 It also keeps what is reported true:
 - the first evaluation (before any training) is the baseline; an evaluation is "best" only when it beats it;
+- an evaluation asked for by hand is reported, but runs beside the Trainer's own: early stopping's count, the best
+  metric and the checkpoint loaded at the end are the scheduled evaluations' alone, so looking never changes a run;
+- the last step is the last: a run resumed from a checkpoint at its end (killed while saving, or early stopping
+  had fired) trains nothing more, since the Trainer would take one step before it checks its step limit; and a
+  stop asked for once the last step is done leaves the run completed;
 - a non-finite loss, gradient norm or weight stops the run at once, before anything non-finite is saved;
 - a checkpoint gets its completion marker (every file's size and hash) only after the Trainer wrote all of it.
 The early-stopping state it reports is read from the EarlyStoppingCallback that actually stops the run.
@@ -28,9 +33,18 @@ from tuneterm.engine.events import (
     PatienceChanged,
     StepLogged,
     StopRequested,
+    WarningIssued,
 )
 from tuneterm.engine.launch import distributed
 from tuneterm.engine.rundir.layout import mark_complete
+
+MANUAL_EVAL_PREFIX = "manual_eval"
+"""The metrics of an evaluation asked for by hand: neither early stopping nor the best metric reads this prefix."""
+
+
+class NothingLeftToTrain(Exception):
+    """Raised when training begins from a checkpoint at the run's end: the model and state are the checkpoint's,
+    and the run goes on to its end without a step."""
 
 
 @dataclass(frozen=True)
@@ -59,7 +73,10 @@ class EventCallback(TrainerCallback):
         self.evaluated_since_baseline = False
         """An evaluation after training began: without one, nothing can be said to be better or worse."""
         self.nonfinite: NonFinite | None = None
-        self.stop_announced = False
+        self.stopped_at: int | None = None
+        """The step after which a stop request ended the run short of its last step; None when none did."""
+        self.trainer: Any = None
+        """The Trainer, set once it is built: an evaluation asked for by hand runs through it."""
         self._last_log: tuple[float, int] | None = None
 
     # The eval history -----------------------------------------------------------------------------------------
@@ -88,33 +105,48 @@ class EventCallback(TrainerCallback):
         if state.best_model_checkpoint and Path(state.best_model_checkpoint).parent != Path(args.output_dir):
             state.best_model_checkpoint = str(Path(args.output_dir) / Path(state.best_model_checkpoint).name)
         self._last_log = (time.perf_counter(), state.num_input_tokens_seen or 0)
+        self.run_control.training_from(state.global_step)
+        if state.global_step >= state.max_steps or self.early_stopped:
+            raise NothingLeftToTrain(f"checkpoint-{state.global_step} is the end of the run")
 
     # Between steps --------------------------------------------------------------------------------------------
 
     def on_step_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
         stop, save, evaluate, patience = distributed.agreed([
-            self.run_control.stop_requested, self.run_control.take_save_request(),
+            self.run_control.stop_requested, self.run_control.take_save_request(state.global_step),
             self.run_control.take_evaluate_request(), self.run_control.take_patience() or 0])
         if save:
             control.should_save = True
-        if evaluate:
-            control.should_evaluate = True
         if patience and self.early_stopping is not None:
             self.early_stopping.early_stopping_patience = patience
             self.sink(PatienceChanged(step=state.global_step, patience=patience))
-        if stop:
+        # A stop after the last step has nothing left to stop: the Trainer ends the run, completed, here.
+        if stop and self.stopped_at is None and state.global_step < state.max_steps:
             self.run_control.request_stop("asked of another process of the run")  # no-op when asked of this one
+            self.stopped_at = state.global_step
             control.should_save = True
             control.should_training_stop = True
-            if not self.stop_announced:
-                self.stop_announced = True
-                self.sink(StopRequested(reason=self.run_control.stop_reason))
-        if model is not None and (control.should_save or control.should_evaluate or control.should_training_stop):
+            self.sink(StopRequested(reason=self.run_control.stop_reason))
+        if model is not None and (evaluate or control.should_save or control.should_evaluate
+                                  or control.should_training_stop):
             broken = [name for name, p in model.named_parameters() if p.requires_grad and not p.isfinite().all()]
             if distributed.agreed([bool(broken)])[0]:  # a sharded model: each process checks its own shard
                 what = f"{len(broken)} trainable tensors (e.g. {broken[0]})" if broken else \
                     "trainable tensors of another process"
                 self._stop_nonfinite(state, control, what)
+        if evaluate and self.trainer.eval_dataset is None:
+            self.sink(WarningIssued(message="evaluation asked for, but the run has no eval split to evaluate on"))
+        elif evaluate and not control.should_evaluate and self.nonfinite is None:  # a scheduled one answers it
+            self._evaluate_by_hand(state, control)
+
+    def _evaluate_by_hand(self, state: Any, control: Any) -> None:
+        """Evaluate beside the Trainer's schedule: through its evaluation loop, so that no callback (early
+        stopping) and no best-metric choice sees it, and nothing of it enters the log history a resume replays."""
+        trainer = self.trainer
+        output = trainer.evaluation_loop(trainer.get_eval_dataloader(), description="Evaluation asked for",
+                                         prediction_loss_only=True, metric_key_prefix=MANUAL_EVAL_PREFIX)
+        trainer._metrics["eval"].clear()  # TRL's token metrics of it: the next scheduled evaluation reports its own
+        self._report_evaluation(state, control, float(output.metrics[f"{MANUAL_EVAL_PREFIX}_loss"]))
 
     def _stop_nonfinite(self, state: Any, control: Any, what: str) -> None:
         """Stop now, and save or evaluate nothing more: what the run holds is no longer a model."""
@@ -148,6 +180,10 @@ class EventCallback(TrainerCallback):
             return
         eval_loss = float(metrics["eval_loss"])
         self._record(eval_loss, state.global_step)
+        self._report_evaluation(state, control, eval_loss)
+
+    def _report_evaluation(self, state: Any, control: Any, eval_loss: float) -> None:
+        """An evaluation with the early-stopping state it leaves (one asked for by hand leaves it as it was)."""
         patience = self.early_stopping.early_stopping_patience if self.early_stopping else None
         since = self.early_stopping.early_stopping_patience_counter if self.early_stopping else 0
         self.sink(EvalFinished(step=state.global_step, epoch=state.epoch or 0.0, eval_loss=eval_loss,

@@ -130,7 +130,11 @@ def _record_traceback(run_dir: Path) -> Path | None:
     path = run_dir / ERROR_LOG
     try:
         path.write_text(traceback.format_exc(), encoding="utf-8")
-    except OSError:
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            path.unlink()  # an empty or cut error.log would pass for the whole traceback
+        print(f"tuneterm: the traceback could not be written to {path}: {exc.strerror or exc}", file=sys.stderr,
+              flush=True)
         return None
     return path
 
@@ -255,11 +259,9 @@ class _Run:
             estimated_memory=memory.breakdown, estimated_memory_total=memory.total_bytes))
         if self.stop_agreed():
             raise _Stopped
-        if self.plan.resume_from is not None:
-            self.stop_where_it_ended(trainer, config)
         self.emit(PhaseStarted(phase="training"))
         try:
-            trainer.train(resume_from_checkpoint=str(self.plan.resume_from) if self.plan.resume_from else None)
+            self.train(trainer)
         except Exception as exc:
             raise self.explained(exc, config, trainer.state.global_step, callback, data) from exc
         if main:
@@ -272,8 +274,8 @@ class _Run:
             save_adapter(trainer, self.run_dir)
             self.together = False  # what is left is the main process's alone
             if not main:  # the main process checks and reports what was saved
-                return RunFinished(status="stopped" if self.control.stop_requested else "completed",
-                                   run_dir=str(self.run_dir), global_step=trainer.state.global_step)
+                return RunFinished(status=status_of(callback), run_dir=str(self.run_dir),
+                                   global_step=trainer.state.global_step)
             tokenizer.save_pretrained(str(self.run_dir))
             check = compare_saved(before, trainer.model, self.run_dir)
             (self.run_dir / ADAPTER_CHECK_FILE).write_text(json.dumps(check, indent=2) + "\n", encoding="utf-8")
@@ -289,30 +291,34 @@ class _Run:
             self.check_stopping(config, trainer.model, tokenizer, device, strategy)
         return self.finished(trainer, callback, check, has_eval=data.eval is not None)
 
+    def train(self, trainer: Any) -> None:
+        """Train from the start or from the checkpoint resumed from. A checkpoint at the run's end (its last step,
+        or early stopping had fired: the run was killed while saving) trains no further: the Trainer loads it, then
+        the run ends as the Trainer ends one, with the best checkpoint loaded when the run keeps the best."""
+        from tuneterm.engine.run.callback import NothingLeftToTrain
+
+        try:
+            trainer.train(resume_from_checkpoint=str(self.plan.resume_from) if self.plan.resume_from else None)
+        except NothingLeftToTrain:
+            if trainer.args.load_best_model_at_end and trainer.state.best_model_checkpoint is not None:
+                trainer._load_best_model()  # what the Trainer's own end of training does
+
     def check_stopping(self, config: RunConfig, model: Any, tokenizer: Any, device: Device, strategy: str) -> None:
         """Do its answers end? Checked on the model in memory, before it is freed (not when the person asked to
-        stop, and not where the weights are sharded across processes: then tuneterm chat --stop-check does it)."""
+        stop, even after the last step, and not where the weights are sharded across processes: then tuneterm
+        chat --stop-check does it)."""
         from tuneterm.engine.after.stopcheck import check_after_training
 
         later = f"check it with tuneterm chat {self.run_dir} --stop-check"
         if self.control.stop_requested or strategy in SHARDED_WEIGHTS:
-            why = "the run was stopped" if self.control.stop_requested else f"{strategy} shards the weights"
+            why = "a stop was asked" if self.control.stop_requested else f"{strategy} shards the weights"
             self.warn([f"stop check skipped ({why}): {later}"])
             return
-        self.phase("checking that answers end", "generating for eval prompts")
+        # Not a phase that a stop cancels: training is over, and a stop asked now must not turn it into "stopped".
+        self.emit(PhaseStarted(phase="checking that answers end", detail="generating for eval prompts"))
         check = check_after_training(self.run_dir, config, model, tokenizer, device)
         if check.runaway:
             self.warn([f"stop check: {check.summary()} (see stop_check.json)"])
-
-    def stop_where_it_ended(self, trainer: Any, config: RunConfig) -> None:
-        """A run whose early stopping had already fired (it was interrupted while saving) trains no further."""
-        from tuneterm.engine.run.callback import evaluations_without_improvement
-
-        assert self.plan.resume_from is not None
-        state = json.loads((self.plan.resume_from / "trainer_state.json").read_text(encoding="utf-8"))
-        since = evaluations_without_improvement(state["log_history"], config.get("training.early_stopping_threshold"))
-        if trainer.eval_dataset is not None and since >= config.get("training.early_stopping_patience"):
-            trainer.args.max_steps = state["global_step"]
 
     def explained(self, exc: Exception, config: RunConfig, step: int, callback: Any,
                   data: PreparedData) -> Exception:
@@ -320,7 +326,7 @@ class _Run:
         if failures.is_out_of_memory(exc):
             return failures.out_of_memory(config, step, failures.raised_in_evaluation(exc), self.run_dir,
                                           data.view.lengths["p95"])
-        if failures.is_disk_full(exc):
+        if failures.is_disk_full(exc, self.run_dir):
             return failures.disk_full(self.run_dir, step)
         return exc
 
@@ -334,8 +340,7 @@ class _Run:
 
     def finished(self, trainer: Any, callback: Any, check: dict[str, Any], has_eval: bool) -> RunFinished:
         """The end as it truly is: "best" only for an evaluation that beat the untrained baseline."""
-        status: RunStatus = ("stopped" if self.control.stop_requested
-                             else "early_stopped" if callback.early_stopped else "completed")
+        status = status_of(callback)
         # Stopped before the first evaluation after the baseline: neither better nor worse is known.
         outcome: Outcome = ("not_evaluated" if not has_eval or not callback.evaluated_since_baseline
                             else "improved" if callback.best is not None else "worse_than_baseline")
@@ -373,7 +378,13 @@ class _Run:
         callbacks = [c for c in (early_stopping, callback) if c is not None]
         trainer = build_trainer(config, model, tokenizer, train_dataset, eval_dataset, self.run_dir, device,
                                 callbacks, resuming=self.plan.resume_from is not None)
+        callback.trainer = trainer
         return trainer, callback
+
+
+def status_of(callback: Any) -> RunStatus:
+    """Stopped only when a stop ended training before its last step; one asked for later leaves it completed."""
+    return "stopped" if callback.stopped_at is not None else "early_stopped" if callback.early_stopped else "completed"
 
 
 def _check_same_everywhere(config: RunConfig, data: PreparedData) -> None:

@@ -5,8 +5,10 @@ follower thread reads them from events.jsonl (a detached run, a run in another t
 batches. Every event updates the RunView at once (inside one batch update); the panes (widgets/monitor_panes.py)
 redraw from it on a timer, only when the view moved, and the charts hand the plotting library at most twice their
 width in points, so the UI thread stays light while training competes with it for the GIL. The controls reach the
-run through its RunControl (a run of this app) or its control channel (any other). Its summary, and the screen
-before, are the app's to open: this screen asks for them with a message.
+run through its RunControl (a run of this app) or its control channel (any other); what they say is what the run
+does: a checkpoint asked for is named by the step it is written at, an evaluation asked for is shown but not
+counted against patience, and the patience dialog goes away with the run it would change. Its summary, and the
+screen before, are the app's to open: this screen asks for them with a message.
 """
 
 from __future__ import annotations
@@ -25,12 +27,13 @@ from textual.screen import Screen
 from textual.widgets import Footer, Header, TabbedContent, TabPane
 
 from tuneterm.engine.control import RunControl
-from tuneterm.engine.events import Event, RunFailed
+from tuneterm.engine.events import CheckpointSaved, Event, RunFailed
 from tuneterm.engine.launch.handle import RunHandle
 from tuneterm.ui.commands import ActionCommands
 from tuneterm.ui.follow import EventFollower
 from tuneterm.ui.messages import LeaveRequested, RunViewRequested
 from tuneterm.ui.run_view import RunView
+from tuneterm.ui.screens.dialogs import AskNumber
 from tuneterm.ui.services import Services
 from tuneterm.ui.widgets.monitor_panes import (
     EarlyStoppingPane,
@@ -47,6 +50,7 @@ from tuneterm.ui.widgets.monitor_panes import (
 REDRAW_SECONDS = 1.0
 """Once a second, as top and nvtop do: each repaint costs the training thread CPU and GIL time (bench/)."""
 SYSTEM_SECONDS = 2.0
+RUN_ENDED_PATIENCE = "The run has ended; its patience is as it was."
 
 
 class RunEventsPosted(Message):
@@ -68,7 +72,8 @@ CHART_KEYS = Binding.Group("Chart")
 
 class MonitorCommands(ActionCommands):
     COMMANDS = (("Stop the run", "screen.stop", "Finish the step, save a checkpoint and the adapter"),
-                ("Save a checkpoint now", "screen.save", ""), ("Evaluate now", "screen.evaluate", ""),
+                ("Save a checkpoint now", "screen.save", "At the end of the step in progress, named by its step"),
+                ("Evaluate now", "screen.evaluate", "Shown, but not counted against early stopping's patience"),
                 ("Change patience", "screen.patience", "Early stopping's patience, while it runs"),
                 ("Smooth the loss", "screen.smooth", "Exponential moving average on or off"),
                 ("Log scale", "screen.log_scale", "The loss on a log axis"),
@@ -81,8 +86,9 @@ class MonitorScreen(Screen[None]):
     COMMANDS = {MonitorCommands}
     BINDINGS = [
         Binding("s", "stop", "Stop", id="stop", tooltip="Finish the current step, save a checkpoint and stop"),
-        Binding("c", "save", "Save", id="save", tooltip="Save a checkpoint after the current step"),
-        Binding("e", "evaluate", "Eval", id="evaluate", tooltip="Evaluate after the current step"),
+        Binding("c", "save", "Save", id="save", tooltip="Save a checkpoint at the end of the step in progress"),
+        Binding("e", "evaluate", "Eval", id="evaluate",
+                tooltip="Evaluate after the current step; early stopping's patience does not count it"),
         Binding("p", "patience", "Patience", id="patience", tooltip="Change early stopping's patience"),
         Binding("m", "smooth", "Smooth", id="smooth", group=CHART_KEYS, tooltip="The loss's moving average on or off"),
         Binding("g", "log_scale", "Log y", id="log_scale", group=CHART_KEYS, tooltip="The loss on a log axis"),
@@ -109,6 +115,10 @@ class MonitorScreen(Screen[None]):
         """The view's version the panes show."""
         self.follower: EventFollower | None = None
         self.catching_up = False
+        self.save_unnamed = False
+        """A checkpoint was asked of a run that could not say its step: the next one written is named."""
+        self.patience_dialog: AskNumber | None = None
+        """The patience dialog while it is open: it closes when the run ends."""
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -153,18 +163,31 @@ class MonitorScreen(Screen[None]):
         was_live = self.view.live
         for event in message.events:
             self.view.apply(event)
+            if isinstance(event, CheckpointSaved) and self.save_unnamed:
+                self.save_unnamed = False
+                self.notify(f"Saved checkpoint-{event.step}, at the end of step {event.step}.", title="Checkpoint")
         self.catching_up = message.more
         if message.more:
             return
         if self.view.live != was_live:  # the run started or ended: its keys change, and its state shows at once
             self.refresh_bindings()
             self.redraw()
+            if not self.view.live:
+                self.close_patience_dialog()
 
     @on(RunProcessGone)
     def _gone(self) -> None:
         self.view.process_gone = True
         self.view.version += 1
         self.refresh_bindings()
+        self.close_patience_dialog()
+
+    def close_patience_dialog(self) -> None:
+        """The run ended: there is no patience left to change."""
+        dialog, self.patience_dialog = self.patience_dialog, None
+        if dialog is not None and self.app.screen is dialog:
+            dialog.dismiss(None)
+            self.notify(RUN_ENDED_PATIENCE, title="Patience")
 
     # Drawing (from a timer, when the view moved) -------------------------------------------------------------
 
@@ -196,7 +219,9 @@ class MonitorScreen(Screen[None]):
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         """The run's controls only while it runs, retry only after a failure with remedies: hidden otherwise."""
         if action in ("stop", "save", "evaluate", "patience"):
-            return self.view.live and not self.view.process_gone
+            running = self.view.live and not self.view.process_gone
+            evaluating = self.view.started is None or self.view.started.eval_examples > 0
+            return running and (evaluating or action not in ("evaluate", "patience"))
         if action == "retry":
             failed = self.view.result
             return bool(isinstance(failed, RunFailed) and failed.remedies and self.again)
@@ -221,23 +246,41 @@ class MonitorScreen(Screen[None]):
             self.notify("Already stopping: it saves once, after the current step.", title="Stop")
 
     def action_save(self) -> None:
-        self.handle.save_now()
-        self.notify("A checkpoint is saved after the current step.", title="Checkpoint")
+        """A run of this app says the step in progress as it takes the request; a run of another process is asked
+        through its channel, and the checkpoint is named once it is written."""
+        control = self.handle.control
+        if control is not None:
+            step = control.request_save()
+        else:
+            self.handle.save_now()
+            step = None
+        if step is None:
+            self.save_unnamed = True
+            self.notify("A checkpoint is saved at the end of the step the run is on when it reads this; its step is "
+                        "named once it is written.", title="Checkpoint")
+        else:
+            self.notify(f"checkpoint-{step} is saved at the end of step {step}, the step in progress.",
+                        title="Checkpoint")
 
     def action_evaluate(self) -> None:
         self.handle.evaluate_now()
-        self.notify("Evaluating after the current step.", title="Evaluate")
+        self.notify("Evaluating after the current step; early stopping's patience does not count it.",
+                    title="Evaluate")
 
     def action_patience(self) -> None:
-        from tuneterm.ui.screens.dialogs import AskNumber
-
         def chosen(patience: int | None) -> None:
-            if patience:
-                self.handle.set_patience(patience)
-                self.notify(f"Patience {patience} from the next step (the guides suggest 3 to 5).", title="Patience")
+            self.patience_dialog = None
+            if not patience:
+                return
+            if not self.check_action("patience", ()):
+                self.notify(RUN_ENDED_PATIENCE, title="Patience")
+                return
+            self.handle.set_patience(patience)
+            self.notify(f"Patience {patience} from the next step (the guides suggest 3 to 5).", title="Patience")
 
-        self.app.push_screen(AskNumber("Early stopping patience (evaluations without improvement)",
-                                       self.view.patience or 3), chosen)
+        self.patience_dialog = AskNumber("Early stopping patience (evaluations without improvement)",
+                                         self.view.patience or 3)
+        self.app.push_screen(self.patience_dialog, chosen)
 
     def action_smooth(self) -> None:
         chart = self.query_one(LossChart)
