@@ -7,7 +7,9 @@ read in batches. Nothing here writes to the user's files.
 
 Sources: .jsonl, .json (an array of records, or an object holding one), .csv, .parquet, a directory saved with
 `datasets.save_to_disk`, a directory of such files, and a Hugging Face hub dataset id (`org/name`, optionally
-`org/name:split`) where the network allows.
+`org/name:split`) where the network allows. Anything else on disk (a named pipe, a device such as /dev/zero, a
+socket) is refused by what it is: a dataset is read more than once (summarised, then tokenised) and its size
+gives the progress, which only a regular file allows; a pipe would be read once and a device forever.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import stat
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -47,12 +50,23 @@ def iter_records(source: str | Path, work: Work | None = None, key: str = "data.
     path = Path(source)
     if path.is_dir():
         yield from _iter_directory(path, work)
-    elif path.exists():
+    elif path.is_file():
         yield from _iter_file(path, work)
+    elif path.exists():
+        raise DataError(f"{key}: {path}: {_kind_of(path)}, not a regular file: the data must be a "
+                        f"{', '.join(FILE_SUFFIXES)} file or a directory of them; save it to a file and use that")
     elif looks_like_hub_id(str(source)):
         yield from _iter_hub(str(source), work, key)
     else:
         raise DataError(f"{key}: {source}: no such file or directory")
+
+
+def _kind_of(path: Path) -> str:
+    """What a path that is neither a regular file nor a directory is (symbolic links followed)."""
+    mode = path.stat().st_mode
+    kinds = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISCHR, "a character device"),
+             (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+    return next((kind for test, kind in kinds if test(mode)), "a special file")
 
 
 def _iter_file(path: Path, work: Work) -> Iterator[Record | Problem]:

@@ -6,6 +6,10 @@ model's answer is the same weights with the adapter disabled, so comparing them 
 Prompts are rendered with the run's own chat template (saved with its tokenizer in the run directory), and
 generation stops at the end-of-turn token that template writes as well as at the model's EOS tokens. Tokens
 are handed to a callback as they come; a cancel event stops generation after the current token.
+
+The run's saved weights are read before anything is loaded: a truncated, overwritten or half-copied file is
+named, with where an intact copy is (a checkpoint) or how to make one, instead of surfacing as the safetensors
+library's traceback after the base model has loaded.
 """
 
 from __future__ import annotations
@@ -20,8 +24,9 @@ from typing import Any
 from tuneterm.config import RunConfig, load_config
 from tuneterm.data.chat import end_of_turn_token
 from tuneterm.engine.loading import detect_device, load_model
-from tuneterm.engine.rundir.layout import CONFIG_FILE
-from tuneterm.errors import RunDirError
+from tuneterm.engine.rundir.layout import CONFIG_FILE, last_complete_checkpoint
+from tuneterm.engine.rundir.runs import summarise_run
+from tuneterm.errors import LoadError, RunDirError, first_sentence
 from tuneterm.hardware import Device
 
 ADAPTER_FILE = "adapter_model.safetensors"
@@ -182,6 +187,7 @@ class TunedModel:
         if not weights.is_file():
             raise RunDirError(f"{run_dir}: no {weights.name} (the run saved no model: it failed or was stopped before "
                               f"its first save)")
+        check_readable(run_dir, weights)
         device = detect_device()
         tokenizer = AutoTokenizer.from_pretrained(str(run_dir))
         if config.method == "full":
@@ -253,6 +259,35 @@ class TunedModel:
         return {"template": self.tokenizer.chat_template or "", "stop_tokens": [
             self.tokenizer.convert_ids_to_tokens(i) for i in self.stop_ids], "device": self.device.name,
             "adapter": self.has_adapter}
+
+
+def check_readable(run_dir: Path, weights: Path) -> None:
+    """A LoadError naming the file and what to do when the run's saved weights cannot be read. The safetensors
+    header covers the whole file (each tensor's offsets), so reading it finds a truncated, overwritten or
+    half-copied file at the cost of opening it."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(weights), framework="pt"):
+            pass
+    except (SafetensorError, OSError) as exc:
+        raise LoadError(f"{weights} cannot be read, it is damaged or incomplete ({first_sentence(str(exc))}): "
+                        f"{_ways_to_replace(run_dir, weights.name)}") from None
+
+
+def _ways_to_replace(run_dir: Path, name: str) -> str:
+    """An intact copy from the last complete checkpoint, a resume that saves the weights again (for a run that
+    did not finish), or a new run."""
+    ways = []
+    checkpoint, _ = last_complete_checkpoint(run_dir)
+    if checkpoint is not None:
+        ways.append(f"replace it with {checkpoint.name}'s copy (the weights at step {checkpoint.name.split('-')[-1]})"
+                    f": cp {checkpoint / name} {run_dir / name}")
+        summary = summarise_run(run_dir)
+        if summary is not None and summary.status not in ("completed", "early_stopped"):
+            ways.append(f"resume the run, which saves it again: tuneterm train --resume {run_dir}")
+    ways.append(f"train again: tuneterm train {run_dir / CONFIG_FILE}")
+    return "; or ".join(ways)
 
 
 def precision_for(device: Device) -> str:

@@ -31,10 +31,11 @@ from pathlib import Path
 from typing import Any
 
 from tuneterm.config import load_config
-from tuneterm.engine.after.generate import ADAPTER_FILE, read_eval_samples, stop_token_ids
+from tuneterm.engine.after.generate import ADAPTER_FILE, check_readable, read_eval_samples, stop_token_ids
 from tuneterm.engine.rundir.layout import CONFIG_FILE
 from tuneterm.errors import RunDirError
 from tuneterm.hub import open_source
+from tuneterm.plan.memory import size
 from tuneterm.plan.planner import model_facts
 
 MERGE_RECORD = "tuneterm_merge.json"
@@ -95,6 +96,7 @@ def merge(run_dir: Path, out_dir: Path, scale: float = 1.0,
     if not (run_dir / ADAPTER_FILE).is_file():
         raise RunDirError(f"{run_dir}: no {ADAPTER_FILE} (the run saved no adapter: it failed or was stopped before "
                           "its first save)")
+    check_readable(run_dir, run_dir / ADAPTER_FILE)
     if not 0 < scale <= 2:
         raise RunDirError(f"the adapter scale must be above 0 and at most 2, not {scale}")
     problem = output_dir_problem(out_dir)
@@ -104,8 +106,8 @@ def merge(run_dir: Path, out_dir: Path, scale: float = 1.0,
     needed = model_facts(config).total_params * torch.empty((), dtype=getattr(torch, dtype_name)).element_size()
     free = shutil.disk_usage(out_dir.parent).free
     if free < needed * 1.05:
-        raise RunDirError(f"{out_dir.parent}: {free / 1e9:.1f} GB free, the merged model needs about "
-                          f"{needed / 1e9:.1f} GB: free some space or choose another disk")
+        raise RunDirError(f"{out_dir.parent}: {size(free)} free, the merged model needs about {size(needed)}: "
+                          "free some space or choose another disk")
     notes = [] if config.method != "qlora" else [
         f"QLoRA: the adapter is merged into the base loaded in {dtype_name}, not into its 4-bit weights (re-"
         "quantising would round the adapter's updates away); the run trained over the 4-bit base, so the merged "

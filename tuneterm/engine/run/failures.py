@@ -5,18 +5,25 @@ each become a RunFailure: one sentence that names what overflowed or what broke 
 breakdown, the config, the step), the last good checkpoint, and remedies as config changes, each saying
 whether the run can resume with it or must start again. The app offers the remedies as a one-key retry; the
 command line prints them as --set arguments.
+
+A full disk does not always say so: safetensors and Python's own writes carry ENOSPC, but torch.save's C++
+writer loses the errno ("basic_ios::clear: iostream error", "[enforce fail at inline_container.cc] unexpected
+pos"). So a save that fails is also put down to the disk when the run directory's filesystem has less room left
+than a checkpoint takes: a write that fails part-way leaves less free space than it needed.
 """
 
 from __future__ import annotations
 
 import errno
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from tuneterm.config import RunConfig, set_argument
 from tuneterm.engine.launch import distributed
 from tuneterm.engine.rundir.fingerprint import CHANGEABLE_ON_RESUME
-from tuneterm.engine.rundir.layout import last_complete_checkpoint
+from tuneterm.engine.rundir.layout import MARKER_FILE, checkpoints, last_complete_checkpoint
 from tuneterm.errors import TuneTermError
 from tuneterm.plan.memory import estimate_memory, size
 from tuneterm.plan.planner import memory_setup, model_facts
@@ -49,14 +56,23 @@ _FIXED = ("cuda_context", "allocator_slack")
 """Parts of the estimate that follow from the others: never what to shrink."""
 
 
-def raised_in_evaluation(exc: BaseException) -> bool:
-    """Whether the exception came from inside an evaluation (the Trainer's evaluation loop)."""
+def _functions_raised_through(exc: BaseException) -> Iterator[str]:
+    """The names of the functions the exception was raised through, from the outermost."""
     traceback = exc.__traceback__
     while traceback is not None:
-        if traceback.tb_frame.f_code.co_name in ("evaluation_loop", "prediction_step", "evaluate"):
-            return True
+        yield traceback.tb_frame.f_code.co_name
         traceback = traceback.tb_next
-    return False
+
+
+def raised_in_evaluation(exc: BaseException) -> bool:
+    """Whether the exception came from inside an evaluation (the Trainer's evaluation loop)."""
+    return any(name in ("evaluation_loop", "prediction_step", "evaluate") for name in _functions_raised_through(exc))
+
+
+def raised_while_saving(exc: BaseException) -> bool:
+    """Whether the exception came from inside a save: the Trainer's, PEFT's, torch's and safetensors' writers are
+    all named save... (_save_checkpoint, save_pretrained, save, save_file)."""
+    return any(name.lstrip("_").startswith("save") for name in _functions_raised_through(exc))
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -65,12 +81,41 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
 
 
-def is_disk_full(exc: BaseException | None) -> bool:
+def _chain(exc: BaseException | None) -> Iterator[BaseException]:
+    """The exception and the ones it was raised from or while handling."""
     while exc is not None:
-        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC or "no space left on device" in str(exc).lower():
-            return True
+        yield exc
         exc = exc.__cause__ or exc.__context__
-    return False
+
+
+LOW_DISK_SPACE = 16 * 2**20
+"""Free space below which a failed save is put down to the disk even before a first checkpoint says what one
+takes: less than any real model's checkpoint."""
+
+
+def is_disk_full(exc: BaseException | None, run_dir: Path | None = None) -> bool:
+    """Whether the exception is the disk running out: ENOSPC said anywhere in its chain or, given the run
+    directory, a save that failed without an errno of its own where less room is left than a checkpoint takes."""
+    chain = list(_chain(exc))
+    if any(isinstance(e, OSError) and e.errno == errno.ENOSPC or "no space left on device" in str(e).lower()
+           for e in chain):
+        return True
+    if run_dir is None or exc is None or not raised_while_saving(exc):
+        return False
+    if any(isinstance(e, OSError) and e.errno is not None for e in chain):
+        return False  # a save refused for its own reason (permission, a missing directory) says which
+    try:
+        free = shutil.disk_usage(run_dir).free
+    except OSError:
+        return False
+    return free < max(LOW_DISK_SPACE, _checkpoint_size(run_dir))
+
+
+def _checkpoint_size(run_dir: Path) -> int:
+    """The bytes the newest completed checkpoint takes, about what the next one needs (its files are not read:
+    this is a size, not a check)."""
+    completed = [c for c in checkpoints(run_dir) if (c / MARKER_FILE).is_file()]
+    return sum(f.stat().st_size for f in completed[-1].rglob("*") if f.is_file()) if completed else 0
 
 
 def out_of_memory(config: RunConfig, step: int, evaluating: bool, run_dir: Path,
@@ -120,9 +165,15 @@ def out_of_memory(config: RunConfig, step: int, evaluating: bool, run_dir: Path,
 
 
 def disk_full(run_dir: Path, step: int) -> RunFailure:
+    """The checkpoint kept, and the incomplete ones after it, whose space can be given back first."""
     checkpoint, kept = _kept(run_dir)
-    return RunFailure(f"The disk is full (no space left on device) while saving at step {step} in {run_dir}. {kept} "
-                      f"Free some space, then continue with: tuneterm train --resume {run_dir}", [], checkpoint)
+    found = checkpoints(run_dir)
+    after_kept = found.index(checkpoint) + 1 if checkpoint is not None else 0
+    incomplete = [c.name for c in found[after_kept:]]
+    deletable = f" The incomplete {', '.join(incomplete)} can be deleted." if incomplete else ""
+    return RunFailure(f"The disk is full (no space left on device) while saving at step {step} in {run_dir}. {kept}"
+                      f"{deletable} Free some space, then continue with: tuneterm train --resume {run_dir}", [],
+                      checkpoint)
 
 
 def diverged(config: RunConfig, step: int, what: str, run_dir: Path) -> RunFailure:
