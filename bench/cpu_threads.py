@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
-def spin(stop: multiprocessing.synchronize.Event) -> None:  # type: ignore[name-defined]
+def spin(stop: multiprocessing.synchronize.Event) -> None:
     while not stop.is_set():
         sum(range(10_000))
 

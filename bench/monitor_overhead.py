@@ -92,7 +92,7 @@ async def monitored(directory: Path, runs: Path, keys: bool) -> tuple[float, lis
 
     MonitorScreen.action_tab = timed  # type: ignore[method-assign]
     app = make_app(Services(runs_dir=runs, over_ssh=False))
-    latencies = []
+    latencies: list[float] = []
     async with app.run_test(size=(100, 30)) as pilot:
         plan = new_run(config_from_mapping(settings(directory)), runs)
         app.start(plan, detached=False)

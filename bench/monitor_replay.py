@@ -60,6 +60,7 @@ async def open_once(run_dir: Path) -> tuple[float, float]:
     from tuneterm.ui.app import Opening, make_app
     from tuneterm.ui.screens.monitor import MonitorScreen
     from tuneterm.ui.services import Services
+    from tuneterm.ui.widgets.chart import LineChart
 
     process = psutil.Process()
     before = process.memory_info().rss
@@ -70,7 +71,7 @@ async def open_once(run_dir: Path) -> tuple[float, float]:
             await pilot.pause(0.01)
         monitor = app.screen
         monitor.redraw()  # what the next timer tick draws
-        monitor.query_one("#loss-chart").redraw_now()
+        monitor.query_one("#loss-chart", LineChart).redraw_now()
         await pilot.pause()
         elapsed = time.perf_counter() - started
         grown = process.memory_info().rss - before

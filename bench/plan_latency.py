@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -31,10 +32,12 @@ from tuneterm.hardware import hypothetical_gpu  # noqa: E402
 from tuneterm.plan.planner import model_facts, plan_run  # noqa: E402
 
 CONFIGS = ROOT / "tests" / "data" / "model_configs"
-EDITS = [("training", "per_device_train_batch_size", [1, 2, 4, 8]), ("training", "gradient_accumulation_steps",
-         [1, 4, 8, 16]), ("training", "max_length", [512, 1024, 2048, "auto"]), ("lora", "r", [8, 16, 32, 64]),
-         ("lora", "lora_alpha", [8, 16, 32, 128]), ("training", "learning_rate", [1e-4, 2e-4, 5e-4, 1e-3]),
-         ("training", "num_train_epochs", [1, 2, 3, 5]), ("data", "val_size", [0.05, 0.1, 0.2, 0.1])]
+EDITS: list[tuple[str, str, list[Any]]] = [
+    ("training", "per_device_train_batch_size", [1, 2, 4, 8]),
+    ("training", "gradient_accumulation_steps", [1, 4, 8, 16]),
+    ("training", "max_length", [512, 1024, 2048, "auto"]), ("lora", "r", [8, 16, 32, 64]),
+    ("lora", "lora_alpha", [8, 16, 32, 128]), ("training", "learning_rate", [1e-4, 2e-4, 5e-4, 1e-3]),
+    ("training", "num_train_epochs", [1, 2, 3, 5]), ("data", "val_size", [0.05, 0.1, 0.2, 0.1])]
 
 
 def main() -> None:
@@ -50,8 +53,8 @@ def main() -> None:
                                      for line in data.read_text().splitlines()[:5000]], CHAT_TEMPLATE, 8000)
         gpus = hypothetical_gpu(24)
         for name in ("qwen3-0.6b", "llama-3.2-3b", "llama-2-13b"):
-            draft = {"method": "qlora", "model": {"path": str(CONFIGS / f"{name}.json")},
-                     "data": {"train": str(data)}, "lora": {}, "training": {}}
+            draft: dict[str, Any] = {"method": "qlora", "model": {"path": str(CONFIGS / f"{name}.json")},
+                                     "data": {"train": str(data)}, "lora": {}, "training": {}}
             started = time.perf_counter()
             facts = model_facts(config_from_mapping(draft))
             facts_ms = (time.perf_counter() - started) * 1000

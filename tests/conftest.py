@@ -18,6 +18,7 @@ import socket
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -34,7 +35,7 @@ for _name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_ENDPOINT"):
 _connect = socket.socket.connect
 
 
-def _local_only(self: socket.socket, address: object) -> object:
+def _local_only(self: socket.socket, address: tuple[Any, ...] | str | bytes) -> None:
     """Connections to this machine (distributed runs, control sockets) pass; anything else is refused."""
     host = address[0] if isinstance(address, tuple) else None
     if host is not None:
@@ -47,7 +48,7 @@ def _local_only(self: socket.socket, address: object) -> object:
     return _connect(self, address)
 
 
-socket.socket.connect = _local_only  # type: ignore[method-assign]
+socket.socket.connect = _local_only  # type: ignore[method-assign, assignment]
 
 
 @pytest.fixture(autouse=True)

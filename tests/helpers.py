@@ -31,7 +31,7 @@ def noise_chat(folder: Path) -> dict[str, str]:
             "eval": str(write_jsonl(folder / "e.jsonl", rows[16:]))}
 
 
-def with_changes(base: dict, **sections: dict) -> dict:
+def with_changes(base: dict, **sections: object) -> dict:
     """A copy of a config mapping with some sections updated (a dict) or replaced (anything else)."""
     config = copy.deepcopy(base)
     for section, values in sections.items():

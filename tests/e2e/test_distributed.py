@@ -147,4 +147,5 @@ def test_a_process_that_dies_fails_the_run_naming_it_instead_of_a_hang(base_conf
     # Every process gone, the supervisor last: it lets go of the run's lock just before it exits.
     wait_for(lambda: not any(alive(pid) for pid in (*pids.values(), supervisor)), timeout=30,
              what="every process of the run to exit")
-    assert summarise_run(run_dir).status == "failed"
+    summary = summarise_run(run_dir)
+    assert summary is not None and summary.status == "failed"

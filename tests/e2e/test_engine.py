@@ -87,9 +87,10 @@ def test_qlora_loads_the_base_model_in_4_bit_nf4_and_trains(base_config: dict) -
     config = config_from_mapping(with_changes(base_config, method="qlora", training={"num_train_epochs": 1}))
     model = load_model(config, "fp32", Device("cpu", "CPU", False))
     q_proj = model.model.layers[0].self_attn.q_proj
-    assert isinstance(q_proj, bnb.nn.Linear4bit)
-    assert q_proj.weight.quant_state.quant_type == "nf4"
-    assert q_proj.weight.quant_state.nested, "double quantization is on by default"
+    assert isinstance(q_proj, bnb.nn.Linear4bit) and isinstance(q_proj.weight, bnb.nn.Params4bit)
+    quantized = q_proj.weight.quant_state
+    assert quantized is not None and quantized.quant_type == "nf4"
+    assert quantized.nested, "double quantization is on by default"
 
     events: list = []
     result = run(new_run(config), events.append)
@@ -118,7 +119,7 @@ def test_early_stopping_stops_an_overfitting_run_and_keeps_the_best_checkpoint(b
     best = min(evals, key=lambda e: e.eval_loss)
     assert evals[-1].evals_since_improvement == 2 and evals[-1].eval_loss > best.eval_loss
     assert result.best_eval_loss == pytest.approx(best.eval_loss)
-    assert result.best_checkpoint.endswith(f"checkpoint-{best.step}")
+    assert result.best_checkpoint is not None and result.best_checkpoint.endswith(f"checkpoint-{best.step}")
     saved = load_file(str(plan.run_dir / "adapter_model.safetensors"))
     best_saved = load_file(str(Path(result.best_checkpoint) / "adapter_model.safetensors"))
     assert saved.keys() == best_saved.keys()
@@ -252,8 +253,9 @@ def test_the_planned_learning_rates_are_the_ones_the_trainer_logs(finished_run) 
     started = of_type(finished_run.events, RunStarted)[0]
     training = started.config["training"]
     assert started.warmup_steps == math.ceil(training["warmup_steps"] * started.total_steps)
-    planned = dict(learning_rates(started.lr_scheduler_type, started.learning_rate, started.warmup_steps,
-                                  started.total_steps))
+    curve = learning_rates(started.lr_scheduler_type, started.learning_rate, started.warmup_steps, started.total_steps)
+    assert curve is not None
+    planned = dict(curve)
     logged = {e.step: e.learning_rate for e in of_type(finished_run.events, StepLogged)}
     assert planned.keys() == logged.keys()
     for step, rate in logged.items():

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal, cast
+
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
@@ -19,8 +21,9 @@ def peft_counts(config: object, shape: LoraShape) -> tuple[int, int]:
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
     targets = list(shape.target_modules) if isinstance(shape.target_modules, tuple) else shape.target_modules
+    bias = cast(Literal["none", "all", "lora_only"], shape.bias)  # LoraShape keeps one of PEFT's names
     peft_model = get_peft_model(model, LoraConfig(r=shape.r, target_modules=targets, use_dora=shape.use_dora,
-                                                  bias=shape.bias, task_type="CAUSAL_LM"))
+                                                  bias=bias, task_type="CAUSAL_LM"))
     return peft_model.get_nb_trainable_parameters()
 
 

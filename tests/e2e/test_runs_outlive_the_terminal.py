@@ -57,7 +57,7 @@ def long_run(base_config: dict) -> dict:
 
 async def test_a_detached_run_goes_on_alone_and_a_new_monitor_follows_it_to_the_end(
         base_config: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from tests.ui.conftest import make_services, wait_until
+    from tests.ui.conftest import make_services, screen_of, wait_until
     from tuneterm.ui.app import Opening, make_app
     from tuneterm.ui.screens.monitor import MonitorScreen
 
@@ -70,7 +70,7 @@ async def test_a_detached_run_goes_on_alone_and_a_new_monitor_follows_it_to_the_
     app = make_app(make_services(run_dir.parent), Opening("monitor", run_dir=run_dir))
     async with app.run_test(size=(100, 30)) as pilot:
         await wait_until(pilot, lambda: isinstance(app.screen, MonitorScreen))
-        monitor = app.screen
+        monitor = screen_of(app, MonitorScreen)
         await wait_until(pilot, lambda: monitor.view.result is not None, timeout=180, what="the detached run's end")
         assert isinstance(monitor.view.result, RunFinished) and monitor.view.result.status == "completed"
         assert monitor.view.step == monitor.view.total_steps
@@ -83,11 +83,12 @@ def test_tuneterm_stop_stops_a_detached_run_with_a_checkpoint_that_resumes(
     assert main(["train", str(write_config(tmp_path, config)), "--detach"]) == 0
     run_dir = Path(config["training"]["output_dir"])
     wait_for(lambda: logged_step(run_dir) >= 5, what="five steps")
-    assert summarise_run(run_dir).status == "running"
+    running = summarise_run(run_dir)
+    assert running is not None and running.status == "running"
     assert main(["stop", str(run_dir)]) == 0
     out = capsys.readouterr().out
     summary = summarise_run(run_dir)
-    assert summary.status == "stopped" and 5 <= summary.step < 300
+    assert summary is not None and summary.status == "stopped" and 5 <= summary.step < 300
     assert f"Stopped at step {summary.step}" in out
     assert (run_dir / f"checkpoint-{summary.step}" / MARKER_FILE).is_file()
     assert main(["stop", str(run_dir)]) == 1, "a run that is not running says so"
@@ -130,7 +131,7 @@ def test_an_in_app_run_whose_terminal_hangs_up_stops_with_a_checkpoint_that_resu
     process.wait(120)
     os.close(master)
     summary = summarise_run(run_dir)
-    assert summary.status == "stopped", summary
+    assert summary is not None and summary.status == "stopped", summary
     assert (run_dir / f"checkpoint-{summary.step}" / MARKER_FILE).is_file()
     report = report_of(run_dir)  # what its summary and run card say: why, and that it can go on
     assert report.why_it_ended == "stopped by SIGHUP (the terminal went away), with a checkpoint to resume from"

@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from tests.helpers import ROOT, with_changes
-from tuneterm.engine.events import Event, read_events
+from tuneterm.engine.events import Event, StepLogged, read_events
 
 
 def write_config(path: Path, config: dict) -> Path:
@@ -79,7 +79,7 @@ def events_of(run_dir: Path) -> list[Event]:
 
 
 def logged_step(run_dir: Path) -> int:
-    steps = [e.step for e in events_of(run_dir) if type(e).__name__ == "StepLogged"]
+    steps = [e.step for e in events_of(run_dir) if isinstance(e, StepLogged)]
     return steps[-1] if steps else 0
 
 

@@ -19,6 +19,8 @@ from tuneterm.engine.control import RunControl
 from tuneterm.engine.events import (
     CheckpointSaved,
     EvalFinished,
+    Event,
+    EventSink,
     RunFailed,
     RunFinished,
     StepLogged,
@@ -33,6 +35,15 @@ def start(config: dict) -> tuple:
     plan = new_run(config_from_mapping(config))
     events: list = []
     return plan, run(plan, events.append), events
+
+
+def stop_at_step(control: RunControl, step: int) -> EventSink:
+    """A sink that asks the run to stop once it has logged `step`."""
+    def sink(event: Event) -> None:
+        if isinstance(event, StepLogged) and event.step == step:
+            control.request_stop("test")
+
+    return sink
 
 
 def test_a_full_disk_while_saving_is_said_and_the_last_good_checkpoint_kept(tiny_run: dict,
@@ -219,8 +230,7 @@ def test_resume_refuses_changed_data_or_config_and_says_what_changed(tiny_run: d
     shutil.copy(chat_data["train"], train)
     control = RunControl()
     plan = new_run(config_from_mapping(with_changes(tiny_run, data={"train": str(train)})))
-    run(plan, lambda e: control.request_stop("test") if isinstance(e, StepLogged) and e.step == 3 else None,
-        control)
+    run(plan, stop_at_step(control, 3), control)
     with open(train, "a") as handle:
         handle.write(train.read_text().splitlines()[0] + "\n")
     with pytest.raises(RunDirError, match=rf"data.train: {train} changed \(\d[\d,]* bytes then, \d[\d,]* now\)"):
@@ -243,8 +253,7 @@ def test_a_resumed_run_trains_exactly_as_an_uninterrupted_one(tiny_run: dict, tm
     assert isinstance(finished, RunFinished)
     control = RunControl()
     plan = new_run(config_from_mapping(with_changes(tiny_run, training={"output_dir": str(tmp_path / "halves")})))
-    run(plan, lambda e: control.request_stop("test") if isinstance(e, StepLogged) and e.step == 5 else None,
-        control)
+    run(plan, stop_at_step(control, 5), control)
     run(resume_run(plan.run_dir))
     by_step = {e.step: e for e in events_of(plan.run_dir) if isinstance(e, StepLogged)}  # the resumed value wins
     for event in (e for e in straight if isinstance(e, StepLogged)):
@@ -266,8 +275,7 @@ def test_a_failing_event_sink_never_stops_the_run(tiny_run: dict) -> None:
 def test_a_malicious_checkpoint_is_never_unpickled(tiny_run: dict, tmp_path: Path) -> None:
     control = RunControl()
     plan = new_run(config_from_mapping(tiny_run))
-    run(plan, lambda e: control.request_stop("test") if isinstance(e, StepLogged) and e.step == 3 else None,
-        control)
+    run(plan, stop_at_step(control, 3), control)
     checkpoint = max(plan.run_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
     pwned = tmp_path / "pwned"
 

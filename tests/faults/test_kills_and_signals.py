@@ -41,7 +41,8 @@ def test_kill_9_while_a_checkpoint_is_saved_then_resume(tiny_run: dict, tmp_path
     process.wait(30)
     assert (run_dir / "checkpoint-2" / MARKER_FILE).is_file()
     assert (run_dir / "checkpoint-4").is_dir() and not (run_dir / "checkpoint-4" / MARKER_FILE).exists()
-    assert summarise_run(run_dir).status == "interrupted"
+    summary = summarise_run(run_dir)
+    assert summary is not None and summary.status == "interrupted"
 
     plan = resume_run(run_dir)
     assert plan.resume_from == run_dir / "checkpoint-2"
@@ -64,7 +65,8 @@ def test_a_run_killed_while_saving_its_final_adapter_resumes_to_completed_withou
     total = next(e.total_steps for e in events_of(run_dir) if isinstance(e, RunStarted))
     kill(process)
     process.wait(30)
-    assert summarise_run(run_dir).status == "interrupted"
+    summary = summarise_run(run_dir)
+    assert summary is not None and summary.status == "interrupted"
 
     result = run(resume_run(run_dir))
     assert isinstance(result, RunFinished) and result.status == "completed"
@@ -107,7 +109,8 @@ def test_a_second_signal_aborts_at_once_without_a_traceback(tiny_run: dict, tmp_
     assert process.returncode == 130
     assert "Aborted. Continue from the last complete checkpoint with: tuneterm train --resume" in err
     assert "Traceback" not in err
-    assert summarise_run(run_dir).status == "failed"  # the abort is recorded: RunFailed "interrupted"
+    summary = summarise_run(run_dir)
+    assert summary is not None and summary.status == "failed"  # the abort is recorded: RunFailed "interrupted"
 
 
 def test_an_early_stopped_run_killed_while_saving_resumes_without_more_steps(base_config: dict,

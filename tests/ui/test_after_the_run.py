@@ -8,11 +8,13 @@ from pathlib import Path
 from textual.widgets import DataTable, Input, Static
 
 from tests.helpers import DATA
-from tests.ui.conftest import assert_snapshot, make_services, wait_until
+from tests.ui.conftest import assert_snapshot, make_services, screen_of, wait_until, wait_until_drawn
 from tuneterm.ui.app import Opening, make_app
 from tuneterm.ui.screens.chat import ChatScreen
 from tuneterm.ui.screens.compare import CompareScreen
+from tuneterm.ui.screens.dialogs import Choose
 from tuneterm.ui.screens.summary import SummaryScreen
+from tuneterm.ui.widgets.chart import LineChart
 
 
 def _runs_with(finished_run, tmp_path: Path) -> tuple[Path, Path]:
@@ -37,10 +39,11 @@ async def test_a_finished_run_opens_on_its_summary_and_chat_answers_with_both_mo
         await pilot.press("c")
         await wait_until(pilot, lambda: isinstance(app.screen, ChatScreen) and app.screen.model is not None,
                          timeout=120, what="the chat's model")
-        chat = app.screen
+        chat = screen_of(app, ChatScreen)
         assert chat.samples  # the eval prompts the run kept
         await pilot.press("ctrl+r")
-        await pilot.pause(0.3)
+        await wait_until(pilot, lambda: isinstance(app.screen, Choose), what="the eval prompts to choose from")
+        await pilot.wait_for_scheduled_animations()
         await pilot.press("enter")  # the first eval prompt
         await wait_until(pilot, lambda: not chat.generating and chat.answers.get("base"), timeout=120,
                          what="both answers")
@@ -63,9 +66,9 @@ async def test_two_marked_runs_are_compared_with_their_differing_settings(finish
         await pilot.press("space", "down", "space", "C")
         await wait_until(pilot, lambda: isinstance(app.screen, CompareScreen) and app.screen.curves,
                          what="the comparison")
-        screen = app.screen
+        screen = screen_of(app, CompareScreen)
         assert {run.run_dir for run in screen.curves} == {tuned, recorded}
-        assert len(screen.query_one("#compare-chart").figure.series) == 2
+        assert len(screen.query_one("#compare-chart", LineChart).figure.series) == 2
         assert screen.query_one("#compare-table", DataTable).row_count > 0
         await pilot.press("t")  # by tokens seen: the recorded run kept no token counts, and says so
         await wait_until(pilot, lambda: any("no token counts" in n.message for n in app._notifications),
@@ -79,6 +82,6 @@ async def test_summary_of_a_recorded_run_at_80x24(tmp_path: Path) -> None:
     app = make_app(make_services(tmp_path / "runs"), Opening("monitor", run_dir=run))
     async with app.run_test(size=(80, 24)) as pilot:
         await wait_until(pilot, lambda: isinstance(app.screen, SummaryScreen) and app.screen.report is not None)
-        await pilot.pause(0.2)
+        await wait_until_drawn(pilot)
         assert not app.screen.check_action("chat", ())  # it saved no adapter: nothing to chat with or merge
         assert_snapshot(app, "summary_80x24")

@@ -1,18 +1,33 @@
-"""The monitor, driven as a person would: a real tiny run launched from the wizard, its controls, recorded runs
-shown the same at 100x30 and 80x24."""
+"""The monitor, driven as a person would: a real tiny run launched from the wizard until early stopping, its
+controls on the recorded run replayed, quitting during a real run, recorded runs shown the same at 100x30 and
+80x24."""
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
+from textual.pilot import Pilot
+
 from tests.helpers import DATA, noise_chat
-from tests.ui.conftest import assert_snapshot, make_services, wait_until
-from tuneterm.engine.events import EvalFinished, RunFinished
+from tests.ui.conftest import (
+    RecordedRunner,
+    assert_snapshot,
+    make_services,
+    recorded_events,
+    screen_of,
+    wait_until,
+    wait_until_drawn,
+)
+from tuneterm.engine.events import CheckpointSaved, EvalFinished, RunFinished, read_events
 from tuneterm.ui.app import Opening, make_app
 from tuneterm.ui.draft import Draft
+from tuneterm.ui.screens.dialogs import AskNumber
 from tuneterm.ui.screens.monitor import MonitorScreen
 from tuneterm.ui.screens.summary import SummaryScreen
+from tuneterm.ui.screens.wizard import WizardScreen
+from tuneterm.ui.widgets.chart import LineChart
 
 
 def noise_run(tiny_model: Path, tmp_path: Path) -> dict:
@@ -23,13 +38,15 @@ def noise_run(tiny_model: Path, tmp_path: Path) -> dict:
                          "warmup_steps": 0, "lr_scheduler_type": "constant", "gradient_checkpointing": False}}
 
 
-async def launch(pilot, draft: Draft) -> MonitorScreen:
+async def launch(pilot: Pilot[None]) -> MonitorScreen:
+    """From the wizard's review step: launched in the app once the plan is ready; its monitor."""
     app = pilot.app
-    await wait_until(pilot, lambda: app.screen.plan is not None and app.screen.plan.data is not None,
+    wizard = screen_of(app, WizardScreen)
+    await wait_until(pilot, lambda: wizard.planning.plan is not None and wizard.planning.plan.data is not None,
                      what="the plan")
     await pilot.press("ctrl+r")
     await wait_until(pilot, lambda: isinstance(app.screen, MonitorScreen), what="the monitor")
-    return app.screen
+    return screen_of(app, MonitorScreen)
 
 
 async def test_a_run_launched_from_the_wizard_fills_the_monitor_until_early_stopping(tiny_model: Path,
@@ -37,21 +54,22 @@ async def test_a_run_launched_from_the_wizard_fills_the_monitor_until_early_stop
     draft = Draft.from_mapping(noise_run(tiny_model, tmp_path))
     app = make_app(make_services(tmp_path / "runs"), Opening("wizard", draft, "review"))
     async with app.run_test(size=(100, 30)) as pilot:
-        monitor = await launch(pilot, draft)
+        monitor = await launch(pilot)
         await wait_until(pilot, lambda: monitor.view.result is not None, timeout=180, what="the end of the run")
-        await pilot.pause(0.6)
-        result = monitor.view.result
+        await wait_until(pilot, lambda: monitor.drawn_version == monitor.view.version, what="the end drawn")
+        result, best = monitor.view.result, monitor.view.best
         assert isinstance(result, RunFinished) and result.status == "early_stopped", result
-        chart = monitor.query_one("#loss-chart").figure
+        assert best is not None
+        chart = monitor.query_one("#loss-chart", LineChart).figure
         assert len(chart.series["train"].ys) == result.global_step
         assert len(chart.series["eval"].ys) == len(monitor.view.evals)
-        assert chart.vertical["best"][0] == monitor.view.best.step
+        assert chart.vertical["best"][0] == best.step
         status = str(monitor.query_one("#run-status").render())
         assert "early stopped" in status and "best eval loss" in status
         panel = str(monitor.query_one("#early-stopping").render())
-        assert f"best  {monitor.view.best.eval_loss:.4f} at step {monitor.view.best.step}" in panel
+        assert f"best  {best.eval_loss:.4f} at step {best.step}" in panel
         assert "loads at the end: checkpoint-" in panel
-        assert monitor.query_one("#rate-chart").figure.series["planned"].ys
+        assert monitor.query_one("#rate-chart", LineChart).figure.series["planned"].ys
         assert (Path(result.run_dir) / "adapter_model.safetensors").is_file()
         await pilot.press("v")  # its summary, and l back to the same monitor
         await wait_until(pilot, lambda: isinstance(app.screen, SummaryScreen), what="the summary")
@@ -60,33 +78,36 @@ async def test_a_run_launched_from_the_wizard_fills_the_monitor_until_early_stop
 
 
 async def test_evaluate_now_and_stop_from_the_monitor(tiny_model: Path, chat_data: dict, tmp_path: Path) -> None:
-    config = {"model": {"path": str(tiny_model)}, "data": {"train": str(chat_data["train"])},
-              "training": {"learning_rate": 3e-3, "num_train_epochs": 30, "per_device_train_batch_size": 4,
-                           "gradient_accumulation_steps": 1, "eval_steps": 50, "gradient_checkpointing": False}}
-    draft = Draft.from_mapping(config)
-    app = make_app(make_services(tmp_path / "runs"), Opening("wizard", draft, "review"))
+    """On the recorded run replayed: what a stop leaves on disk is the quitting test's, on a real run."""
+    config = {"model": {"path": str(tiny_model)}, "data": {"train": str(chat_data["train"])}}
+    scheduled = {event.step for event in recorded_events(tmp_path) if isinstance(event, EvalFinished)}
+    services = make_services(tmp_path / "runs", train_run=RecordedRunner())
+    app = make_app(services, Opening("wizard", Draft.from_mapping(config), "review"))
     async with app.run_test(size=(100, 30), notifications=True) as pilot:
-        monitor = await launch(pilot, draft)
-        await wait_until(pilot, lambda: monitor.view.step >= 3, timeout=120, what="three steps")
+        monitor = await launch(pilot)
+        await wait_until(pilot, lambda: monitor.view.step >= 3, what="three steps")
         await pilot.press("e")
-        await wait_until(pilot, lambda: any(e.step % 50 for e in monitor.view.evals if e.step), timeout=120,
+        await wait_until(pilot, lambda: any(e.step not in scheduled for e in monitor.view.evals),
                          what="an evaluation between the scheduled ones")
         await pilot.press("s")
-        await wait_until(pilot, lambda: monitor.view.result is not None, timeout=120, what="the stop")
+        await wait_until(pilot, lambda: monitor.view.result is not None, what="the stop")
         result = monitor.view.result
         assert isinstance(result, RunFinished) and result.status == "stopped"
-        assert (Path(result.run_dir) / f"checkpoint-{result.global_step}" / "tuneterm-complete.json").is_file()
         assert any("Stopping after the current step" in n.message for n in app._notifications)
         assert not monitor.check_action("stop", ()), "a finished run cannot be stopped again"
         await pilot.press("r")
-        await wait_until(pilot, lambda: app.screen is not monitor and app.screen.view.started is not None
-                         and app.screen.view.step > result.global_step, timeout=120, what="the resumed run")
-        resumed = app.screen
-        assert resumed.run_dir == monitor.run_dir and resumed.view.started.resumed_from
+        await wait_until(pilot, lambda: isinstance(app.screen, MonitorScreen) and app.screen is not monitor
+                         and app.screen.view.started is not None and app.screen.view.step > result.global_step,
+                         what="the resumed run")
+        resumed = screen_of(app, MonitorScreen)
+        assert resumed.run_dir == monitor.run_dir
+        assert resumed.view.started is not None and resumed.view.started.resumed_from
         assert resumed.view.steps[0] == 1, "the resumed run's monitor shows the run from its first step"
         await pilot.press("s")
-        await wait_until(pilot, lambda: resumed.view.result is not None, timeout=120, what="the second stop")
-        assert resumed.view.result.status == "stopped" and resumed.view.result.global_step > result.global_step
+        await wait_until(pilot, lambda: resumed.view.result is not None, what="the second stop")
+        second = resumed.view.result
+        assert isinstance(second, RunFinished)
+        assert second.status == "stopped" and second.global_step > result.global_step
         await pilot.press("v")  # its summary says what stopped it, and resumes it too
         await wait_until(pilot, lambda: isinstance(app.screen, SummaryScreen) and app.screen.report is not None,
                          what="the summary")
@@ -95,21 +116,21 @@ async def test_evaluate_now_and_stop_from_the_monitor(tiny_model: Path, chat_dat
         assert f"tuneterm train --resume {resumed.run_dir}" in text
         await pilot.press("r")
         await wait_until(pilot, lambda: isinstance(app.screen, MonitorScreen) and app.screen.view.started is not None
-                         and app.screen.view.step > resumed.view.result.global_step, timeout=120,
-                         what="the run resumed from its summary")
-        again = app.screen
+                         and app.screen.view.step > second.global_step, what="the run resumed from its summary")
+        again = screen_of(app, MonitorScreen)
         await pilot.press("s")
-        await wait_until(pilot, lambda: again.view.result is not None, timeout=120, what="the third stop")
+        await wait_until(pilot, lambda: again.view.result is not None, what="the third stop")
 
 
 async def test_quitting_during_an_in_app_run_stops_it_with_a_checkpoint(tiny_model: Path, chat_data: dict,
                                                                         tmp_path: Path) -> None:
+    """A real run: a stop asked of it in the app ends it with a complete checkpoint to resume from."""
     config = {"model": {"path": str(tiny_model)}, "data": {"train": str(chat_data["train"])},
               "training": {"num_train_epochs": 30, "per_device_train_batch_size": 4, "gradient_checkpointing": False,
                            "gradient_accumulation_steps": 1}}
     app = make_app(make_services(tmp_path / "runs"), Opening("wizard", Draft.from_mapping(config), "review"))
     async with app.run_test(size=(100, 30)) as pilot:
-        monitor = await launch(pilot, Draft())
+        monitor = await launch(pilot)
         await wait_until(pilot, lambda: monitor.view.step >= 2, timeout=120, what="two steps")
         run_dir = monitor.run_dir
         await pilot.press("ctrl+q")
@@ -119,7 +140,7 @@ async def test_quitting_during_an_in_app_run_stops_it_with_a_checkpoint(tiny_mod
     from tuneterm.engine.rundir.runs import summarise_run
 
     summary = summarise_run(run_dir)
-    assert summary.status == "stopped"
+    assert summary is not None and summary.status == "stopped"
     assert (run_dir / f"checkpoint-{summary.step}" / "tuneterm-complete.json").is_file()
 
 
@@ -129,8 +150,10 @@ async def _recorded(tmp_path: Path, size: tuple[int, int], name: str, tab: str =
     app = make_app(make_services(tmp_path / "runs"), Opening("monitor", run_dir=run))
     async with app.run_test(size=size) as pilot:
         await curves_of_a_finished_run(app, pilot)
-        app.screen.action_tab(tab)
-        await pilot.pause(1.2)  # the panes redraw on a timer
+        monitor = screen_of(app, MonitorScreen)
+        monitor.action_tab(tab)
+        await wait_until(pilot, lambda: monitor.drawn_version == monitor.view.version, what="the panes drawn")
+        await wait_until_drawn(pilot)
         assert_snapshot(app, name)
 
 
@@ -152,7 +175,7 @@ async def test_a_replayed_run_shows_every_evaluation(tmp_path: Path) -> None:
     app = make_app(make_services(tmp_path / "runs"), Opening("monitor", run_dir=run))
     async with app.run_test(size=(100, 30)) as pilot:
         await curves_of_a_finished_run(app, pilot)
-        monitor = app.screen
+        monitor = screen_of(app, MonitorScreen)
         recorded = [line for line in (run / "events.jsonl").read_text().splitlines() if "EvalFinished" in line]
         assert len(monitor.view.evals) == len(recorded)
         assert all(isinstance(e, EvalFinished) for e in monitor.view.evals)
@@ -176,6 +199,34 @@ async def test_tuneterm_runs_opens_with_the_cursor_on_the_runs_and_enter_opens_t
         await wait_until(pilot, lambda: app.focused is not None and app.focused.id == "runs", what="the run list")
         await pilot.press("enter")
         await curves_of_a_finished_run(app, pilot)
-        assert app.screen.run_dir == run
+        assert screen_of(app, MonitorScreen).run_dir == run
         await pilot.press("v")
         await wait_until(pilot, lambda: isinstance(app.screen, SummaryScreen), what="back to the summary")
+
+
+async def test_save_now_and_patience_from_the_monitor_of_a_real_run(tiny_model: Path, tmp_path: Path) -> None:
+    """A real run in the app: `c` names the step its checkpoint is written at, `p` takes the patience typed while
+    the run trains, and a patience dialog left open goes away when the run ends."""
+    config = noise_run(tiny_model, tmp_path)
+    config["training"].update(num_train_epochs=12, eval_steps=8, early_stopping_patience=20, save_total_limit=100)
+    app = make_app(make_services(tmp_path / "runs"), Opening("wizard", Draft.from_mapping(config), "review"))
+    async with app.run_test(size=(100, 30), notifications=True) as pilot:
+        monitor = await launch(pilot)
+        await wait_until(pilot, lambda: monitor.view.step >= 2, timeout=120, what="two steps")
+        await pilot.press("c")
+        named = [int(m.group(1)) for n in app._notifications
+                 if (m := re.match(r"checkpoint-(\d+) is saved at the end of step \1\b", n.message))]
+        assert named, [n.message for n in app._notifications]
+        await pilot.press("p")
+        await wait_until(pilot, lambda: isinstance(app.screen, AskNumber), what="the patience dialog")
+        await pilot.press("7", "enter")
+        await wait_until(pilot, lambda: monitor.view.patience == 7, timeout=60, what="the patience typed, applied")
+        await pilot.press("p")
+        await wait_until(pilot, lambda: isinstance(app.screen, AskNumber), what="the patience dialog again")
+        await wait_until(pilot, lambda: monitor.view.result is not None, timeout=180, what="the end of the run")
+        await wait_until(pilot, lambda: app.screen is monitor and any("The run has ended" in n.message
+                                                                   for n in app._notifications),
+                         what="the dialog closed with the run, saying so")
+        run_dir = monitor.run_dir
+    saved = [e.step for e in read_events(run_dir / "events.jsonl") if isinstance(e, CheckpointSaved)]
+    assert named[0] in saved and (run_dir / f"checkpoint-{named[0]}").is_dir(), (named, saved)

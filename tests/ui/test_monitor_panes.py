@@ -10,7 +10,7 @@ import socket
 from pathlib import Path
 
 from tests.helpers import DATA
-from tests.ui.conftest import make_services, wait_until
+from tests.ui.conftest import make_services, screen_of, wait_until
 from tuneterm.engine.events import RunStarted, event_from_json
 from tuneterm.ui.app import Opening, make_app
 from tuneterm.ui.screens.monitor import MonitorScreen
@@ -48,7 +48,8 @@ async def system_tab(tmp_path: Path, resolved: bool) -> str:
         await pilot.press("l")
         await wait_until(pilot, lambda: isinstance(app.screen, MonitorScreen) and app.screen.view.result is not None,
                          what="the monitor")
-        monitor = app.screen
+        monitor = screen_of(app, MonitorScreen)
+        assert monitor.view.started is not None
         assert monitor.view.started.eval_steps == 9 and monitor.view.patience == 3
         monitor.read_system()
         return str(monitor.query_one("#system-detail").render())

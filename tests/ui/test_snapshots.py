@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import write_jsonl
-from tests.ui.conftest import NOW, assert_snapshot, make_services, wait_until
+from tests.ui.conftest import NOW, assert_snapshot, make_services, screen_of, wait_until, wait_until_drawn
 from tuneterm.ui.app import Opening, make_app
 from tuneterm.ui.draft import Draft
+from tuneterm.ui.screens.wizard import WizardScreen
 
 FIXED = Path("/tmp/tuneterm-ui-snapshots-v1")
 
@@ -68,9 +69,9 @@ async def _wizard_at(fixed_files: Path, tmp_path: Path, step: str, size: tuple[i
                                 "training": {"learning_rate": 1e-3}})
     app = make_app(make_services(tmp_path / "runs"), Opening("wizard", draft, step))
     async with app.run_test(size=size) as pilot:
-        wizard = app.screen
-        await wait_until(pilot, lambda: wizard.plan is not None and wizard.plan.data is not None)
-        await pilot.pause(0.8)  # the charts redraw on a timer
+        wizard = screen_of(app, WizardScreen)
+        await wait_until(pilot, lambda: wizard.planning.plan is not None and wizard.planning.plan.data is not None)
+        await wait_until_drawn(pilot)
         assert_snapshot(app, name)
 
 

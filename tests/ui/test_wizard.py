@@ -1,4 +1,5 @@
-"""The wizard driven with the keyboard, as a person would: on the offline tiny model and data."""
+"""The wizard driven with the keyboard, as a person would (paths and values pasted into their fields, as a terminal
+delivers a paste): on the offline tiny model and data."""
 
 from __future__ import annotations
 
@@ -6,8 +7,12 @@ from pathlib import Path
 
 import pytest
 import yaml
+from textual import events
+from textual.app import App
+from textual.command import CommandList
+from textual.widgets import Input
 
-from tests.ui.conftest import make_services, wait_until
+from tests.ui.conftest import make_services, screen_of, wait_until
 from tuneterm.config import load_config
 from tuneterm.ui.app import Opening, make_app
 from tuneterm.ui.draft import Draft
@@ -16,10 +21,13 @@ from tuneterm.ui.widgets.fields import SettingField
 
 
 async def type_into(pilot, selector: str, text: str, submit: bool = True) -> None:
+    """Replace what the field says with `text`, pasted in one change (Pilot spends 50 ms or more on each key
+    pressed), then press enter unless `submit` is False."""
     widget = pilot.app.screen.query_one(selector)
     widget.focus()
     widget.value = ""
-    await pilot.press(*text)
+    widget.post_message(events.Paste(text))
+    await pilot.pause()
     if submit:
         await pilot.press("enter")
     await pilot.pause()
@@ -29,10 +37,10 @@ async def choose_model_and_data(pilot, model: Path, data: Path) -> WizardScreen:
     wizard = pilot.app.screen
     assert isinstance(wizard, WizardScreen)
     await type_into(pilot, "#model-path", str(model))
-    await wait_until(pilot, lambda: wizard.facts is not None, what="the model's facts")
+    await wait_until(pilot, lambda: wizard.planning.facts is not None, what="the model's facts")
     await pilot.press("ctrl+n")
     await type_into(pilot, "#data-path", str(data))
-    await wait_until(pilot, lambda: wizard.summary is not None, what="the data summary")
+    await wait_until(pilot, lambda: wizard.planning.summary is not None, what="the data summary")
     return wizard
 
 
@@ -42,8 +50,9 @@ async def test_walk_the_wizard_back_and_forth_take_advice_and_get_the_config(ser
     async with app.run_test(size=(100, 30)) as pilot:
         wizard = await choose_model_and_data(pilot, tiny_model, chat_data["train"])
         assert wizard.step == "data"
-        assert wizard.plan is not None and wizard.plan.schedule is not None, "the data gives the schedule"
-        assert wizard.plan.schedule.train_examples == 144  # 160 examples, 10% held out
+        plan = wizard.planning.plan
+        assert plan is not None and plan.schedule is not None, "the data gives the schedule"
+        assert plan.schedule.train_examples == 144  # 160 examples, 10% held out
 
         await pilot.press("ctrl+n")
         assert wizard.step == "settings"
@@ -53,7 +62,7 @@ async def test_walk_the_wizard_back_and_forth_take_advice_and_get_the_config(ser
         assert field.advice is not None and "well above the recommended 2e-4" in field.advice.message
         await pilot.press("ctrl+t")  # take the suggestion of the focused field
         assert wizard.draft.get("training.learning_rate") == 2e-4
-        assert field.query_one("#control").value == "0.0002", "the field the cursor is in shows what was taken"
+        assert field.query_one("#control", Input).value == "0.0002", "the field the cursor is in shows what was taken"
         await type_into(pilot, "#field-training-per_device_train_batch_size #control", "4", submit=False)
 
         # Back twice and forward again: nothing entered is lost.
@@ -63,8 +72,9 @@ async def test_walk_the_wizard_back_and_forth_take_advice_and_get_the_config(ser
         assert wizard.step == "review"
         assert wizard.draft.values == {"model.path": str(tiny_model), "data.train": str(chat_data["train"]),
                                        "training.learning_rate": 2e-4, "training.per_device_train_batch_size": 4}
-        assert wizard.config is not None and not [p for p in wizard.problems if p.level == "error"]
-        assert wizard.plan.config.get("training.max_length") % 64 == 0, "derived from the data"
+        assert wizard.planning.config is not None and not [p for p in wizard.planning.problems if p.level == "error"]
+        plan = wizard.planning.plan
+        assert plan is not None and plan.config.get("training.max_length") % 64 == 0, "derived from the data"
 
         # Save, and the file is the config: it loads to the same values.
         target = tmp_path / "saved.yaml"
@@ -113,19 +123,19 @@ async def test_leaving_with_unsaved_settings_asks_first(services, tiny_model: Pa
         await pilot.press("ctrl+q")
         await pilot.pause()
         assert type(app.screen).__name__ == "Confirm", "quitting asks too"
-        assert app.focused.id == "no", "the safe answer first"
+        assert app.focused is not None and app.focused.id == "no", "the safe answer first"
         await pilot.press("left")
-        assert app.focused.id == "yes", "the arrows move between the answers"
+        assert app.focused is not None and app.focused.id == "yes", "the arrows move between the answers"
         await pilot.press("right")
-        assert app.focused.id == "no"
+        assert app.focused is not None and app.focused.id == "no"
 
 
 async def test_a_model_path_typed_without_enter_is_applied_when_the_field_is_left(services, tiny_model: Path) -> None:
     app = make_app(services, Opening("wizard", Draft()))
     async with app.run_test(size=(100, 30)) as pilot:
-        wizard = app.screen
+        wizard = screen_of(app, WizardScreen)
         await type_into(pilot, "#model-path", str(tiny_model))
-        await wait_until(pilot, lambda: wizard.facts is not None)
+        await wait_until(pilot, lambda: wizard.planning.facts is not None)
         await type_into(pilot, "#model-path", "?", submit=False)  # the field now says "?"
         await pilot.press("ctrl+n")
         await wait_until(pilot, lambda: wizard.draft.get("model.path") == "?", what="the typed path applied")
@@ -137,7 +147,7 @@ async def model_then_data(pilot, model: Path, data: Path):
     """From an empty wizard: type the model, go to the data step, type the data path; the wizard screen."""
     wizard = pilot.app.screen
     await type_into(pilot, "#model-path", str(model))
-    await wait_until(pilot, lambda: wizard.facts is not None)
+    await wait_until(pilot, lambda: wizard.planning.facts is not None)
     await pilot.press("ctrl+n")
     await type_into(pilot, "#data-path", str(data))
     return wizard
@@ -154,14 +164,15 @@ async def test_a_broken_dataset_shows_its_lines_and_can_leave_them_out(services,
     app = make_app(services, Opening("wizard", Draft()))
     async with app.run_test(size=(100, 30)) as pilot:
         wizard = await model_then_data(pilot, tiny_model, broken)
-        await wait_until(pilot, lambda: wizard.summary is not None or wizard.data_error is not None)
+        await wait_until(pilot, lambda: wizard.planning.summary is not None or wizard.planning.data_error is not None)
         report = str(wizard.query_one("#data-report").render())
         assert f"{broken}:2: messages[1]: unknown role 'robot'" in report
-        assert any(p.level == "error" and p.location.key == "data.train" for p in wizard.problems)
+        assert any(p.level == "error" and p.location.key == "data.train" for p in wizard.planning.problems)
         wizard.query_one("#leave-out-invalid").value = True  # leave it out: the record is named, not fatal
-        await wait_until(pilot, lambda: wizard.draft.get("data.strict") is False and not wizard.step_problems("data"),
-                         what="the invalid record left out")
-        assert any(p.level == "warning" and "left out (data.strict: false)" in p.message for p in wizard.problems)
+        await wait_until(pilot, lambda: wizard.draft.get("data.strict") is False
+                         and not wizard.planning.step_problems("data"), what="the invalid record left out")
+        assert any(p.level == "warning" and "left out (data.strict: false)" in p.message
+                   for p in wizard.planning.problems)
 
 
 async def test_unknown_columns_get_a_column_mapper_that_fixes_them(services, tiny_model: Path,
@@ -173,13 +184,13 @@ async def test_unknown_columns_get_a_column_mapper_that_fixes_them(services, tin
     app = make_app(services, Opening("wizard", Draft()))
     async with app.run_test(size=(100, 30)) as pilot:
         wizard = await model_then_data(pilot, tiny_model, data)
-        await wait_until(pilot, lambda: wizard.data_error is not None)
+        await wait_until(pilot, lambda: wizard.planning.data_error is not None)
         assert wizard.query_one("#column-mapper").display
         wizard.query_one("#map-instruction").value = "question"
         wizard.query_one("#map-output").value = "answer"
-        await wait_until(pilot, lambda: wizard.summary is not None, what="the data read with the mapping")
+        await wait_until(pilot, lambda: wizard.planning.summary is not None, what="the data read with the mapping")
         assert wizard.draft.get("data.columns") == {"instruction": "question", "output": "answer"}
-        assert wizard.summary.train.detection.format == "alpaca"
+        assert wizard.planning.summary.train.detection.format == "alpaca"
 
 
 async def test_a_config_file_opens_at_the_review_step(services, tiny_model: Path, chat_data: dict,
@@ -192,18 +203,26 @@ async def test_a_config_file_opens_at_the_review_step(services, tiny_model: Path
                     "  learning_rate: 1e-4\n")
     opened: list = []
     monkeypatch.setattr(app_module.TuneTermApp, "run", lambda self: opened.append(self.opening))
-    monkeypatch.setattr(cli, "_has_terminal", lambda: True)
+    monkeypatch.setattr("tuneterm.cli.app.has_terminal", lambda: True)
     assert cli.main([str(path)]) == 0
     [opening] = opened
     assert opening.screen == "wizard" and opening.step == "review"
     assert opening.draft.values["training.learning_rate"] == 1e-4 and opening.draft.source == path
     app = make_app(services, opening)
     async with app.run_test(size=(100, 30)) as pilot:
-        wizard = app.screen
-        await wait_until(pilot, lambda: wizard.plan is not None and wizard.plan.data is not None)
+        wizard = screen_of(app, WizardScreen)
+        await wait_until(pilot, lambda: wizard.planning.plan is not None and wizard.planning.plan.data is not None)
         assert wizard.step == "review" and not wizard.draft.dirty
         assert wizard.draft.command_line() == f"tuneterm train {path}"
         assert "Ready to launch" in str(wizard.query_one("#review-status").render())
+
+
+def _first_command(app: App[None]) -> str | None:
+    """The best match the command palette shows for what was typed in it, None before it shows one."""
+    if not app.screen.query(CommandList):
+        return None
+    matches = app.screen.query_one(CommandList)
+    return str(matches.get_option_at_index(0).prompt).splitlines()[0] if matches.option_count else None
 
 
 async def test_the_command_palette_runs_the_wizard_actions(services) -> None:
@@ -212,7 +231,7 @@ async def test_the_command_palette_runs_the_wizard_actions(services) -> None:
         await pilot.press("ctrl+p")
         await pilot.pause()
         await pilot.press(*"launch the run")
-        await pilot.pause(0.5)
+        await wait_until(pilot, lambda: _first_command(app) == "Launch the run", what="the palette's search")
         await pilot.press("enter")
         await wait_until(pilot, lambda: any("Not ready" in n.message for n in app._notifications),
                          what="the launch action run from the palette")
@@ -231,8 +250,8 @@ async def test_two_gpus_and_fsdp_plan_memory_per_gpu_and_show_the_launch_command
     app = make_app(make_services(tmp_path / "runs", read_gpus=lambda: two), Opening("wizard", Draft()))
     async with app.run_test(size=(100, 30)) as pilot:
         wizard = await model_then_data(pilot, tiny_model, chat_data["train"])
-        await wait_until(pilot, lambda: wizard.plan is not None and wizard.plan.data is not None)
-        single = wizard.plan.memory.total_bytes
+        await wait_until(pilot, lambda: wizard.planning.plan is not None and wizard.planning.plan.data is not None)
+        single = wizard.planning.plan.memory.total_bytes
         wizard.show_step("settings")
         await pilot.pause()
         assert wizard.query_one("#gpu-choice").display
@@ -240,9 +259,9 @@ async def test_two_gpus_and_fsdp_plan_memory_per_gpu_and_show_the_launch_command
         gpus.select_all()
         await wait_until(pilot, lambda: wizard.draft.gpus == (0, 1) and wizard.draft.strategy == "ddp")
         wizard.query_one("#strategy", Select).value = "fsdp"
-        await wait_until(pilot, lambda: wizard.draft.strategy == "fsdp" and wizard.plan is not None)
-        assert wizard.plan.memory_setup.world_size == 2
-        assert wizard.plan.memory.total_bytes < single  # weights, gradients and optimizer state sharded
+        await wait_until(pilot, lambda: wizard.draft.strategy == "fsdp" and wizard.planning.plan is not None)
+        assert wizard.planning.plan.memory_setup.world_size == 2
+        assert wizard.planning.plan.memory.total_bytes < single  # weights, gradients and optimizer state sharded
         assert "per GPU" in str(wizard.query_one("#plan-memory").render())
         review = wizard.query_one("#review-command")
         text = str(review.render())
@@ -269,14 +288,14 @@ async def test_the_demo_says_it_is_building_until_the_wizard_opens_and_builds_on
     app = make_app(make_services(tmp_path / "runs", demo_dir=build), Opening(demo=True))
     async with app.run_test(size=(100, 30), notifications=True) as pilot:
         await wait_until(pilot, lambda: builds, what="the build started")
-        await pilot.pause(0.3)
-        assert any("Building the demo" in n.message for n in app._notifications)
+        await wait_until(pilot, lambda: any("Building the demo" in n.message for n in app._notifications),
+                         what="the building said")
         await pilot.press("d")  # again, impatient
-        await pilot.pause(0.3)
-        assert any("Still building the demo" in n.message for n in app._notifications)
+        await wait_until(pilot, lambda: any("Still building the demo" in n.message for n in app._notifications),
+                         what="the still building said")
         release.set()
         await wait_until(pilot, lambda: isinstance(app.screen, WizardScreen), what="the wizard")
-        assert app.screen.draft.get("model.path") == str(demo / "model") and builds == [1]
+        wizard = screen_of(app, WizardScreen)
+        assert wizard.draft.get("model.path") == str(demo / "model") and builds == [1]
         assert not any("Building the demo" in n.message for n in app._notifications), "said only while building"
-        wizard = app.screen
-        await wait_until(pilot, lambda: wizard.facts is not None, what="the demo model read")
+        await wait_until(pilot, lambda: wizard.planning.facts is not None, what="the demo model read")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import write_jsonl
-from tuneterm.config import config_from_mapping
+from tuneterm.config import RunConfig, config_from_mapping
 from tuneterm.data.formats import FormatUnknown
 from tuneterm.data.pipeline import read_examples
 from tuneterm.data.prepare import prepare
@@ -27,7 +27,7 @@ def good(i: int) -> dict:
                          {"role": "assistant", "content": f"{i + 2}."}]}
 
 
-def config_for(train: Path, **data: object) -> object:
+def config_for(train: Path, **data: object) -> RunConfig:
     return config_from_mapping({"model": {"path": "unused"}, "data": {"train": str(train), "val_size": 0, **data},
                                 "training": {"max_length": 64}})
 

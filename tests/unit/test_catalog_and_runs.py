@@ -96,5 +96,6 @@ def test_runs_are_listed_with_a_truthful_status(tmp_path: Path) -> None:
     assert by_name["killed"].step == 4 and by_name["killed"].best_eval_loss == 1.1
     assert by_name["live"].status == "running"
     assert by_name["live"].method == "qlora" and by_name["live"].model == "org/model"
-    assert summarise_run(live).status == "interrupted", "the lock is gone with its holder"
+    gone = summarise_run(live)
+    assert gone is not None and gone.status == "interrupted", "the lock is gone with its holder"
     assert "not-a-run" not in by_name

@@ -9,7 +9,7 @@ import pytest
 
 from tests.helpers import DATA, write_jsonl
 from tuneterm.cli import main
-from tuneterm.config import config_from_mapping
+from tuneterm.config import RunConfig, config_from_mapping
 from tuneterm.data.formats import FormatUnknown
 from tuneterm.data.inspect import inspect_data, report_to_json
 from tuneterm.data.pipeline import read_examples
@@ -136,7 +136,7 @@ def test_parquet_csv_saved_datasets_and_directories(tmp_path: Path) -> None:
     assert records[2].location == Location(str(tmp_path / "folder" / "b.jsonl"), 1)
 
 
-def config_for(train: Path, **data: object) -> object:
+def config_for(train: Path, **data: object) -> RunConfig:
     return config_from_mapping({"model": {"path": "unused"}, "data": {"train": str(train), "val_size": 0, **data},
                                 "training": {"max_length": 64}})
 

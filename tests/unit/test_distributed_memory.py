@@ -12,7 +12,7 @@ from tests.helpers import DATA
 from tuneterm.cli import main
 from tuneterm.config import config_from_mapping
 from tuneterm.hardware import Device
-from tuneterm.plan.memory import STRATEGIES, MemorySetup, estimate_memory
+from tuneterm.plan.memory import STRATEGIES, MemorySetup, Strategy, estimate_memory
 from tuneterm.plan.model import LoraShape, load_model_facts
 from tuneterm.plan.resolve import resolve
 
@@ -27,7 +27,7 @@ def llama():  # noqa: ANN201
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)
-def test_one_process_is_the_single_gpu_estimate_whatever_the_strategy(llama, strategy: str) -> None:  # noqa: ANN001
+def test_one_process_is_the_single_gpu_estimate_whatever_the_strategy(llama, strategy: Strategy) -> None:  # noqa: ANN001
     for setup in (LORA, QLORA, replace(LORA, method="full", lora=LoraShape())):
         assert estimate_memory(llama, replace(setup, strategy=strategy)) == estimate_memory(llama, setup)
 
@@ -40,7 +40,7 @@ def test_ddp_keeps_a_full_replica_per_gpu_and_a_bucket_per_gradient(llama) -> No
 
 
 @pytest.mark.parametrize("strategy", ["fsdp", "deepspeed-zero3"])
-def test_fsdp_and_zero3_shard_weights_gradients_and_optimizer_state(llama, strategy: str) -> None:  # noqa: ANN001
+def test_fsdp_and_zero3_shard_weights_gradients_and_optimizer_state(llama, strategy: Strategy) -> None:  # noqa: ANN001
     for setup in (LORA, QLORA):
         one = estimate_memory(llama, setup).breakdown
         four = estimate_memory(llama, replace(setup, world_size=4, strategy=strategy)).breakdown

@@ -7,6 +7,7 @@ import time
 import types
 import warnings
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -130,7 +131,8 @@ def test_without_network_the_hub_is_asked_once_and_again_next_time(monkeypatch: 
 def _raise_not_found(self: object, *args: object, **kwargs: object) -> None:
     from huggingface_hub.errors import RepositoryNotFoundError
 
-    raise RepositoryNotFoundError("404", response=types.SimpleNamespace(status_code=404, headers={}, request=None))
+    response: Any = types.SimpleNamespace(status_code=404, headers={}, request=None)  # what the error reads of one
+    raise RepositoryNotFoundError("404", response=response)
 
 
 def test_paths_and_hub_ids_are_told_apart(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

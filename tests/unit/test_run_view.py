@@ -54,9 +54,11 @@ def test_a_recorded_run_replays_to_its_numbers() -> None:
     for event in read_events(RECORDED / "events.jsonl"):
         view.apply(event)
     assert view.state == "completed" and view.step == 132 == view.total_steps
-    assert len(view.steps) == 132 and math.isclose(view.baseline, 3.3135, rel_tol=1e-4)
+    assert len(view.steps) == 132 and view.baseline is not None and math.isclose(view.baseline, 3.3135, rel_tol=1e-4)
     assert view.best is not None and view.best.step == 117
-    planned = dict(view.planned_rates(points=1000))
+    curve = view.planned_rates(points=1000)
+    assert curve is not None
+    planned = dict(curve)
     for step, rate in zip(view.steps, view.rates):  # the planned curve is the one the Trainer followed
         if step in planned:
             assert math.isclose(planned[step], rate, rel_tol=1e-6, abs_tol=1e-12)
@@ -229,8 +231,9 @@ def test_samples_per_second_count_the_effective_batch_and_old_runs_the_average_p
 
 
 def test_the_memory_estimate_comes_with_the_start_and_old_runs_have_none() -> None:
-    assert viewing(as_written_now(recorded_start())).started.estimated_memory_total == 3e6
-    assert viewing(recorded_start()).started.estimated_memory_total is None
+    now, before = viewing(as_written_now(recorded_start())).started, viewing(recorded_start()).started
+    assert now is not None and now.estimated_memory_total == 3e6
+    assert before is not None and before.estimated_memory_total is None
 
 
 def test_the_gpus_of_the_run_are_those_of_its_processes_on_this_host() -> None:

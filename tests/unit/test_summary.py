@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from tests.helpers import write_jsonl
-from tuneterm.config import config_from_mapping
+from tuneterm.config import RunConfig, config_from_mapping
 from tuneterm.data.pipeline import read_examples
 from tuneterm.data.prepare import prepare, summarise, view_of
 from tuneterm.demo import CHAT_TEMPLATE, build_tokenizer, conversations
@@ -36,9 +36,9 @@ def chat_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_jsonl(tmp_path_factory.mktemp("summary") / "chat.jsonl", [{"messages": m} for m in train])
 
 
-def config_for(train: Path, **settings: object) -> object:
-    data = {"train": str(train)}
-    training = {}
+def config_for(train: Path, **settings: object) -> RunConfig:
+    data: dict[str, object] = {"train": str(train)}
+    training: dict[str, object] = {}
     for key, value in settings.items():
         (training if key in ("max_length", "seed") else data)[key] = value
     return config_from_mapping({"model": {"path": "unused"}, "data": data, "training": training})
@@ -63,6 +63,7 @@ def test_the_summary_gives_the_numbers_training_uses(tokenizer, chat_file: Path)
         view = view_of(summarise(config, tokenizer), config, None)
         prepared = prepare(config, tokenizer, None)
         assert view.train_examples == len(prepared.train.examples), settings
+        assert prepared.eval is not None
         assert view.eval_examples == len(prepared.eval.examples), settings
         assert view.max_length == prepared.max_length
         kept = np.array([e.length for e in prepared.train.examples])
@@ -101,7 +102,7 @@ def test_progress_reports_records_and_share_of_the_file(tokenizer, chat_file: Pa
     seen: list[Progress] = []
     summarise(config_for(chat_file), tokenizer, Work(on_progress=seen.append, interval=0))
     assert seen and seen[-1].done == 700 and seen[-1].total is None
-    assert seen[-1].share == pytest.approx(1.0) and all(0 < p.share <= 1 for p in seen)
+    assert seen[-1].share == pytest.approx(1.0) and all(p.share is not None and 0 < p.share <= 1 for p in seen)
     assert [p.done for p in seen] == sorted(p.done for p in seen)
 
 

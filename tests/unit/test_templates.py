@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from tuneterm.data.chat import DEFAULT_CHAT_TEMPLATE, render_for_training
+from tuneterm.data.chat import DEFAULT_CHAT_TEMPLATE, RenderedConversation, render_for_training
 from tuneterm.data.tokenize import encode_batch, trained_segments
 from tuneterm.demo import build_tokenizer
 
@@ -100,7 +100,7 @@ def make_tokenizer(template: str, special: list[str], eos: str, bos: str | None)
     return tokenizer
 
 
-def trained_text(tokenizer, conversation: list[dict]) -> tuple[list[str], object]:
+def trained_text(tokenizer, conversation: list[dict]) -> tuple[list[str], RenderedConversation]:
     rendered = render_for_training(tokenizer, conversation, "responses")
     [encoded] = encode_batch(tokenizer, [rendered])
     return trained_segments(tokenizer, encoded), rendered

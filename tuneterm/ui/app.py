@@ -223,7 +223,7 @@ class TuneTermApp(App[None]):
             self.notify(f"Running detached: it goes on if this terminal closes. Watch it again with tuneterm "
                         f"monitor {plan.run_dir}", title="Run started", timeout=15)
             return
-        training = TrainingInApp(plan, lambda events: None)
+        training = TrainingInApp(plan, lambda events: None, self.services.train_run)
         screen = self.open_monitor(plan.run_dir, training.control)
         if plan.resume_from is not None:  # the run so far first, then what the resumed run adds
             screen.post_message(RunEventsPosted(read_events(plan.run_dir / EVENTS_FILE)))

@@ -1,8 +1,9 @@
 """What the app reads from the machine and the world, gathered in one object so tests can replace it.
 
-The app never calls NVML, psutil, the Hugging Face cache or the clock directly: it asks these services. The
-command line builds them from the real machine; tests build them with a fixed GPU, a temporary runs directory and
-a frozen clock, so that screens are the same on every machine.
+The app never calls NVML, psutil, the Hugging Face cache, the clock or the engine's runner directly: it asks these
+services. The command line builds them from the real machine; tests build them with a fixed GPU, a temporary runs
+directory and a frozen clock, so that screens are the same on every machine, and may replay a recorded run instead
+of training one.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 from tuneterm.demo import built_demo_dir, demo_dir
 from tuneterm.hardware import GpuSurvey, HostReading, read_gpus, read_host
 from tuneterm.plan.catalog import ModelEntry, cached_models
+from tuneterm.ui.training import RunTrainer, train_with_the_engine
 
 
 @dataclass
@@ -33,3 +35,5 @@ class Services:
     now: Callable[[], float] = time.time
     over_ssh: bool = field(default_factory=lambda: bool(os.environ.get("SSH_CONNECTION") or os.environ.get("SSH_TTY")))
     """Launching detaches by default in an SSH session: a dropped connection must never cost a run."""
+    train_run: RunTrainer = train_with_the_engine
+    """Trains a run started in the app, in the app's worker thread."""

@@ -12,25 +12,37 @@ from __future__ import annotations
 import os
 import signal
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 from tuneterm.engine.control import RunControl
-from tuneterm.engine.events import Event
+from tuneterm.engine.events import Event, EventSink
 from tuneterm.engine.launch.detach import LOG_FILE
 from tuneterm.engine.run.plans import RunPlan
-from tuneterm.engine.run.runner import run
 
 SIGHUP_WAIT_SECONDS = 900.0
 
+RunTrainer = Callable[[RunPlan, EventSink, RunControl], Event]
+"""Trains a run to its end, reporting to the sink and listening to the control; returns the last event (RunFinished
+or RunFailed)."""
+
+
+def train_with_the_engine(plan: RunPlan, sink: EventSink, control: RunControl) -> Event:
+    """The engine's runner, imported when a run starts: opening the app imports none of the training code."""
+    from tuneterm.engine.run.runner import run
+
+    return run(plan, sink, control)
+
 
 class TrainingInApp:
-    def __init__(self, plan: RunPlan, deliver: Any):
-        """`deliver(events)` hands events to the monitor (it must not block)."""
+    def __init__(self, plan: RunPlan, deliver: Any, train_run: RunTrainer = train_with_the_engine):
+        """`deliver(events)` hands events to the monitor (it must not block); `train_run` trains the plan."""
         self.plan = plan
         self.control = RunControl()
         self.deliver = deliver
+        self.train_run = train_run
         self.started = threading.Event()
         self.done = threading.Event()
         """Set when the run has ended (the worker's thread may live on in a pool)."""
@@ -49,7 +61,7 @@ class TrainingInApp:
         """The worker thread's body."""
         self.started.set()
         try:
-            self.result = run(self.plan, lambda event: self.deliver([event]), self.control)
+            self.result = self.train_run(self.plan, lambda event: self.deliver([event]), self.control)
         finally:
             self.done.set()
 
