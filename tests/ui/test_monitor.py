@@ -22,11 +22,11 @@ from tests.ui.conftest import (
 )
 from tuneterm.engine.events import CheckpointSaved, EvalFinished, RunFinished, read_events
 from tuneterm.ui.app import Opening, make_app
-from tuneterm.ui.draft import Draft
 from tuneterm.ui.screens.dialogs import AskNumber
 from tuneterm.ui.screens.monitor import MonitorScreen
 from tuneterm.ui.screens.summary import SummaryScreen
 from tuneterm.ui.screens.wizard import WizardScreen
+from tuneterm.ui.state.draft import Draft
 from tuneterm.ui.widgets.chart import LineChart
 
 

@@ -17,8 +17,8 @@ import pytest
 from tests.helpers import write_jsonl
 from tests.ui.conftest import NOW, assert_snapshot, make_services, screen_of, wait_until, wait_until_drawn
 from tuneterm.ui.app import Opening, make_app
-from tuneterm.ui.draft import Draft
 from tuneterm.ui.screens.wizard import WizardScreen
+from tuneterm.ui.state.draft import Draft
 
 FIXED = Path("/tmp/tuneterm-ui-snapshots-v1")
 

@@ -15,8 +15,8 @@ from textual.widgets import Input
 from tests.ui.conftest import make_services, screen_of, wait_until
 from tuneterm.config import load_config
 from tuneterm.ui.app import Opening, make_app
-from tuneterm.ui.draft import Draft
 from tuneterm.ui.screens.wizard import WizardScreen
+from tuneterm.ui.state.draft import Draft
 from tuneterm.ui.widgets.fields import SettingField
 
 

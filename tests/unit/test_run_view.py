@@ -19,7 +19,7 @@ from tuneterm.engine.events import (
 )
 from tuneterm.plan.resolve import schedule_of
 from tuneterm.plan.schedule import learning_rates
-from tuneterm.ui.run_view import RunView, ema
+from tuneterm.ui.state.run_view import RunView, ema
 
 RECORDED = DATA / "recorded-run"
 

@@ -11,7 +11,7 @@ from tuneterm.errors import DataError, Location, Problem
 from tuneterm.hardware import GpuReading, GpuSurvey, HostReading
 from tuneterm.plan.catalog import ModelDescription
 from tuneterm.plan.model import LinearModule, ModelFacts
-from tuneterm.ui.draft import Draft
+from tuneterm.ui.state.draft import Draft
 from tuneterm.ui.state.planning import WizardPlanning, config_file_for, launch_command
 
 NO_GPU = GpuSurvey((), reason="no GPU in this test")

@@ -30,7 +30,7 @@ def parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> int:
     from tuneterm.ui.app import Opening
-    from tuneterm.ui.draft import Draft
+    from tuneterm.ui.state.draft import Draft
 
     opening = Opening()
     if args.config is not None:

@@ -86,7 +86,7 @@ class RunStarted(Event):
     """Each process: {"rank", "host", "pid", "gpu"}, gpu being the NVML index (as nvidia-smi numbers it) of the GPU it
     trains on, on its host; None on a CPU."""
     # What the run resolved, for whoever watches it: the monitor draws these instead of working them out again from
-    # `config`. In runs recorded before RunStarted carried them they are None (ui/run_view.py says what it shows).
+    # `config`. In runs recorded before RunStarted carried them they are None (ui/state/run_view.py says what it shows).
     lr_scheduler_type: str | None = None
     """The learning-rate schedule, by transformers' name for it (linear, cosine...)."""
     learning_rate: float | None = None

@@ -21,13 +21,13 @@ from tuneterm.engine.run.plans import RunPlan
 from tuneterm.engine.run.start import StartingRun, start_detached_run
 from tuneterm.errors import TuneTermError
 from tuneterm.ui.commands import ActionCommands
-from tuneterm.ui.draft import Draft
 from tuneterm.ui.messages import LeaveRequested, RunChosen, RunViewName, RunViewRequested
 from tuneterm.ui.screens.dialogs import Confirm
 from tuneterm.ui.screens.monitor import MonitorScreen, RunEventsPosted
 from tuneterm.ui.screens.start import StartScreen
 from tuneterm.ui.screens.summary import SummaryScreen
 from tuneterm.ui.services import Services
+from tuneterm.ui.state.draft import Draft
 from tuneterm.ui.training import TrainingInApp
 
 

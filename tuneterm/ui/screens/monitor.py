@@ -32,9 +32,9 @@ from tuneterm.engine.launch.handle import RunHandle
 from tuneterm.ui.commands import ActionCommands
 from tuneterm.ui.follow import EventFollower
 from tuneterm.ui.messages import LeaveRequested, RunViewRequested
-from tuneterm.ui.run_view import RunView
 from tuneterm.ui.screens.dialogs import AskNumber
 from tuneterm.ui.services import Services
+from tuneterm.ui.state.run_view import RunView
 from tuneterm.ui.widgets.monitor_panes import (
     EarlyStoppingPane,
     GradientPane,

@@ -29,9 +29,9 @@ from tuneterm.plan.catalog import ModelDescription, ModelEntry, describe_model, 
 from tuneterm.plan.model import ModelFacts
 from tuneterm.plan.planner import data_summary, model_facts
 from tuneterm.ui.commands import ActionCommands
-from tuneterm.ui.draft import Draft
 from tuneterm.ui.screens.dialogs import AskPath, Confirm
 from tuneterm.ui.services import Services
+from tuneterm.ui.state.draft import Draft
 from tuneterm.ui.state.planning import DATA_KEYS, DataKey, DataRequest, WizardPlanning, config_file_for, launch_command
 from tuneterm.ui.widgets.data_step import BrowseRequested, CancelRequested, DataSettingChanged, DataStep
 from tuneterm.ui.widgets.fields import FieldEdited

@@ -25,7 +25,7 @@ from tuneterm.plan.catalog import ModelDescription
 from tuneterm.plan.memory import Strategy
 from tuneterm.plan.model import ModelFacts
 from tuneterm.plan.planner import Plan, data_key, plan_run
-from tuneterm.ui.draft import NEEDED_TO_LAUNCH, Draft
+from tuneterm.ui.state.draft import NEEDED_TO_LAUNCH, Draft
 from tuneterm.work import Progress, Work
 
 DataKey = tuple[Any, ...]

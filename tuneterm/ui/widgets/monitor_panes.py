@@ -21,7 +21,7 @@ from tuneterm.engine.after.report import clock
 from tuneterm.engine.events import RunFailed, RunFinished
 from tuneterm.hardware import GpuReading, GpuSurvey, HostReading
 from tuneterm.plan.memory import size
-from tuneterm.ui.run_view import LOG_LINES, RunView
+from tuneterm.ui.state.run_view import LOG_LINES, RunView
 from tuneterm.ui.widgets.chart import LineChart
 
 STATE_COLOURS = {"starting": "$accent", "running": "$accent", "completed": "$success", "early_stopped": "$success",
