@@ -37,7 +37,7 @@ def train_with_the_engine(plan: RunPlan, sink: EventSink, control: RunControl) -
 
 
 class TrainingInApp:
-    def __init__(self, plan: RunPlan, deliver: Any, train_run: RunTrainer = train_with_the_engine):
+    def __init__(self, plan: RunPlan, deliver: Any, train_run: RunTrainer):
         """`deliver(events)` hands events to the monitor (it must not block); `train_run` trains the plan."""
         self.plan = plan
         self.control = RunControl()
