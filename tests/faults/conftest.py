@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from tests.helpers import ROOT, with_changes
-from tuneterm.engine.events import Event, StepLogged, read_events
+from tuneterm.engine.events import Event, RunStarted, StepLogged, read_events
 
 
 def write_config(path: Path, config: dict) -> Path:
@@ -76,6 +76,13 @@ def wait_for(condition: Callable[[], object], timeout: float = 120.0, what: str 
 
 def events_of(run_dir: Path) -> list[Event]:
     return read_events(run_dir / "events.jsonl") if (run_dir / "events.jsonl").is_file() else []
+
+
+def steps_after_the_last_start(run_dir: Path) -> list[int]:
+    """The steps the run logged since it last started (a resume included): what it trained after that start."""
+    log = events_of(run_dir)
+    start = max(i for i, e in enumerate(log) if isinstance(e, RunStarted))
+    return [e.step for e in log[start:] if isinstance(e, StepLogged)]
 
 
 def logged_step(run_dir: Path) -> int:

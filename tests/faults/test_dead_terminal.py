@@ -15,8 +15,16 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.faults.conftest import SLOW_STEPS, events_of, kill, logged_step, start_training, wait_for, write_config
-from tests.faults.test_kills_and_signals import _steps_after_the_last_start
+from tests.faults.conftest import (
+    SLOW_STEPS,
+    events_of,
+    kill,
+    logged_step,
+    start_training,
+    steps_after_the_last_start,
+    wait_for,
+    write_config,
+)
 from tests.helpers import ROOT
 from tuneterm.engine.events import SINK_ERROR_LOG, RunFailed, RunFinished
 from tuneterm.engine.run.plans import resume_run
@@ -63,7 +71,7 @@ def test_sighup_after_the_terminal_is_gone_stops_with_a_checkpoint_that_resumes(
     assert resumed.returncode == 0, resumed.stderr
     result = events_of(run_dir)[-1]
     assert isinstance(result, RunFinished) and result.status == "completed", result
-    assert _steps_after_the_last_start(run_dir)[0] == stopped_at + 1
+    assert steps_after_the_last_start(run_dir)[0] == stopped_at + 1
 
 
 def test_a_second_ctrl_c_during_the_final_save_aborts_at_once_in_one_line(tiny_run: dict, tmp_path: Path) -> None:

@@ -14,21 +14,16 @@ from tests.faults.conftest import (
     kill,
     logged_step,
     start_training,
+    steps_after_the_last_start,
     wait_for,
     write_config,
 )
 from tests.helpers import noise_chat, with_changes
-from tuneterm.engine.events import RunFinished, RunStarted, StepLogged
+from tuneterm.engine.events import RunFinished, RunStarted
 from tuneterm.engine.run.plans import resume_run
 from tuneterm.engine.run.runner import run
 from tuneterm.engine.rundir.layout import MARKER_FILE
 from tuneterm.engine.rundir.runs import summarise_run
-
-
-def _steps_after_the_last_start(run_dir: Path) -> list[int]:
-    log = events_of(run_dir)
-    start = max(i for i, e in enumerate(log) if isinstance(e, RunStarted))
-    return [e.step for e in log[start:] if isinstance(e, StepLogged)]
 
 
 def test_kill_9_while_a_checkpoint_is_saved_then_resume(tiny_run: dict, tmp_path: Path) -> None:
@@ -51,7 +46,7 @@ def test_kill_9_while_a_checkpoint_is_saved_then_resume(tiny_run: dict, tmp_path
     result = run(plan, events.append)
     assert isinstance(result, RunFinished) and result.status == "completed", result
     assert any("checkpoint-4 skipped" in getattr(e, "message", "") for e in events)
-    steps = _steps_after_the_last_start(run_dir)
+    steps = steps_after_the_last_start(run_dir)
     assert steps[0] == 3 and steps[-1] == result.global_step
 
 
@@ -71,7 +66,7 @@ def test_a_run_killed_while_saving_its_final_adapter_resumes_to_completed_withou
     result = run(resume_run(run_dir))
     assert isinstance(result, RunFinished) and result.status == "completed"
     assert result.global_step == total
-    assert _steps_after_the_last_start(run_dir) == [], "a completed run never trains past its last step"
+    assert steps_after_the_last_start(run_dir) == [], "a completed run never trains past its last step"
     assert (run_dir / "adapter_check.json").is_file()
 
 
@@ -92,7 +87,7 @@ def test_a_signal_stops_after_the_step_with_a_checkpoint_that_resumes(tiny_run: 
 
     result = run(resume_run(run_dir))
     assert isinstance(result, RunFinished) and result.status == "completed"
-    assert _steps_after_the_last_start(run_dir)[0] == stopped_at + 1
+    assert steps_after_the_last_start(run_dir)[0] == stopped_at + 1
 
 
 def test_a_second_signal_aborts_at_once_without_a_traceback(tiny_run: dict, tmp_path: Path) -> None:
@@ -132,4 +127,4 @@ def test_an_early_stopped_run_killed_while_saving_resumes_without_more_steps(bas
     result = run(resume_run(run_dir))
     assert isinstance(result, RunFinished) and result.status == "early_stopped"
     assert result.global_step == stopped_at
-    assert _steps_after_the_last_start(run_dir) == []
+    assert steps_after_the_last_start(run_dir) == []

@@ -14,7 +14,15 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from tests.faults.conftest import events_of, hang_when, kill, start_training, wait_for, write_config
+from tests.faults.conftest import (
+    events_of,
+    hang_when,
+    kill,
+    start_training,
+    steps_after_the_last_start,
+    wait_for,
+    write_config,
+)
 from tests.helpers import noise_chat, with_changes
 from tuneterm.config import config_from_mapping
 from tuneterm.engine.control import RunControl
@@ -24,7 +32,6 @@ from tuneterm.engine.events import (
     Event,
     PhaseStarted,
     RunFinished,
-    RunStarted,
     StepLogged,
 )
 from tuneterm.engine.run.plans import new_run, resume_run
@@ -45,12 +52,6 @@ def ends_mid_epoch(base_config: dict) -> dict:
                                                  "warmup_steps": 0, "lr_scheduler_type": "constant"})
     config["data"] = {"train": base_config["data"]["train"], "val_size": 0}
     return config
-
-
-def _steps_after_the_last_start(run_dir: Path) -> list[int]:
-    log = events_of(run_dir)
-    start = max(i for i, e in enumerate(log) if isinstance(e, RunStarted))
-    return [e.step for e in log[start:] if isinstance(e, StepLogged)]
 
 
 def _same_tensors(first: Path, second: Path) -> bool:
@@ -77,7 +78,7 @@ def test_a_run_killed_while_saving_its_last_step_mid_epoch_resumes_to_completed_
     result = run(plan)
     assert isinstance(result, RunFinished) and result.status == "completed", result
     assert result.global_step == LAST_STEP
-    assert _steps_after_the_last_start(run_dir) == [], "a run resumed at its last step trains no further"
+    assert steps_after_the_last_start(run_dir) == [], "a run resumed at its last step trains no further"
     assert _same_tensors(run_dir / ADAPTER, last / ADAPTER), "the adapter is the last checkpoint's, unchanged"
     with pytest.raises(RunDirError, match="already completed"):
         resume_run(run_dir)
