@@ -29,12 +29,13 @@ class RunHandle:
         send(self.run_dir, "stop", reason=reason)
         return True
 
-    def save_now(self) -> None:
-        """Save a checkpoint after the current step and go on training."""
+    def save_now(self) -> int | None:
+        """Save a checkpoint after the current step and go on training. The step of that checkpoint when the run is
+        in this process; None when it is not known yet (through the channel, or before training began)."""
         if self.control is not None:
-            self.control.request_save()
-        else:
-            send(self.run_dir, "save")
+            return self.control.request_save()
+        send(self.run_dir, "save")
+        return None
 
     def evaluate_now(self) -> None:
         """Evaluate after the current step and go on training."""

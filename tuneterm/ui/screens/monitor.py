@@ -248,12 +248,7 @@ class MonitorScreen(Screen[None]):
     def action_save(self) -> None:
         """A run of this app says the step in progress as it takes the request; a run of another process is asked
         through its channel, and the checkpoint is named once it is written."""
-        control = self.handle.control
-        if control is not None:
-            step = control.request_save()
-        else:
-            self.handle.save_now()
-            step = None
+        step = self.handle.save_now()
         if step is None:
             self.save_unnamed = True
             self.notify("A checkpoint is saved at the end of the step the run is on when it reads this; its step is "
