@@ -17,6 +17,7 @@ from tuneterm.engine.control import RunControl
 from tuneterm.engine.events import (
     CheckpointSaved,
     EvalFinished,
+    PatienceChanged,
     RunFinished,
     RunStarted,
     StepLogged,
@@ -124,6 +125,32 @@ def test_early_stopping_stops_an_overfitting_run_and_keeps_the_best_checkpoint(b
     best_saved = load_file(str(Path(result.best_checkpoint) / "adapter_model.safetensors"))
     assert saved.keys() == best_saved.keys()
     assert all(torch.equal(saved[k], best_saved[k]) for k in saved)
+
+
+def test_a_patience_changed_while_the_run_trains_is_the_one_early_stopping_counts(base_config: dict,
+                                                                                 tmp_path: Path) -> None:
+    """Started with a patience the run could never use up, changed to 2 at its first step: it stops early."""
+    config = with_changes(base_config, data=noise_chat(tmp_path), lora={"r": 32, "lora_alpha": 64},
+                          training={"learning_rate": 2e-2, "num_train_epochs": 60, "per_device_train_batch_size": 4,
+                                    "gradient_accumulation_steps": 1, "eval_steps": 2, "early_stopping_patience": 500,
+                                    "warmup_steps": 0, "lr_scheduler_type": "constant"})
+    plan = new_run(config_from_mapping(config))
+    control = RunControl()
+    events: list = []
+
+    def sink(event: object) -> None:
+        events.append(event)
+        if isinstance(event, StepLogged) and event.step == 1:
+            control.set_patience(2)
+
+    result = run(plan, sink, control)
+    assert isinstance(result, RunFinished) and result.status == "early_stopped", result
+    [changed] = of_type(events, PatienceChanged)
+    assert changed.patience == 2 and changed.step == 2, "taken at the end of the step after the one asking"
+    evals = of_type(events, EvalFinished)
+    assert all(e.patience == 2 for e in evals if e.step >= changed.step)
+    assert evals[-1].evals_since_improvement == 2
+    assert result.global_step < of_type(events, RunStarted)[0].total_steps
 
 
 def test_stop_from_another_thread_saves_a_checkpoint_and_resume_finishes_the_run(base_config: dict) -> None:

@@ -27,6 +27,7 @@ from tuneterm.engine.events import (
     Event,
     EventLog,
     EventSink,
+    PatienceChanged,
     RunFinished,
     RunStarted,
     StepLogged,
@@ -104,10 +105,11 @@ RECORDED_RUN = DATA / "recorded-run"
 class RecordedRunner:
     """The app's runner without training: writes and sends the events of the recorded run through the engine's
     EventLog, as if they happened now, into the plan's run directory (holding its lock as a run does), one step
-    every `seconds_per_step`. Between steps it honours the run's control as the engine does: an evaluation asked
-    for is one more EvalFinished at the current step, and a stop ends the run at the current step (StopRequested,
-    a complete checkpoint to resume from, RunFinished "stopped"). A resumed plan replays the steps after its
-    checkpoint's. Checkpoints hold placeholder files, enough for resuming to accept them."""
+    every `seconds_per_step`. Between steps it honours the run's control as the engine does: a checkpoint asked
+    for is written at the end of the step in progress, a new patience is PatienceChanged, an evaluation asked
+    for is one more EvalFinished at the current step, and a stop ends the run at the current step
+    (StopRequested, a complete checkpoint to resume from, RunFinished "stopped"). A resumed plan replays the steps
+    after its checkpoint's. Checkpoints hold placeholder files, enough for resuming to accept them."""
 
     def __init__(self, seconds_per_step: float = 0.05):
         self.seconds_per_step = seconds_per_step
@@ -115,6 +117,7 @@ class RecordedRunner:
     def __call__(self, plan: RunPlan, sink: EventSink, control: RunControl) -> Event:
         resumed_at = int(plan.resume_from.name.split("-")[-1]) if plan.resume_from is not None else 0
         latest_eval: EvalFinished | None = None
+        control.training_from(resumed_at)
         with holding_run_lock(plan.run_dir), EventLog(plan.run_dir / EVENTS_FILE, sink) as emit:
             for recorded in recorded_events(plan.run_dir):
                 event = dataclasses.replace(recorded, time=time.time())
@@ -132,6 +135,13 @@ class RecordedRunner:
                 if not isinstance(event, StepLogged):
                     continue
                 control.stop_event.wait(self.seconds_per_step)
+                if control.take_save_request(event.step):
+                    checkpoint = plan.run_dir / f"checkpoint-{event.step}"
+                    save_placeholder_checkpoint(checkpoint, event.step)
+                    emit(CheckpointSaved(step=event.step, path=str(checkpoint)))
+                patience = control.take_patience()
+                if patience:
+                    emit(PatienceChanged(step=event.step, patience=patience))
                 if control.take_evaluate_request() and latest_eval is not None:
                     emit(dataclasses.replace(latest_eval, step=event.step, epoch=event.epoch, time=time.time()))
                 if control.stop_requested:
