@@ -175,22 +175,41 @@ async def test_a_broken_dataset_shows_its_lines_and_can_leave_them_out(services,
                    for p in wizard.planning.problems)
 
 
-async def test_unknown_columns_get_a_column_mapper_that_fixes_them(services, tiny_model: Path,
-                                                                  tmp_path: Path) -> None:
-    from tests.helpers import write_jsonl
+async def test_a_csv_with_its_own_column_names_is_mapped_for_the_person_who_can_change_it(
+        services, tiny_model: Path, tmp_path: Path) -> None:
+    from textual.widgets import Label, Select
 
-    data = write_jsonl(tmp_path / "qa.jsonl", [{"question": f"What is {i} plus 1?", "answer": f"{i + 1}."}
-                                               for i in range(30)])
+    data = tmp_path / "qa.csv"
+    data.write_text("question,answer\n" + "".join(f"What is {i} plus 1?,{i + 1}.\n" for i in range(30)))
     app = make_app(services, Opening("wizard", Draft()))
     async with app.run_test(size=(100, 30)) as pilot:
         wizard = await model_then_data(pilot, tiny_model, data)
-        await wait_until(pilot, lambda: wizard.planning.data_error is not None)
-        assert wizard.query_one("#column-mapper").display
-        wizard.query_one("#map-instruction").value = "question"
-        wizard.query_one("#map-output").value = "answer"
         await wait_until(pilot, lambda: wizard.planning.summary is not None, what="the data read with the mapping")
-        assert wizard.draft.get("data.columns") == {"instruction": "question", "output": "answer"}
         assert wizard.planning.summary.train.detection.format == "alpaca"
+        assert wizard.draft.get("data.format") == "alpaca"
+        assert wizard.draft.get("data.columns") == {"instruction": "question", "output": "answer"}
+        mapper = wizard.query_one("#column-mapper")
+        assert mapper.display, "the mapping stays in view, to change"
+        rows = {str(row.query_one(Label).render()): row.query_one(Select).value
+                for row in mapper.query(".mapper-row") if row.display}
+        assert rows == {"instruction": "question", "input (optional)": "(not in the data)",
+                        "output": "answer", "system (optional)": "(not in the data)",
+                        "history (optional)": "(not in the data)"}, "each field named, the likely columns chosen"
+        result = str(wizard.query_one("#mapper-result").render())
+        assert "data.format: alpaca, data.columns: {instruction: question, output: answer}" in result
+        assert (f"tuneterm inspect {data} --model {tiny_model} --format alpaca --columns '{{instruction: question, "
+                "output: answer}'") in result.replace("\n", " ")
+
+        wizard.query_one("#format", Select).value = "prompt_completion"  # the person reads it another way
+        await wait_until(pilot, lambda: wizard.planning.summary is not None
+                         and wizard.planning.summary.train.detection.format == "prompt_completion",
+                         what="the data read as prompt_completion")
+        assert wizard.draft.get("data.columns") == {"prompt": "question", "completion": "answer"}
+        assert [row.id for row in mapper.query(".mapper-row") if row.display] == ["map-row-prompt",
+                                                                                 "map-row-completion"]
+        wizard.query_one("#map-completion", Select).value = "question"
+        await wait_until(pilot, lambda: wizard.draft.get("data.columns") == {"prompt": "question",
+                                                                            "completion": "question"})
 
 
 async def test_a_config_file_opens_at_the_review_step(services, tiny_model: Path, chat_data: dict,

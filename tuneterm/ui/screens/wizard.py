@@ -334,8 +334,11 @@ class WizardScreen(Screen[None]):
     @on(DataFailed)
     def _data_failed(self, message: DataFailed) -> None:
         if self.planning.data_failed(message.key, message.error):
-            self.query_one(DataStep).show_read(message.error, self.draft.get("data.columns") or {})
+            self.query_one(DataStep).show_read(message.error)
+            guessed = self.planning.guess_columns(self.draft)
             self.replan()
+            if guessed:
+                self.refresh_data()
 
     @on(BrowseRequested)
     def action_browse(self) -> None:
@@ -394,6 +397,7 @@ class WizardScreen(Screen[None]):
         data_step = self.query_one(DataStep)
         data_step.show_values(draft.get("data.train"), draft.get("data.eval"), draft.get("data.val_size"),
                               draft.get("data.format") or "auto", draft.get("data.strict") is False)
+        data_step.show_mapper(planning.column_mapper(draft))
         report = planning.data_report()
         if report is not None:
             data_step.show_summary(report.summary.train, report.summary.eval, report.view, report.findings)
