@@ -59,10 +59,15 @@ async def test_walk_the_wizard_back_and_forth_take_advice_and_get_the_config(ser
         await type_into(pilot, "#field-training-learning_rate #control", "1e-3", submit=False)
         assert wizard.draft.get("training.learning_rate") == 1e-3
         field = wizard.query_one("#field-training-learning_rate", SettingField)
-        assert field.advice is not None and "well above the recommended 2e-4" in field.advice.message
+        assert field.advice is not None and field.advice.message == "0.001: the guides' 2e-4 does not apply to this " \
+                                                                   "model", "a tiny model is not a pretrained LLM"
+        assert wizard.suggestion() is None, "nothing to take"
+        await type_into(pilot, "#field-lora-lora_dropout #control", "0.3", submit=False)
+        field = wizard.query_one("#field-lora-lora_dropout", SettingField)
+        assert field.advice is not None and field.advice.fix == {"lora.lora_dropout": 0.0}
         await pilot.press("ctrl+t")  # take the suggestion of the focused field
-        assert wizard.draft.get("training.learning_rate") == 2e-4
-        assert field.query_one("#control", Input).value == "0.0002", "the field the cursor is in shows what was taken"
+        assert wizard.draft.get("lora.lora_dropout") == 0.0
+        assert field.query_one("#control", Input).value == "0.0", "the field the cursor is in shows what was taken"
         await type_into(pilot, "#field-training-per_device_train_batch_size #control", "4", submit=False)
 
         # Back twice and forward again: nothing entered is lost.
@@ -71,7 +76,8 @@ async def test_walk_the_wizard_back_and_forth_take_advice_and_get_the_config(ser
         await pilot.press("ctrl+n", "ctrl+n", "ctrl+n")
         assert wizard.step == "review"
         assert wizard.draft.values == {"model.path": str(tiny_model), "data.train": str(chat_data["train"]),
-                                       "training.learning_rate": 2e-4, "training.per_device_train_batch_size": 4}
+                                       "training.learning_rate": 1e-3, "lora.lora_dropout": 0.0,
+                                       "training.per_device_train_batch_size": 4}
         assert wizard.planning.config is not None and not [p for p in wizard.planning.problems if p.level == "error"]
         plan = wizard.planning.plan
         assert plan is not None and plan.config.get("training.max_length") % 64 == 0, "derived from the data"
@@ -82,7 +88,7 @@ async def test_walk_the_wizard_back_and_forth_take_advice_and_get_the_config(ser
         await type_into(pilot, "#path", str(target))
         assert target.is_file()
         saved = load_config(target)
-        assert saved.get("training.learning_rate") == 2e-4 and saved.get("training.per_device_train_batch_size") == 4
+        assert saved.get("training.learning_rate") == 1e-3 and saved.get("training.per_device_train_batch_size") == 4
         assert saved.get("data.train") == str(chat_data["train"])
         assert not wizard.draft.dirty and f"tuneterm train {target}" in wizard.draft.command_line()
 

@@ -96,6 +96,29 @@ def test_hardware_data_and_run_length_rules() -> None:
     assert full["training.learning_rate"].fix == {"training.learning_rate": 2e-5}
 
 
+def test_the_learning_rate_rules_say_when_the_model_is_not_one_the_guides_measured(tiny_model: Path,
+                                                                                     tmp_path: Path) -> None:
+    from tuneterm.plan.model import load_model_facts
+
+    def rate_advice(model: Path, learning_rate: float):
+        config = resolve(config_from_mapping({"model": {"path": str(model)}, "data": {"train": "t"},
+                                              "training": {"learning_rate": learning_rate}}), CPU,
+                         train_examples=1000)
+        found = advise(Context(config, schedule_of(config, 1000, 100), load_model_facts(str(model)), None, CPU))
+        return next((a for a in found if a.field == "training.learning_rate"), None)
+
+    for rate in (3e-3, 2e-4):  # the demo's rate, and the guides' start, which is the wrong start here
+        tiny = rate_advice(tiny_model, rate)
+        assert tiny is not None and tiny.level == "info" and tiny.fix == {}, "nothing to take: no rate is known"
+        assert tiny.message == f"{rate:g}: the guides' 2e-4 does not apply to this model"
+        assert "parameters: it is not a pretrained LLM like those the guides' learning rates come from (0.6B " \
+               "parameters and more)" in tiny.why and "learns best near 3e-3" in tiny.why
+    pretrained = rate_advice(_config_json_only(tmp_path, "qwen3-0.6b"), 3e-3)
+    assert pretrained is not None and pretrained.level == "warning"
+    assert pretrained.fix == {"training.learning_rate": 2e-4}, "a pretrained LLM gets the guides' advice"
+    assert rate_advice(_config_json_only(tmp_path, "qwen3-0.6b"), 2e-4) is None
+
+
 def test_real_nvml_readings_or_the_reason_there_are_none() -> None:
     survey = read_gpus()
     if not survey.gpus:  # no driver here: an empty list and why, never an exception

@@ -16,7 +16,7 @@ from textual.widgets import Checkbox, DataTable, Input, Static
 
 from tuneterm.plan.catalog import ModelDescription, ModelEntry
 from tuneterm.plan.memory import size
-from tuneterm.plan.model import ModelFacts
+from tuneterm.plan.model import ModelFacts, count
 from tuneterm.ui.widgets.paths import PathSuggester
 
 NO_TEMPLATE = ("no chat template: tuneterm renders conversations with its default instruction template "
@@ -38,14 +38,6 @@ class RemoteCodeAllowed(Message, bubble=False):
     """The person allowed (or no longer allows) the model's own code to run."""
 
     allowed: bool
-
-
-def count(number: int) -> str:
-    """1.2B, 350M, 65.5K: parameter counts as model cards write them."""
-    for scale, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
-        if number >= scale:
-            return f"{number / scale:.1f}{suffix}"
-    return str(number)
 
 
 def _when(seconds: float | None, now: float) -> str:
