@@ -324,3 +324,34 @@ async def test_the_demo_says_it_is_building_until_the_wizard_opens_and_builds_on
         assert wizard.draft.get("model.path") == str(demo / "model") and builds == [1]
         assert not any("Building the demo" in n.message for n in app._notifications), "said only while building"
         await wait_until(pilot, lambda: wizard.planning.facts is not None, what="the demo model read")
+
+
+async def test_a_value_that_stops_the_launch_says_why_at_its_field_and_steps_keep_their_marks(
+        services, tiny_model: Path, chat_data: dict) -> None:
+    draft = Draft.from_mapping({"model": {"path": str(tiny_model)}, "data": {"train": str(chat_data["train"])},
+                                "training": {"max_length": 8}})
+    app = make_app(services, Opening("wizard", draft))
+    async with app.run_test(size=(100, 30)) as pilot:
+        wizard = screen_of(app, WizardScreen)
+        await wait_until(pilot, lambda: wizard.planning.plan is not None and wizard.planning.plan.data is not None)
+
+        def rail() -> str:
+            return str(wizard.query_one("#step-rail").render())
+
+        await pilot.press("ctrl+n", "ctrl+n", "ctrl+n")
+        assert wizard.step == "review"
+        assert "1 Model ✓" in rail() and "2 Data ✓" in rail() and "3 Settings ✗" in rail()
+        await pilot.press("escape")
+        assert wizard.step == "settings"
+        field = wizard.query_one("#field-training-max_length")
+        said = str(field.query_one(".setting-advice").render())
+        assert "✗ " in said and "lose their whole response at max_length 8: raise it" in said, said
+        top = str(wizard.query_one("#settings-problems").render())
+        assert top == "✗ Stops the launch: max length (said at the field)"
+
+        await type_into(pilot, "#field-training-max_length #control", "256", submit=False)
+        assert not wizard.query_one("#settings-problems").display
+        await pilot.press("escape", "escape")
+        assert wizard.step == "model"
+        assert "2 Data ✓" in rail() and "3 Settings ✓" in rail(), "going back keeps what was gone through"
+        assert "4 Review ✓" not in rail()

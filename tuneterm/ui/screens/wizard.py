@@ -136,6 +136,9 @@ class WizardScreen(Screen[None]):
         super().__init__()
         self.services, self.draft, self.launcher = services, draft, launcher
         self.step = step
+        self.furthest = STEP_NAMES.index(step)
+        """The furthest step shown: the steps before it were gone through, and keep their ✓ when the person goes
+        back."""
         self.planning = WizardPlanning(services.read_gpus())
         """What is known of the draft: its model, its data, the GPUs, and the plan made from them."""
 
@@ -169,6 +172,7 @@ class WizardScreen(Screen[None]):
 
     def show_step(self, step: str) -> None:
         self.step = step
+        self.furthest = max(self.furthest, STEP_NAMES.index(step))
         self.query_one("#steps", ContentSwitcher).current = step
         self.render_rail()
         self.refresh_bindings()
@@ -182,7 +186,7 @@ class WizardScreen(Screen[None]):
         parts = []
         for index, (name, title) in enumerate(STEPS, start=1):
             mark = ("✗" if self.planning.step_problems(name) else
-                    "✓" if STEP_NAMES.index(name) < STEP_NAMES.index(self.step) else " ")
+                    "✓" if STEP_NAMES.index(name) < self.furthest and name != self.step else " ")
             text = f" {index} {title} {mark}"
             parts.append(f"[reverse b] {text} [/]" if name == self.step else f"[$text-muted] {text} [/]")
         self.query_one("#step-rail", Static).update(" › ".join(parts))
@@ -402,7 +406,8 @@ class WizardScreen(Screen[None]):
         if report is not None:
             data_step.show_summary(report.summary.train, report.summary.eval, report.view, report.findings)
         settings = self.query_one(SettingsStep)
-        settings.show(draft.values, planning.resolved, planning.advice, draft.preset)
+        settings.show(draft.values, planning.resolved, planning.advice, draft.preset,
+                      planning.step_problems("settings"))
         settings.show_gpus(planning.gpus, draft.gpus, draft.strategy)
         self.query_one(ReviewStep).show(planning.resolved, planning.problems, draft.command_line(),
                                         launch_command(draft),
