@@ -18,6 +18,7 @@ from tuneterm.ui.app import Opening, make_app
 from tuneterm.ui.screens.wizard import WizardScreen
 from tuneterm.ui.state.draft import Draft
 from tuneterm.ui.widgets.fields import SettingField
+from tuneterm.ui.widgets.plan_panel import PlanPanel
 
 
 async def type_into(pilot, selector: str, text: str, submit: bool = True) -> None:
@@ -341,8 +342,13 @@ async def test_a_value_that_stops_the_launch_says_why_at_its_field_and_steps_kee
         await pilot.press("ctrl+n", "ctrl+n", "ctrl+n")
         assert wizard.step == "review"
         assert "1 Model ✓" in rail() and "2 Data ✓" in rail() and "3 Settings ✗" in rail()
+        panel = wizard.query_one(PlanPanel)
+        panel.scroll_end(animate=False)
+        await wait_until(pilot, lambda: panel.scroll_y > 0, what="the plan panel scrolled down")
         await pilot.press("escape")
         assert wizard.step == "settings"
+        await pilot.pause()
+        assert panel.scroll_y == 0, "each step shows the plan from its top"
         field = wizard.query_one("#field-training-max_length")
         said = str(field.query_one(".setting-advice").render())
         assert "✗ " in said and "lose their whole response at max_length 8: raise it" in said, said

@@ -174,12 +174,13 @@ def test_plan_command_text_and_json(tiny_model: Path, chat_data: dict, tmp_path:
                                     capsys: pytest.CaptureFixture[str]) -> None:
     config = tmp_path / "run.yaml"
     config.write_text(f"model:\n  path: {tiny_model}\ndata:\n  train: {chat_data['train']}\n"
-                      "training:\n  learning_rate: 1e-3\n")
+                      "lora:\n  lora_dropout: 0.3\ntraining:\n  learning_rate: 1e-3\n")
     assert main(["plan", str(config)]) == 0
     text = capsys.readouterr().out
     for heading in ("Model ", "Data ", "Schedule ", "Memory ", "Device ", "Advice", "Resolved config"):
         assert heading in text
-    assert "fix: --set training.learning_rate=0.0002" in text
+    assert "fix: --set lora.lora_dropout=0.0" in text
+    assert "0.001: the guides' 2e-4 does not apply to this model" in text, "a tiny model is no pretrained LLM"
     assert main(["plan", str(config), "--json", "--world-size", "2"]) == 0
     plan = json.loads(capsys.readouterr().out)
     assert plan["model"]["trainable_params"] > 0 and plan["model"]["total_params"] > plan["model"]["base_params"]
@@ -210,7 +211,7 @@ def test_plan_without_data_covers_the_model_memory_and_advice(tmp_path: Path,
     assert main(["plan", str(config), "--gpu-memory", "24"]) == 0
     text = capsys.readouterr().out
     assert "7,241,732,096" in text.replace("7,241,732,096", "7,241,732,096") or "parameters trainable" in text
-    assert "Schedule  needs the data" in text and "Memory    per GPU at 2048 tokens" in text
+    assert "Schedule  needs the data" in text and "Memory    per GPU at 2048 tokens (the max length)" in text
     assert "FITS" in text and "fix: --set training.learning_rate=0.0002" in text
     assert main(["plan", str(config), "--json", "--gpu-memory", "24"]) == 0
     plan = json.loads(capsys.readouterr().out)

@@ -314,3 +314,21 @@ def test_a_mapping_the_person_chose_is_never_replaced_by_a_guess() -> None:
     mapper = planning.column_mapper(draft)
     assert mapper is not None and mapper.format == "text" and not mapper.guessed, "the format of the fields mapped"
     assert mapper.chosen == {"text": "answer"}
+
+
+def test_memory_is_planned_at_most_at_the_models_context_length_and_says_why() -> None:
+    from tuneterm.plan.planner import plan_run
+
+    short = replace(tiny_llama(), context_length=512)
+    auto = plan_run(chosen().config(), short, None, NO_GPU, host=HOST)
+    assert auto.memory_setup.seq_len == 512, "not 1024 for a 512-token model"
+    assert auto.length_why == "the model's context length: max length is auto and no data is read"
+    assert "memory is estimated at 512 tokens" in " ".join(p.message for p in auto.problems)
+    longer = plan_run(chosen(training={"max_length": 1024}).config(), short, None, NO_GPU, host=HOST)
+    assert longer.memory_setup.seq_len == 512
+    assert longer.length_why == "the model's context length; the max length is 1024"
+    advice = next(a for a in longer.advice if a.field == "training.max_length")
+    assert advice.level == "warning" and advice.fix == {"training.max_length": 512}
+    assert advice.message == "max_length 1024 is above the model's context length (512 tokens)"
+    within = plan_run(chosen(training={"max_length": 256}).config(), short, None, NO_GPU, host=HOST)
+    assert (within.memory_setup.seq_len, within.length_why) == (256, "the max length")

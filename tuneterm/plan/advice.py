@@ -221,6 +221,13 @@ def _targets(c: Context) -> Advice | None:
 
 def _max_length(c: Context) -> Advice | None:
     length = c.get("training.max_length")
+    context = c.facts.context_length if c.facts is not None else None
+    if isinstance(length, int) and context and length > context:
+        return _suggest("warning", "training.max_length", context,
+                        f"max_length {length} is above the model's context length ({context} tokens)",
+                        "The model never saw positions past its context length; tokens there train on positions it "
+                        "does not know (a model with learned position embeddings cannot take them at all).",
+                        "the model's config.json (max_position_embeddings)")
     if c.lengths is None or not isinstance(length, int):
         return None
     suggested = math.ceil(c.lengths.p99 / 64) * 64

@@ -45,7 +45,8 @@ from tuneterm.plan.schedule import Schedule
 from tuneterm.work import Work
 
 UNKNOWN_LENGTH = 1024
-"""Sequence length the memory is estimated at when max_length is auto and there is no data to measure."""
+"""Sequence length the memory is estimated at when max_length is auto and there is no data to measure (or the
+model's context length, when shorter)."""
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,8 @@ class Plan:
     summary: DataSummary | None = None
     problems: list[Problem] = field(default_factory=list)
     """Errors (a run could not start), warnings and notes, each with the key it concerns."""
+    length_why: str = "max_length"
+    """Why the memory is planned at its sequence length (planned_length)."""
 
     @property
     def blocking(self) -> list[Problem]:
@@ -165,11 +168,11 @@ def plan_run(config: RunConfig, facts: ModelFacts, summary: DataSummary | None, 
                        data_max_length=(view.max_length, view.max_length_why) if view else None,
                        world_size=world_size, strategy=strategy)
     schedule = schedule_of(resolved, view.train_examples, view.eval_examples, world_size) if view else None
-    setup = memory_setup(resolved, world_size, "cuda" if gpus.gpus else "cpu", strategy)
+    setup = memory_setup(resolved, facts.context_length, world_size, "cuda" if gpus.gpus else "cpu", strategy)
     problems = list(view.findings) if view else []
     if resolved.get("training.max_length") == AUTO:
         problems.append(Problem(f"max_length is auto and there is no data to measure: memory is estimated at "
-                                f"{UNKNOWN_LENGTH} tokens", Location(key="training.max_length"), "info"))
+                                f"{setup.seq_len} tokens", Location(key="training.max_length"), "info"))
     estimate = estimate_memory(facts, setup)
     effective_batch = setup.micro_batch * resolved.get("training.gradient_accumulation_steps") * world_size
     targets = [MemoryTarget(f"GPU {g.index} {g.name}", g.memory_free, verdict(estimate, g.memory_free),
@@ -183,7 +186,7 @@ def plan_run(config: RunConfig, facts: ModelFacts, summary: DataSummary | None, 
     shape = lora_shape(resolved)
     return Plan(resolved, facts, trainable_params(facts, resolved.method, shape),
                 peft_total_params(facts, resolved.method, shape), estimate, setup, targets, gpus, advice, schedule,
-                view, summary, problems)
+                view, summary, problems, planned_length(resolved, facts.context_length)[1])
 
 
 def make_plan(config: RunConfig, world_size: int = 1, gpus: GpuSurvey | None = None, work: Work | None = None,
@@ -212,14 +215,25 @@ def lora_shape(config: RunConfig) -> LoraShape:
                      config.get("lora.use_dora"), config.get("lora.bias"))
 
 
-def memory_setup(config: RunConfig, world_size: int = 1, device: str = "cuda",
-                 strategy: Strategy = "ddp") -> MemorySetup:
+def planned_length(config: RunConfig, context_length: int | None) -> tuple[int, str]:
+    """The sequence length memory is planned at, and why: max_length, never beyond the model's context length."""
     length = config.get("training.max_length")
+    if not isinstance(length, int):
+        return ((context_length, "the model's context length: max length is auto and no data is read")
+                if context_length and context_length < UNKNOWN_LENGTH else
+                (UNKNOWN_LENGTH, "max length is auto and no data is read"))
+    if context_length and length > context_length:
+        return context_length, f"the model's context length; the max length is {length}"
+    return length, "the max length"
+
+
+def memory_setup(config: RunConfig, context_length: int | None, world_size: int = 1, device: str = "cuda",
+                 strategy: Strategy = "ddp") -> MemorySetup:
     eval_batch = config.get("training.per_device_eval_batch_size")
     return MemorySetup(
         method=config.method,
         micro_batch=config.get("training.per_device_train_batch_size"),
-        seq_len=length if isinstance(length, int) else UNKNOWN_LENGTH,
+        seq_len=planned_length(config, context_length)[0],
         eval_batch=eval_batch if isinstance(eval_batch, int) else None,
         gradient_checkpointing=config.get("training.gradient_checkpointing"),
         attn_implementation=config.get("model.attn_implementation"),

@@ -174,6 +174,7 @@ class WizardScreen(Screen[None]):
         self.step = step
         self.furthest = max(self.furthest, STEP_NAMES.index(step))
         self.query_one("#steps", ContentSwitcher).current = step
+        self.query_one(PlanPanel).scroll_home(animate=False)
         self.render_rail()
         self.refresh_bindings()
         focusable = self.query_one(f"#{step}").query("Input, Select, DataTable, Switch, Button, PreviewPane")
