@@ -292,5 +292,6 @@ def test_plan_problems_for_an_output_directory_in_use_and_a_model_without_tokeni
                  f"training.output_dir={used}", "--json"]) == 1
     problems = {p["key"]: p for p in json.loads(capsys.readouterr().out)["problems"] if p["level"] == "error"}
     assert "already exists and is not empty" in problems["training.output_dir"]["message"]
-    assert problems["data.train"]["message"].startswith(f"model.path: {model}: cannot load it")
+    assert problems["data.train"]["message"].startswith(f"model.path: {model} is not a model directory: it has no "
+                                                        "tokenizer files")
     assert (used / "adapter_model.safetensors").read_text() == "precious"

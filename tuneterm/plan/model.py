@@ -126,7 +126,7 @@ def _facts(path: str, revision: str | None, trust_remote_code: bool) -> ModelFac
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    source = open_source(path, revision, trust_remote_code)
+    source = open_source(path, revision, trust_remote_code, needs=("config",))
     try:
         config = AutoConfig.from_pretrained(path, **source.kwargs)
     except (OSError, ValueError, ImportError) as exc:
