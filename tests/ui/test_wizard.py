@@ -361,3 +361,32 @@ async def test_a_value_that_stops_the_launch_says_why_at_its_field_and_steps_kee
         assert wizard.step == "model"
         assert "2 Data ✓" in rail() and "3 Settings ✓" in rail(), "going back keeps what was gone through"
         assert "4 Review ✓" not in rail()
+
+
+@pytest.mark.parametrize("size", [(80, 24), (100, 30)])
+async def test_path_fields_show_the_end_of_a_path_whole(tiny_model: Path, chat_data: dict, tmp_path: Path,
+                                                       size: tuple[int, int]) -> None:
+    from tuneterm.ui.widgets.paths import PathInput
+
+    folder = tmp_path / "a-folder-with-a-name-long-enough-to-need-cutting-at-these-widths"
+    folder.mkdir()
+    (folder / "train.jsonl").write_text(chat_data["train"].read_text())
+    (folder / "eval.jsonl").write_text(chat_data["eval"].read_text())
+    draft = Draft.from_mapping({"model": {"path": str(tiny_model)}, "data": {"train": str(folder / "train.jsonl"),
+                                                                              "eval": str(folder / "eval.jsonl")}})
+    app = make_app(make_services(tmp_path / "runs"), Opening("wizard", draft, "data"))
+    async with app.run_test(size=size) as pilot:
+        wizard = screen_of(app, WizardScreen)
+        await wait_until(pilot, lambda: wizard.planning.plan is not None and wizard.planning.plan.data is not None)
+        await pilot.pause()
+
+        def shown(selector: str) -> str:
+            field = wizard.query_one(selector, PathInput)
+            row = next(line for line in (field.render_line(y).text for y in range(field.size.height)) if "/" in line)
+            return row.strip(" ▊▎")
+
+        for selector, name in (("#data-path", "train.jsonl"), ("#eval-path", "eval.jsonl")):
+            assert shown(selector).endswith(f"-widths/{name}"), (selector, shown(selector))
+        await pilot.press("tab")  # the cursor leaves the path it was in: its end stays in view
+        await pilot.pause()
+        assert shown("#data-path").endswith("/train.jsonl"), shown("#data-path")

@@ -26,7 +26,7 @@ from tuneterm.data.summary import DataView, Preview, SourceSummary
 from tuneterm.errors import Problem, TuneTermError
 from tuneterm.ui.state.planning import ColumnMapper
 from tuneterm.ui.widgets.fields import parse
-from tuneterm.ui.widgets.paths import PathSuggester, is_data_file
+from tuneterm.ui.widgets.paths import PathInput, PathSuggester, is_data_file
 from tuneterm.work import Progress
 
 UNMAPPED = "(not in the data)"
@@ -109,12 +109,12 @@ class DataStep(VerticalScroll):
     def compose(self) -> ComposeResult:
         yield Static("Training data: a .jsonl / .json / .csv / .parquet file, a folder, or a hub dataset id")
         with Horizontal(classes="path-row"):
-            yield Input(placeholder="e.g. data/train.jsonl or org/dataset:train", id="data-path",
+            yield PathInput(placeholder="e.g. data/train.jsonl or org/dataset:train", id="data-path",
                         suggester=PathSuggester(accept=is_data_file))
             yield Button("Browse (ctrl+o)", id="browse", compact=True)
         with Horizontal(classes="setting-row"):
             yield Label("eval file", classes="setting-label")
-            yield Input(placeholder="none: hold out part of the training data", id="eval-path", compact=True,
+            yield PathInput(placeholder="none: hold out part of the training data", id="eval-path", compact=True,
                         suggester=PathSuggester(accept=is_data_file))
         with Horizontal(classes="setting-row"):
             yield Label("held out", classes="setting-label")
