@@ -40,3 +40,24 @@ def with_changes(base: dict, **sections: object) -> dict:
         else:
             config[section] = values
     return config
+
+
+def two_recorded_runs(runs: Path) -> tuple[Path, Path]:
+    """The recorded run twice, as two runs of one model in `runs` (named the way tuneterm names them): the second
+    given another learning rate and micro-batch, with the values tuneterm derived differing as they would with them
+    (its eval batch follows the micro-batch; it started on a busier machine, with one CPU thread)."""
+    import shutil
+
+    first, second = runs / "20261201-221907-model-lora", runs / "20261201-223015-model-lora"
+    for run in (first, second):
+        shutil.copytree(DATA / "recorded-run", run)
+    config = second / "config.yaml"
+    text = config.read_text()
+    for old, new in (("learning_rate: 0.003", "learning_rate: 0.001"), ("per_device_train_batch_size: 8",
+                                                                          "per_device_train_batch_size: 4"),
+                     ("per_device_eval_batch_size: 8", "per_device_eval_batch_size: 4"),
+                     ("cpu_threads: 2", "cpu_threads: 1")):
+        assert old in text, old
+        text = text.replace(old, new)
+    config.write_text(text)
+    return first, second

@@ -167,3 +167,20 @@ def test_cpu_threads_leave_busy_cores_alone(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setattr(psutil, "cpu_percent", lambda interval, percpu: [3.0, 4.0])
     assert choose_cpu_threads("auto", sample_seconds=0)[0] == 2
     assert choose_cpu_threads(3) == (3, "set in the config")
+
+
+def test_runs_compared_list_the_settings_they_were_given_or_that_change_what_is_trained(tmp_path: Path) -> None:
+    from tests.helpers import two_recorded_runs
+    from tuneterm.engine.after.compare import differing_settings, load_curves, short_names
+
+    first, second = two_recorded_runs(tmp_path)
+    curves = load_curves([first, second])
+    assert "training.cpu_threads" in curves[0].chosen and "training.learning_rate" not in curves[0].chosen
+    assert differing_settings(curves) == [("training.learning_rate", [0.003, 0.001]),
+                                          ("training.per_device_train_batch_size", [8, 4])], \
+        "not the threads tuneterm chose, nor the eval batch that followed the micro-batch"
+    assert short_names([first.name, second.name]) == ["221907", "223015"]
+    assert short_names(["20261201-221907-qwen-lora", "20261202-101500-llama-qlora"]) == [
+        "20261201-221907-qwen-lora", "20261202-101500-llama-qlora"], "nothing shared at either end: whole"
+    assert short_names(["x-model-lora", "y-model-lora", "z-model-lora"]) == ["x", "y", "z"]
+    assert short_names(["run", "run"]) == ["run", "run"] and short_names(["only-one"]) == ["only-one"]
