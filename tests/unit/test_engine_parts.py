@@ -89,10 +89,32 @@ def test_library_warnings_become_events_once_and_are_restored() -> None:
         logger.warning("Some weights were not initialized")
         logger.warning("Some weights were not initialized")
         logger.warning("`foo` is deprecated and will be removed in v6")
+        logging.getLogger("transformers.trainer_utils").warning(
+            "mtime may not be reliable on this filesystem, falling back to numerical ordering")
         warnings.warn("torch says something", UserWarning, stacklevel=1)
     assert [e.message for e in events if isinstance(e, WarningIssued)] == [
         "Some weights were not initialized", "UserWarning: torch says something"]
     assert root.handlers == handlers_before
+
+
+def test_a_command_outside_a_run_routes_library_output_as_a_run_does(capsys: pytest.CaptureFixture[str]) -> None:
+    import argparse
+
+    from tuneterm.cli.common import library_output_routed
+
+    @library_output_routed
+    def command(args: argparse.Namespace) -> int:
+        warnings.warn("`is_gradient_checkpointing` is deprecated", FutureWarning, stacklevel=1)
+        logging.getLogger("transformers.modeling_utils").warning("Some weights were not initialized")
+        print("the command's own line")
+        return 0
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")  # as outside the tests, where nothing silences them
+        assert command(argparse.Namespace()) == 0
+    out, err = capsys.readouterr()
+    assert out == "the command's own line\n"
+    assert err == "warning (transformers): Some weights were not initialized\n", "deprecations said nowhere"
 
 
 def test_hub_id_in_offline_mode_fails_at_once_with_what_to_do(tmp_path: Path) -> None:
