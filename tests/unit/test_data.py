@@ -36,7 +36,7 @@ def read_all(source: Path | str, fmt: str = "auto", columns: dict | None = None)
 
 # The catalogue of broken files: each gives its message at its line (or row).
 CATALOGUE = [
-    ("malformed_json.jsonl", ":3", "malformed JSON at column"),
+    ("malformed_json.jsonl", ":3", "malformed JSON: the line ends at column 48 before the JSON is complete"),
     ("not_utf8.jsonl", ":2", "not UTF-8 text (byte 47 of the line); re-save the file as UTF-8"),
     ("missing_messages.jsonl", ":3", "'messages' must be a non-empty list of {role, content} objects"),
     ("unknown_role.jsonl", ":2", "messages[1]: unknown role 'robot'"),
