@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from tuneterm.config import AUTO, RunConfig, output_dir_problem
-from tuneterm.data.prepare import summarise, view_of
+from tuneterm.data.prepare import refuse_blocking, summarise, view_of
 from tuneterm.data.summary import DataSummary, DataView
 from tuneterm.data.tokenizer import load_tokenizer
-from tuneterm.errors import DataError, LoadError, Location, Problem
+from tuneterm.errors import ConfigError, DataError, LoadError, Location, Problem
 from tuneterm.hardware import GpuSurvey, HostReading, device_from_survey, read_gpus, read_host
 from tuneterm.hub import looks_like_hub_id
 from tuneterm.plan.advice import Advice, Context, LengthStats, advise
@@ -155,6 +155,16 @@ def startup_problems(config: RunConfig, need_data: bool = True) -> list[Problem]
     output = config.get("training.output_dir")
     problem = output_dir_problem(output) if output else None
     return problems + ([problem] if problem else [])
+
+
+def check_before_start(config: RunConfig, work: Work | None = None) -> None:
+    """What would stop a run before it trains, found before anything of it is written: a missing file or an output
+    directory in use (ConfigError), and data that cannot be read, is invalid or would train on nothing (DataError;
+    LoadError for the tokenizer), read as the run will read it (the data summary, stage 2)."""
+    problems = startup_problems(config)
+    if problems:
+        raise ConfigError(problems)
+    refuse_blocking(view_of(data_summary(config, work), config, model_facts(config).context_length))
 
 
 def plan_run(config: RunConfig, facts: ModelFacts, summary: DataSummary | None, gpus: GpuSurvey,
