@@ -8,7 +8,7 @@ from pathlib import Path
 from textual.widgets import DataTable, Input, Static
 
 from tests.helpers import DATA
-from tests.ui.conftest import assert_snapshot, make_services, screen_of, wait_until, wait_until_drawn
+from tests.ui.conftest import assert_snapshot, make_services, screen_of, text_of, wait_until, wait_until_drawn
 from tuneterm.ui.app import Opening, make_app
 from tuneterm.ui.screens.chat import ChatScreen
 from tuneterm.ui.screens.compare import CompareScreen
@@ -34,7 +34,7 @@ async def test_a_finished_run_opens_on_its_summary_and_chat_answers_with_both_mo
     async with app.run_test(size=(100, 30)) as pilot:
         await wait_until(pilot, lambda: isinstance(app.screen, SummaryScreen) and app.screen.report is not None,
                          what="the summary")
-        text = str(app.screen.query_one("#summary", Static).render())
+        text = text_of(app.screen, "#summary-body")
         assert "best" in text and "perplexity" in text and "its weights all changed" in text
         await pilot.press("c")
         await wait_until(pilot, lambda: isinstance(app.screen, ChatScreen) and app.screen.model is not None,

@@ -19,6 +19,7 @@ from tests.ui.conftest import (
     make_services,
     recorded_events,
     screen_of,
+    text_of,
     wait_until,
     wait_until_drawn,
 )
@@ -113,7 +114,7 @@ async def test_evaluate_now_and_stop_from_the_monitor(tiny_model: Path, chat_dat
         await pilot.press("v")  # its summary says what stopped it, and resumes it too
         await wait_until(pilot, lambda: isinstance(app.screen, SummaryScreen) and app.screen.report is not None,
                          what="the summary")
-        text = str(app.screen.query_one("#summary").render())
+        text = text_of(app.screen, "#summary-body")
         assert "Stopped by the monitor's stop key, with a checkpoint to resume from" in text
         assert f"tuneterm train --resume {resumed.run_dir}" in text
         await pilot.press("r")

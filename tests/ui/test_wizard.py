@@ -10,7 +10,7 @@ import yaml
 from textual import events
 from textual.app import App
 from textual.command import CommandList
-from textual.widgets import Input
+from textual.widgets import DataTable, Input
 
 from tests.ui.conftest import make_services, screen_of, wait_until
 from tuneterm.config import load_config
@@ -261,6 +261,35 @@ async def test_the_command_palette_runs_the_wizard_actions(services) -> None:
         await pilot.press("enter")
         await wait_until(pilot, lambda: any("Not ready" in n.message for n in app._notifications),
                          what="the launch action run from the palette")
+
+
+async def test_the_command_palette_goes_back_to_the_run_list_asking_first_for_unsaved_settings(
+        tmp_path: Path) -> None:
+    from tests.helpers import two_recorded_runs
+    from tuneterm.ui.screens.start import StartScreen
+
+    two_recorded_runs(tmp_path / "runs")
+    app = make_app(make_services(tmp_path / "runs"), Opening("wizard", Draft()))
+    async with app.run_test(size=(100, 30)) as pilot:
+        wizard = screen_of(app, WizardScreen)
+        wizard.draft.set("training.seed", 7)  # work that is in no file
+
+        async def run_list_from_the_palette() -> None:
+            await pilot.press("ctrl+p")
+            await pilot.pause()
+            await pilot.press(*"run list")
+            await wait_until(pilot, lambda: _first_command(app) == "Run list", what="the palette's search")
+            await pilot.press("enter")
+            await wait_until(pilot, lambda: type(app.screen).__name__ == "Confirm", what="the question first")
+
+        await run_list_from_the_palette()
+        await pilot.press("escape")  # no: the wizard stays, with what was set
+        await wait_until(pilot, lambda: app.screen is wizard and wizard.draft.get("training.seed") == 7)
+        await run_list_from_the_palette()
+        await pilot.press("left", "enter")  # yes
+        await wait_until(pilot, lambda: isinstance(app.screen, StartScreen) and app.focused is not None
+                         and app.focused.id == "runs", what="the start screen, the cursor on the run list")
+        assert wizard not in app.screen_stack and app.screen.query_one("#runs", DataTable).row_count == 2
 
 
 async def test_two_gpus_and_fsdp_plan_memory_per_gpu_and_show_the_launch_command(tiny_model: Path, chat_data: dict,

@@ -53,6 +53,8 @@ class TuneTermCommands(ActionCommands):
     COMMANDS = (("New run", "app.new_run", "Choose a model, data and settings"),
                 ("Open a config file", "app.open_config", "Load a YAML config into the wizard's review"),
                 ("Demo", "app.demo", "The built-in tiny model and data, offline"),
+                ("Run list", "app.start(True)", "The recent runs: open one, or mark some and compare them"),
+                ("Start screen", "app.start", "New run, open a config, the demo, the recent runs"),
                 ("Help", "app.help", "Keys, steps, and where the advice comes from"))
 
 
@@ -92,6 +94,25 @@ class TuneTermApp(App[None]):
 
     def action_new_run(self) -> None:
         self.open_wizard(Draft())
+
+    def action_start(self, runs: bool = False) -> None:
+        """Back to the start screen (with the cursor on the run list when `runs`), closing the screens above it: a
+        wizard with unsaved settings asks first; a run goes on, its monitor a key away in the run list."""
+        def answered(leave: bool | None) -> None:
+            if not leave:
+                return
+            while len(self.screen_stack) > 2:
+                self.pop_screen()
+            if isinstance(self.screen, StartScreen):
+                self.screen.focus_runs() if runs else self.screen.query_one("#actions").focus()
+            else:
+                self.switch_screen(StartScreen(self.services, runs_first=runs))
+
+        if self.unsaved_work():
+            self.push_screen(Confirm("Leave the wizard? The settings you entered are not saved.", yes="Leave"),
+                             answered)
+        else:
+            answered(True)
 
     def action_help(self) -> None:
         from tuneterm.ui.screens.help import HelpScreen

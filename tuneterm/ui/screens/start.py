@@ -51,9 +51,9 @@ class StartScreen(Screen[None]):
     SUB_TITLE = "fine-tune a language model from a terminal"
     BINDINGS = [
         Binding("n", "app.new_run", "New run", id="new"),
-        Binding("o,ctrl+o", "app.open_config", "Open config", id="open"),
+        Binding("o,ctrl+o", "app.open_config", "Open", id="open", tooltip="Open a config file"),
         Binding("d", "app.demo", "Demo", id="demo"),
-        Binding("r", "refresh_runs", "Refresh runs", id="refresh"),
+        Binding("r", "refresh_runs", "Refresh runs", id="refresh", show=False),  # (they are read when shown)
         Binding("space", "mark", "Mark", id="mark", tooltip="Mark the run under the cursor for comparing"),
         Binding("C", "compare", "Compare", id="compare", tooltip="Overlay the marked runs' loss curves"),
     ]
@@ -126,6 +126,14 @@ class StartScreen(Screen[None]):
         self.query_one("#runs-title", Static).update(
             f"Recent runs in {where}{marked}" if any_runs else f"No runs yet in {where}: start a new run, or try the "
                                                                "demo.")
+
+    def focus_runs(self) -> None:
+        """The cursor on the run list (once it is read, when it is being read)."""
+        table = self.query_one("#runs", DataTable)
+        if table.row_count:
+            table.focus()
+        else:
+            self.runs_first = True
 
     def name_cell(self, run_dir: Path) -> Text:
         return Text(MARK + run_dir.name, style="bold") if run_dir in self.marked else Text(run_dir.name)

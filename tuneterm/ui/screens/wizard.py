@@ -127,7 +127,8 @@ class WizardScreen(Screen[None]):
         Binding("escape", "back", "Back", id="back", tooltip="The previous step"),
         Binding("ctrl+t", "take_suggestion", "Suggestion", id="take",
                 tooltip="Apply the focused field's advice, or the data's suggested max length (dimmed: none)"),
-        Binding("ctrl+o", "browse", "Browse", id="browse", tooltip="Pick the data file"),
+        Binding("ctrl+o", "browse", "Browse", id="browse", tooltip="Pick the data file",
+                show=False),  # (the data step's own Browse button says the key)
         Binding("ctrl+s", "save", "Save", id="save", tooltip="Save the config to a file"),
         Binding("ctrl+r", "launch", "Launch", id="launch", tooltip="Start the run (says what is missing)"),
     ]
