@@ -1,8 +1,12 @@
 """The app: one factory shared by the command line and the tests, the actions every screen offers, quitting
-without losing work, and the command palette."""
+without losing work (on a kill too: SIGTERM quits as ctrl+q does, and gives the terminal back), and the command
+palette."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -29,6 +33,9 @@ from tuneterm.ui.screens.summary import SummaryScreen
 from tuneterm.ui.services import Services
 from tuneterm.ui.state.draft import Draft
 from tuneterm.ui.training import TrainingInApp
+
+KILLED = 128 + signal.SIGTERM
+"""The exit status of an app ended by SIGTERM, as the shell reports a process a signal ended."""
 
 
 @dataclass(frozen=True)
@@ -76,6 +83,8 @@ class TuneTermApp(App[None]):
         self.monitors: dict[Path, MonitorScreen] = {}
 
     def on_mount(self) -> None:
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # (a loop without Unix signals)
+            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, self.terminated)
         if self.opening.screen == "monitor" and self.opening.run_dir is not None:
             self.open_run(self.opening.run_dir)  # the start screen comes when this one is left
             return
@@ -319,10 +328,24 @@ class TuneTermApp(App[None]):
                     "Quit tuneterm? The settings you entered in the wizard are not saved.")
         self.push_screen(Confirm(question, yes="Stop and quit" if training else "Quit"), answered)
 
+    def terminated(self) -> None:
+        """SIGTERM (a kill): the app ends as a quit does, giving the terminal back as it was, without asking; a run
+        training here stops after its current step, with a checkpoint, first."""
+        training = self.training if self.training is not None and self.training.active else None
+        if training is None:
+            self.exit(return_code=KILLED)
+            return
+        training.control.request_stop("SIGTERM (the app was killed)")
+        self.quit_when_stopped(training, KILLED)
+
+    def on_unmount(self) -> None:
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGTERM)
+
     @work(thread=True, group="quitting", exit_on_error=False)
-    def quit_when_stopped(self, training: TrainingInApp) -> None:
+    def quit_when_stopped(self, training: TrainingInApp, return_code: int = 0) -> None:
         training.wait()
-        self.call_from_thread(self.exit)
+        self.call_from_thread(self.exit, None, return_code)
 
 
 def make_app(services: Services | None = None, opening: Opening = Opening()) -> TuneTermApp:
