@@ -219,6 +219,28 @@ async def test_a_csv_with_its_own_column_names_is_mapped_for_the_person_who_can_
                                                                             "completion": "question"})
 
 
+async def test_columns_whose_names_say_nothing_are_mapped_by_the_person(services, tiny_model: Path,
+                                                                        tmp_path: Path) -> None:
+    from textual.widgets import Select
+
+    data = tmp_path / "pairs.csv"
+    data.write_text("left,right\n" + "".join(f"What is {i} plus 1?,{i + 1}.\n" for i in range(30)))
+    app = make_app(services, Opening("wizard", Draft()))
+    async with app.run_test(size=(80, 24)) as pilot:
+        wizard = await model_then_data(pilot, tiny_model, data)
+        await wait_until(pilot, lambda: wizard.planning.data_error is not None, what="the format not told")
+        report = str(wizard.query_one("#data-report").render())
+        assert report == ("✗ The column names (left, right) do not tell the data format: choose the format above and "
+                          "which column holds what below."), "what to do, in short: the mapper is below"
+        assert wizard.query_one("#column-mapper").display and wizard.draft.get("data.columns") is None
+        wizard.query_one("#map-instruction", Select).value = "left"
+        wizard.query_one("#map-output", Select).value = "right"
+        await wait_until(pilot, lambda: wizard.planning.summary is not None, what="the data read with the mapping")
+        assert wizard.draft.get("data.columns") == {"instruction": "left", "output": "right"}
+        assert wizard.draft.get("data.format") == "alpaca", "the format the mapping says, set"
+        assert wizard.planning.summary.train.examples == 30
+
+
 async def test_a_config_file_opens_at_the_review_step(services, tiny_model: Path, chat_data: dict,
                                                       tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from tuneterm import cli

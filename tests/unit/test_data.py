@@ -124,6 +124,7 @@ def test_columns_and_format_can_be_overridden(tmp_path: Path) -> None:
     (("Question", "Context", "Answer"), "alpaca", {"instruction": "Question", "input": "Context", "output": "Answer"}),
     (("instruction", "response"), "alpaca", {"output": "response"}),
     (("prompt", "response", "id"), "alpaca", {"instruction": "prompt", "output": "response"}),
+    (("Question Text", "answer_str"), "alpaca", {"instruction": "Question Text", "output": "answer_str"}),
     (("input", "output"), "prompt_completion", {"prompt": "input", "completion": "output"}),
     (("content",), "text", {"text": "content"}),
     (("chat",), "messages", {"messages": "chat"}),

@@ -298,6 +298,9 @@ def test_data_whose_columns_do_not_tell_its_format_gets_the_likely_mapping_and_t
 
     planning.data_setting_changed(draft, "data.columns", {"prompt": "answer", "completion": "question"})
     assert draft.get("data.columns") == {"prompt": "answer", "completion": "question"}, "the person's mapping"
+    planning.data_setting_changed(draft, "data.format", None)
+    planning.data_setting_changed(draft, "data.columns", {"instruction": "answer", "output": "question"})
+    assert draft.get("data.format") == "alpaca", "a mapping of one format's fields says that format"
     assert planning.data_setting_changed(draft, "data.train", str(tmp_path / "other.jsonl"))
     assert planning.column_mapper(draft) is None, "the mapper belongs to the data it was made for"
 

@@ -59,7 +59,11 @@ class ColumnGuess:
 
 
 def _normal(name: str) -> str:
-    return name.strip().lower().replace(" ", "_").replace("-", "_")
+    """"Question", "question text", "question_str" -> "question"."""
+    normal = name.strip().lower().replace(" ", "_").replace("-", "_")
+    for suffix in ("_text", "_str", "_string"):
+        normal = normal.removesuffix(suffix)
+    return normal
 
 
 def mapping_for(found: Mapping[str, int], fmt: str, fields: tuple[str, ...]) -> ColumnGuess:

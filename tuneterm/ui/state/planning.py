@@ -179,6 +179,8 @@ class WizardPlanning:
             self.columns_found, self.columns_guessed = {}, None
         if key == "data.format" and value in FIELDS and self.columns_found:  # another format: its own mapping
             draft.set("data.columns", mapping_for(self.columns_found, value, FIELDS[value]).columns or None)
+        if key == "data.columns" and value and self.columns_found and draft.get("data.format") in (None, "auto"):
+            draft.set("data.format", _format_of(value))  # said, not left to detection
         if key in ("data.format", "data.columns"):
             self.columns_guessed = None
         return draft.set(key, value)
@@ -253,9 +255,8 @@ class WizardPlanning:
         columns: dict[str, str] = draft.get("data.columns") or {}
         fmt = draft.get("data.format") or "auto"
         if fmt not in FIELDS:  # the format whose fields are mapped, else the likely one
-            mapped = [name for name, fields in FIELDS.items() if set(columns) & set(fields)]
             guess = guess_columns(self.columns_found, FIELDS)
-            fmt = mapped[0] if len(mapped) == 1 else guess.format if guess else "alpaca"
+            fmt = _format_of(columns) or (guess.format if guess else "alpaca")
         chosen = {name: columns.get(name, name if name in self.columns_found else None) for name in FIELDS[fmt]}
         shown = ColumnGuess(fmt, dict(columns))
         command = inspect_command(draft.get("data.train") or "DATA", draft.get("model.path") or "MODEL", fmt, columns)
@@ -361,6 +362,12 @@ class WizardPlanning:
             return f"Cannot write {path}: {exc.strerror}"
         draft.mark_saved(path)
         return ""
+
+
+def _format_of(columns: dict[str, str]) -> str | None:
+    """The format whose fields a mapping names, when they are one format's."""
+    formats = [name for name, fields in FIELDS.items() if set(columns) & set(fields)]
+    return formats[0] if len(formats) == 1 else None
 
 
 def typed_path(text: str) -> str:

@@ -21,7 +21,7 @@ from textual.widget import Widget
 from textual.widgets import Button, Checkbox, Input, Label, ProgressBar, Select, Sparkline, Static
 
 from tuneterm.data.columns import FIELD_HELP
-from tuneterm.data.formats import FIELDS, FORMATS
+from tuneterm.data.formats import FIELDS, FORMATS, FormatUnknown
 from tuneterm.data.summary import DataView, Preview, SourceSummary
 from tuneterm.errors import Problem, TuneTermError
 from tuneterm.ui.state.planning import ColumnMapper
@@ -207,9 +207,13 @@ class DataStep(VerticalScroll):
             f"[b]{escape(mapper.config)}[/b]{guessed}\n[$text-muted]The same from a shell:[/] {escape(mapper.command)}")
 
     def show_read(self, error: TuneTermError | None = None) -> None:
-        """A read ended: its summary follows, or why the data cannot be used."""
+        """A read ended: its summary follows, or why the data cannot be used (in short when the column mapper below
+        is what to do about it)."""
         self.show_progress(None)
-        if error is not None:
+        if isinstance(error, FormatUnknown):
+            self.show_failure(f"The column names ({', '.join(error.columns)}) do not tell the data format: choose "
+                              "the format above and which column holds what below.", [])
+        elif error is not None:
             self.show_failure(error.summary, error.problems)
 
     def show_cancelled(self) -> None:
