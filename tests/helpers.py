@@ -61,3 +61,55 @@ def two_recorded_runs(runs: Path) -> tuple[Path, Path]:
         text = text.replace(old, new)
     config.write_text(text)
     return first, second
+
+
+class Terminal:
+    """tuneterm started in a pseudo-terminal of `rows` x `columns`, as a person's terminal runs it (not over SSH):
+    everything it writes is read as it comes (a terminal that stops reading would block the app), into `screen`."""
+
+    def __init__(self, arguments: list[str], rows: int = 30, columns: int = 100):
+        import fcntl
+        import os
+        import pty
+        import struct
+        import subprocess
+        import sys
+        import termios
+        import threading
+
+        self.master, slave = pty.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
+        environment = {**os.environ, "TERM": "xterm-256color", "PYTHONPATH": str(ROOT)}
+        environment.pop("SSH_CONNECTION", None)
+        environment.pop("SSH_TTY", None)
+        self.process = subprocess.Popen([sys.executable, "-m", "tuneterm", *arguments], stdin=slave, stdout=slave,
+                                        stderr=slave, env=environment, close_fds=True, start_new_session=True)
+        os.close(slave)
+        self.screen = bytearray()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        import os
+
+        while True:
+            try:
+                data = os.read(self.master, 65536)
+            except OSError:
+                return
+            if not data:
+                return
+            self.screen.extend(data)
+
+    def shows(self, text: bytes) -> bool:
+        """Whether the app has written `text` (escape sequences between its pieces aside)."""
+        return text in self.screen.replace(b"\x1b[", b"")
+
+    def type(self, keys: bytes) -> None:
+        import os
+
+        os.write(self.master, keys)
+
+    def close(self) -> None:
+        import os
+
+        os.close(self.master)

@@ -133,40 +133,12 @@ def test_an_early_stopped_run_killed_while_saving_resumes_without_more_steps(bas
 def test_a_killed_app_gives_the_terminal_back(tmp_path: Path) -> None:
     """kill (SIGTERM) ends the app as a quit does: the terminal leaves the app's screen and takes keys as before,
     with no `reset` needed; the exit status says a signal ended it."""
-    import fcntl
-    import os
-    import pty
-    import struct
-    import subprocess
-    import sys
-    import termios
-    import threading
+    from tests.helpers import Terminal
 
-    from tests.helpers import ROOT
-
-    master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
-    environment = {**os.environ, "TERM": "xterm-256color", "PYTHONPATH": str(ROOT)}
-    process = subprocess.Popen([sys.executable, "-m", "tuneterm", "runs", "--runs-dir", str(tmp_path / "runs")],
-                               stdin=slave, stdout=slave, stderr=slave, env=environment, close_fds=True,
-                               start_new_session=True)
-    os.close(slave)
-    screen = bytearray()
-
-    def drain() -> None:  # a terminal reads everything the app writes
-        while True:
-            try:
-                data = os.read(master, 65536)
-            except OSError:
-                return
-            if not data:
-                return
-            screen.extend(data)
-
-    threading.Thread(target=drain, daemon=True).start()
-    wait_for(lambda: b"No runs yet" in screen.replace(b"\x1b[", b""), what="the start screen")
-    drawn = len(screen)
-    process.send_signal(signal.SIGTERM)
-    assert process.wait(60) == 128 + signal.SIGTERM
-    wait_for(lambda: b"\x1b[?1049l" in screen[drawn:], timeout=10, what="the terminal's own screen back")
-    os.close(master)
+    terminal = Terminal(["runs", "--runs-dir", str(tmp_path / "runs")], rows=24, columns=80)
+    wait_for(lambda: terminal.shows(b"No runs yet"), what="the start screen")
+    drawn = len(terminal.screen)
+    terminal.process.send_signal(signal.SIGTERM)
+    assert terminal.process.wait(60) == 128 + signal.SIGTERM
+    wait_for(lambda: b"\x1b[?1049l" in terminal.screen[drawn:], timeout=10, what="the terminal's own screen back")
+    terminal.close()

@@ -182,12 +182,17 @@ async def test_a_broken_dataset_shows_its_lines_and_can_leave_them_out(services,
                    for p in wizard.planning.problems)
 
 
+def sums_csv(path: Path, header: str) -> Path:
+    """A CSV of 30 questions and answers under the column names in `header`."""
+    path.write_text(f"{header}\n" + "".join(f"What is {i} plus 1?,{i + 1}.\n" for i in range(30)))
+    return path
+
+
 async def test_a_csv_with_its_own_column_names_is_mapped_for_the_person_who_can_change_it(
         services, tiny_model: Path, tmp_path: Path) -> None:
     from textual.widgets import Label, Select
 
-    data = tmp_path / "qa.csv"
-    data.write_text("question,answer\n" + "".join(f"What is {i} plus 1?,{i + 1}.\n" for i in range(30)))
+    data = sums_csv(tmp_path / "qa.csv", "question,answer")
     app = make_app(services, Opening("wizard", Draft()))
     async with app.run_test(size=(100, 30)) as pilot:
         wizard = await model_then_data(pilot, tiny_model, data)
@@ -223,8 +228,7 @@ async def test_columns_whose_names_say_nothing_are_mapped_by_the_person(services
                                                                         tmp_path: Path) -> None:
     from textual.widgets import Select
 
-    data = tmp_path / "pairs.csv"
-    data.write_text("left,right\n" + "".join(f"What is {i} plus 1?,{i + 1}.\n" for i in range(30)))
+    data = sums_csv(tmp_path / "pairs.csv", "left,right")
     app = make_app(services, Opening("wizard", Draft()))
     async with app.run_test(size=(80, 24)) as pilot:
         wizard = await model_then_data(pilot, tiny_model, data)
