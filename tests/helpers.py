@@ -40,3 +40,76 @@ def with_changes(base: dict, **sections: object) -> dict:
         else:
             config[section] = values
     return config
+
+
+def two_recorded_runs(runs: Path) -> tuple[Path, Path]:
+    """The recorded run twice, as two runs of one model in `runs` (named the way tuneterm names them): the second
+    given another learning rate and micro-batch, with the values tuneterm derived differing as they would with them
+    (its eval batch follows the micro-batch; it started on a busier machine, with one CPU thread)."""
+    import shutil
+
+    first, second = runs / "20261201-221907-model-lora", runs / "20261201-223015-model-lora"
+    for run in (first, second):
+        shutil.copytree(DATA / "recorded-run", run)
+    config = second / "config.yaml"
+    text = config.read_text()
+    for old, new in (("learning_rate: 0.003", "learning_rate: 0.001"), ("per_device_train_batch_size: 8",
+                                                                          "per_device_train_batch_size: 4"),
+                     ("per_device_eval_batch_size: 8", "per_device_eval_batch_size: 4"),
+                     ("cpu_threads: 2", "cpu_threads: 1")):
+        assert old in text, old
+        text = text.replace(old, new)
+    config.write_text(text)
+    return first, second
+
+
+class Terminal:
+    """tuneterm started in a pseudo-terminal of `rows` x `columns`, as a person's terminal runs it (not over SSH):
+    everything it writes is read as it comes (a terminal that stops reading would block the app), into `screen`."""
+
+    def __init__(self, arguments: list[str], rows: int = 30, columns: int = 100):
+        import fcntl
+        import os
+        import pty
+        import struct
+        import subprocess
+        import sys
+        import termios
+        import threading
+
+        self.master, slave = pty.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
+        environment = {**os.environ, "TERM": "xterm-256color", "PYTHONPATH": str(ROOT)}
+        environment.pop("SSH_CONNECTION", None)
+        environment.pop("SSH_TTY", None)
+        self.process = subprocess.Popen([sys.executable, "-m", "tuneterm", *arguments], stdin=slave, stdout=slave,
+                                        stderr=slave, env=environment, close_fds=True, start_new_session=True)
+        os.close(slave)
+        self.screen = bytearray()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        import os
+
+        while True:
+            try:
+                data = os.read(self.master, 65536)
+            except OSError:
+                return
+            if not data:
+                return
+            self.screen.extend(data)
+
+    def shows(self, text: bytes) -> bool:
+        """Whether the app has written `text` (escape sequences between its pieces aside)."""
+        return text in self.screen.replace(b"\x1b[", b"")
+
+    def type(self, keys: bytes) -> None:
+        import os
+
+        os.write(self.master, keys)
+
+    def close(self) -> None:
+        import os
+
+        os.close(self.master)

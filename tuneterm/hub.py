@@ -10,6 +10,7 @@ come back. Shared by the data layer (hub datasets, tokenizers) and the plan and 
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -121,11 +122,56 @@ class Source:
                          f"{first_sentence(str(exc)) or type(exc).__name__}")
 
 
+ModelPart = Literal["config", "tokenizer", "weights"]
+
+MODEL_DIRECTORY = ("A model directory holds config.json, the tokenizer files (tokenizer.json, tokenizer_config.json) "
+                   "and the weights (model.safetensors), as save_pretrained writes them or `hf download ORG/NAME "
+                   "--local-dir DIR` fetches them")
+
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt",
+                    "spiece.model")
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf", ".msgpack", ".h5", ".ckpt")
+_PART_NAMES = {"config": "config.json", "tokenizer": "tokenizer files (tokenizer.json, tokenizer_config.json)",
+               "weights": "weights (model.safetensors or pytorch_model.bin)"}
+
+
+def _has(directory: Path, part: ModelPart) -> bool:
+    names = {entry.name for entry in directory.iterdir() if entry.is_file()}
+    if part == "config":
+        return "config.json" in names
+    if part == "tokenizer":
+        return any(name in names for name in _TOKENIZER_FILES) or any(n.endswith(".tiktoken") for n in names)
+    return any(name.endswith(_WEIGHT_SUFFIXES) or name.endswith(".index.json") for name in names)
+
+
+def not_a_model_directory(directory: Path, needs: tuple[ModelPart, ...], key: str = "model.path") -> str:
+    """Why a local directory cannot serve as the model for what `needs` (its config, its tokenizer, its weights):
+    what it lacks and what a model directory holds; "" when it has them (or cannot be listed)."""
+    try:
+        missing = [part for part in needs if not _has(directory, part)]
+        adapter = directory / "adapter_config.json"
+        if missing and adapter.is_file():
+            base = json.loads(adapter.read_text(encoding="utf-8")).get("base_model_name_or_path") or "?"
+            return (f"{key}: {directory} holds a LoRA adapter (adapter_config.json), not a model: {key} is the base "
+                    f"model it was trained from ({base}); tuneterm merge {directory} MERGED_DIR writes the two as "
+                    "one model")
+    except (OSError, ValueError):
+        return ""
+    if not missing:
+        return ""
+    lacking = ", and no ".join(_PART_NAMES[part] for part in missing)
+    return f"{key}: {directory} is not a model directory: it has no {lacking}. {MODEL_DIRECTORY}"
+
+
 def open_source(path: str, revision: str | None = None, trust_remote_code: bool = False, key: str = "model.path",
-                repo_type: str = "model") -> Source:
-    """A local directory as it is; a hub id after asking the hub. A gated or missing repository fails here."""
+                repo_type: str = "model", needs: tuple[ModelPart, ...] = ()) -> Source:
+    """A local directory as it is (holding what `needs` of a model); a hub id after asking the hub. A gated or
+    missing repository fails here, and so does a directory that lacks what is needed, saying what."""
     kwargs: dict[str, Any] = {"revision": revision, "trust_remote_code": trust_remote_code}
     if Path(path).exists():
+        problem = not_a_model_directory(Path(path), needs, key) if needs and Path(path).is_dir() else ""
+        if problem:
+            raise LoadError(problem)
         return Source(path, key, repo_type, None, kwargs)
     if not looks_like_hub_id(path):
         raise LoadError(f"{key}: {path}: no such file or directory")

@@ -136,6 +136,18 @@ def test_merging_never_writes_into_a_non_empty_directory(finished_run, tmp_path)
     assert not [p for p in tmp_path.iterdir() if ".partial-" in p.name]
 
 
+def test_tuneterm_merge_prints_its_own_lines_and_no_library_notices(finished_run, tmp_path) -> None:
+    import subprocess
+    import sys
+
+    # A process of its own, as a person runs it: no test harness between the libraries and the terminal.
+    done = subprocess.run([sys.executable, "-m", "tuneterm", "merge", str(finished_run.run_dir), str(tmp_path / "m")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "Merged model:" in done.stdout and "loading the base model" in done.stdout
+    assert done.stderr == "", "transformers' deprecation notices are routed as a run routes them: not onto the screen"
+
+
 def test_compare_writes_one_curve_per_run_and_lists_what_differs(finished_run, tmp_path, capsys) -> None:
     from tuneterm.engine.after.compare import comparison_figure, load_curves
 

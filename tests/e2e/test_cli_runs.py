@@ -24,8 +24,8 @@ def test_train_runs_headless_and_exits_zero(base_config: dict, tmp_path: Path,
     assert isinstance(read_events(run_dir / "events.jsonl")[-1], RunFinished)
 
 
-def test_a_run_that_fails_on_its_data_lists_every_line_and_stays_a_run(base_config: dict, tmp_path: Path,
-                                                                       capsys: pytest.CaptureFixture[str]) -> None:
+def test_invalid_data_is_refused_with_every_line_before_a_run_directory_is_made(
+        base_config: dict, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     good = base_config["data"]["train"]
     lines = Path(good).read_text().splitlines()[:40]
     for number in range(25, 0, -1):  # 25 broken records, written in reverse so that sorting shows
@@ -33,16 +33,29 @@ def test_a_run_that_fails_on_its_data_lists_every_line_and_stays_a_run(base_conf
     bad = tmp_path / "bad.jsonl"
     bad.write_text("\n".join(lines) + "\n")
     base_config["data"]["train"] = str(bad)
-    code = main(["train", str(write_config(tmp_path, base_config))])
-    out = capsys.readouterr().out
-    assert code == 1
-    failure = out[out.index("Run failed:"):].splitlines()
-    assert failure[0].startswith("Run failed: data.train: 25 of 65 records are not valid messages data")
+    code = main(["train", str(write_config(tmp_path, base_config)), "--runs-dir", str(tmp_path / "runs")])
+    out, err = capsys.readouterr()
+    assert code == 1 and "Run directory" not in out
+    failure = err.splitlines()
+    assert failure[0].startswith("tuneterm train: data.train: 25 of 65 records are not valid messages data")
     listed = [line.strip() for line in failure[1:21]]
     assert listed == [f"{bad}:{2 * n}: the conversation ends with a user turn; the last turn must be the "
                       "assistant's reply to train on" for n in range(1, 21)]
     assert failure[21].strip() == "... and 5 more"
-    # A run that failed before training is still a run: its config is there, to start it again.
+    assert not Path(base_config["training"]["output_dir"]).exists() and not (tmp_path / "runs").exists(), \
+        "nothing written for a run that could not start"
+
+
+def test_a_run_that_fails_before_training_stays_a_run_to_start_again(base_config: dict, tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    import shutil
+
+    weightless = tmp_path / "weightless"  # its config and tokenizer are read before the run; its weights are not
+    shutil.copytree(base_config["model"]["path"], weightless, ignore=shutil.ignore_patterns("*.safetensors"))
+    base_config["model"]["path"] = str(weightless)
+    assert main(["train", str(write_config(tmp_path, base_config))]) == 1
+    out = capsys.readouterr().out
+    assert f"Run failed: model.path: {weightless} is not a model directory: it has no weights" in out
     run_dir = Path(base_config["training"]["output_dir"])
     assert (run_dir / "config.yaml").is_file() and (run_dir / "error.log").is_file()
     assert main(["train", "--resume", str(run_dir)]) == 2

@@ -4,22 +4,14 @@ in-app run whose terminal disappears."""
 from __future__ import annotations
 
 import copy
-import fcntl
-import os
-import pty
 import signal
-import struct
-import subprocess
-import sys
-import termios
-import threading
 import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.helpers import ROOT
+from tests.helpers import Terminal
 from tuneterm.cli import main
 from tuneterm.engine.after.report import report_of
 from tuneterm.engine.events import RunFinished, StepLogged, read_events
@@ -100,36 +92,15 @@ def test_an_in_app_run_whose_terminal_hangs_up_stops_with_a_checkpoint_that_resu
                                                                                     tmp_path: Path) -> None:
     config = long_run(base_config)
     run_dir = Path(config["training"]["output_dir"])
-    master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))
-    environment = {**os.environ, "TERM": "xterm-256color", "PYTHONPATH": str(ROOT)}
-    environment.pop("SSH_CONNECTION", None)
-    environment.pop("SSH_TTY", None)
-    process = subprocess.Popen([sys.executable, "-m", "tuneterm", str(write_config(tmp_path, config))],
-                               stdin=slave, stdout=slave, stderr=slave, env=environment, close_fds=True,
-                               start_new_session=True)
-    os.close(slave)
-    screen = bytearray()
-
-    def drain() -> None:  # a terminal reads everything the app writes
-        while True:
-            try:
-                data = os.read(master, 65536)
-            except OSError:
-                return
-            if not data:
-                return
-            screen.extend(data)
-
-    threading.Thread(target=drain, daemon=True).start()
-    wait_for(lambda: b"Ready to launch" in screen.replace(b"\x1b[", b""), what="the review step")
+    terminal = Terminal([str(write_config(tmp_path, config))])
+    wait_for(lambda: terminal.shows(b"Ready to launch"), what="the review step")
     time.sleep(0.5)
-    os.write(master, b"\x12")  # ctrl+r: launch, in the app (not over SSH, so not detached)
+    terminal.type(b"\x12")  # ctrl+r: launch, in the app (not over SSH, so not detached)
     wait_for(lambda: logged_step(run_dir) >= 3, what="three steps")
     assert is_live(run_dir)
-    process.send_signal(signal.SIGHUP)
-    process.wait(120)
-    os.close(master)
+    terminal.process.send_signal(signal.SIGHUP)
+    terminal.process.wait(120)
+    terminal.close()
     summary = summarise_run(run_dir)
     assert summary is not None and summary.status == "stopped", summary
     assert (run_dir / f"checkpoint-{summary.step}" / MARKER_FILE).is_file()

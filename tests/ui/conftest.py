@@ -88,6 +88,14 @@ async def wait_until_drawn(pilot: Pilot[Any]) -> None:
     await pilot.wait_for_scheduled_animations()
 
 
+def text_of(screen: Screen[Any], selector: str) -> str:
+    """What the widget at `selector` and every Static in it say, one after the other."""
+    from textual.widgets import Static
+
+    root = screen.query_one(selector)
+    return "\n".join(str(widget.render()) for widget in [root, *root.query(Static)] if isinstance(widget, Static))
+
+
 ScreenType = TypeVar("ScreenType", bound=Screen[Any])
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 from textual.widgets import DataTable, Input, Static
 
 from tests.helpers import DATA
-from tests.ui.conftest import assert_snapshot, make_services, screen_of, wait_until, wait_until_drawn
+from tests.ui.conftest import assert_snapshot, make_services, screen_of, text_of, wait_until, wait_until_drawn
 from tuneterm.ui.app import Opening, make_app
 from tuneterm.ui.screens.chat import ChatScreen
 from tuneterm.ui.screens.compare import CompareScreen
@@ -34,7 +34,7 @@ async def test_a_finished_run_opens_on_its_summary_and_chat_answers_with_both_mo
     async with app.run_test(size=(100, 30)) as pilot:
         await wait_until(pilot, lambda: isinstance(app.screen, SummaryScreen) and app.screen.report is not None,
                          what="the summary")
-        text = str(app.screen.query_one("#summary", Static).render())
+        text = text_of(app.screen, "#summary-body")
         assert "best" in text and "perplexity" in text and "its weights all changed" in text
         await pilot.press("c")
         await wait_until(pilot, lambda: isinstance(app.screen, ChatScreen) and app.screen.model is not None,
@@ -74,6 +74,34 @@ async def test_two_marked_runs_are_compared_with_their_differing_settings(finish
         await wait_until(pilot, lambda: any("no token counts" in n.message for n in app._notifications),
                          what="the reason tokens cannot align these runs")
         await wait_until(pilot, lambda: screen.axis == "step", what="back to steps")
+
+
+async def test_runs_compared_at_80x24_are_named_whole_and_differ_only_in_what_they_were_given(tmp_path: Path) -> None:
+    from tests.helpers import two_recorded_runs
+
+    first, second = two_recorded_runs(tmp_path / "runs")
+    app = make_app(make_services(tmp_path / "runs"), Opening("runs"))
+    async with app.run_test(size=(80, 24), notifications=True) as pilot:
+        await wait_until(pilot, lambda: app.focused is not None and app.focused.id == "runs", what="the run list")
+        title = app.screen.query_one("#runs-title", Static)
+        await pilot.press("space")
+        assert str(title.render()).endswith(": 1 marked, mark another to compare them")
+        await pilot.press("down", "space")
+        assert str(title.render()).endswith(": 2 marked, C compares them")
+        await pilot.pause()
+        assert not app._notifications, "the hint is in the title, never over the list"
+        await pilot.press("C")
+        await wait_until(pilot, lambda: isinstance(app.screen, CompareScreen) and app.screen.curves,
+                         what="the comparison")
+        screen = screen_of(app, CompareScreen)
+        table = screen.query_one("#compare-table", DataTable)
+        assert [str(column.label) for column in table.columns.values()] == ["setting", "223015", "221907"]
+        assert [str(table.get_row_at(i)[0]) for i in range(table.row_count)] == [
+            "training.learning_rate", "training.per_device_train_batch_size"]
+        legend = str(screen.query_one("#compare-legend", Static).render())
+        assert f"223015  {second.name}" in legend and f"221907  {first.name}" in legend
+        await wait_until_drawn(pilot)
+        assert_snapshot(app, "compare_80x24")
 
 
 async def test_summary_of_a_recorded_run_at_80x24(tmp_path: Path) -> None:

@@ -59,7 +59,7 @@ async def test_start_screen() -> None:
     async with app.run_test(size=(100, 30)) as pilot:
         # Drawn, not only listed: the footer comes a few frames after the rows.
         await wait_until(pilot, lambda: all(text in app.export_screenshot() for text in
-                                            ("20261122-111500-model-lora", "Refresh")), what="the runs drawn")
+                                            ("20261122-111500-model-lora", "Help")), what="the runs drawn")
         assert_snapshot(app, "start_100x30")
 
 

@@ -10,7 +10,7 @@ import yaml
 from textual import events
 from textual.app import App
 from textual.command import CommandList
-from textual.widgets import Input
+from textual.widgets import DataTable, Input
 
 from tests.ui.conftest import make_services, screen_of, wait_until
 from tuneterm.config import load_config
@@ -18,6 +18,7 @@ from tuneterm.ui.app import Opening, make_app
 from tuneterm.ui.screens.wizard import WizardScreen
 from tuneterm.ui.state.draft import Draft
 from tuneterm.ui.widgets.fields import SettingField
+from tuneterm.ui.widgets.plan_panel import PlanPanel
 
 
 async def type_into(pilot, selector: str, text: str, submit: bool = True) -> None:
@@ -59,10 +60,15 @@ async def test_walk_the_wizard_back_and_forth_take_advice_and_get_the_config(ser
         await type_into(pilot, "#field-training-learning_rate #control", "1e-3", submit=False)
         assert wizard.draft.get("training.learning_rate") == 1e-3
         field = wizard.query_one("#field-training-learning_rate", SettingField)
-        assert field.advice is not None and "well above the recommended 2e-4" in field.advice.message
+        assert field.advice is not None and field.advice.message == "0.001: the guides' 2e-4 does not apply to this " \
+                                                                   "model", "a tiny model is not a pretrained LLM"
+        assert wizard.suggestion() is None, "nothing to take"
+        await type_into(pilot, "#field-lora-lora_dropout #control", "0.3", submit=False)
+        field = wizard.query_one("#field-lora-lora_dropout", SettingField)
+        assert field.advice is not None and field.advice.fix == {"lora.lora_dropout": 0.0}
         await pilot.press("ctrl+t")  # take the suggestion of the focused field
-        assert wizard.draft.get("training.learning_rate") == 2e-4
-        assert field.query_one("#control", Input).value == "0.0002", "the field the cursor is in shows what was taken"
+        assert wizard.draft.get("lora.lora_dropout") == 0.0
+        assert field.query_one("#control", Input).value == "0.0", "the field the cursor is in shows what was taken"
         await type_into(pilot, "#field-training-per_device_train_batch_size #control", "4", submit=False)
 
         # Back twice and forward again: nothing entered is lost.
@@ -71,7 +77,8 @@ async def test_walk_the_wizard_back_and_forth_take_advice_and_get_the_config(ser
         await pilot.press("ctrl+n", "ctrl+n", "ctrl+n")
         assert wizard.step == "review"
         assert wizard.draft.values == {"model.path": str(tiny_model), "data.train": str(chat_data["train"]),
-                                       "training.learning_rate": 2e-4, "training.per_device_train_batch_size": 4}
+                                       "training.learning_rate": 1e-3, "lora.lora_dropout": 0.0,
+                                       "training.per_device_train_batch_size": 4}
         assert wizard.planning.config is not None and not [p for p in wizard.planning.problems if p.level == "error"]
         plan = wizard.planning.plan
         assert plan is not None and plan.config.get("training.max_length") % 64 == 0, "derived from the data"
@@ -82,7 +89,7 @@ async def test_walk_the_wizard_back_and_forth_take_advice_and_get_the_config(ser
         await type_into(pilot, "#path", str(target))
         assert target.is_file()
         saved = load_config(target)
-        assert saved.get("training.learning_rate") == 2e-4 and saved.get("training.per_device_train_batch_size") == 4
+        assert saved.get("training.learning_rate") == 1e-3 and saved.get("training.per_device_train_batch_size") == 4
         assert saved.get("data.train") == str(chat_data["train"])
         assert not wizard.draft.dirty and f"tuneterm train {target}" in wizard.draft.command_line()
 
@@ -175,22 +182,67 @@ async def test_a_broken_dataset_shows_its_lines_and_can_leave_them_out(services,
                    for p in wizard.planning.problems)
 
 
-async def test_unknown_columns_get_a_column_mapper_that_fixes_them(services, tiny_model: Path,
-                                                                  tmp_path: Path) -> None:
-    from tests.helpers import write_jsonl
+def sums_csv(path: Path, header: str) -> Path:
+    """A CSV of 30 questions and answers under the column names in `header`."""
+    path.write_text(f"{header}\n" + "".join(f"What is {i} plus 1?,{i + 1}.\n" for i in range(30)))
+    return path
 
-    data = write_jsonl(tmp_path / "qa.jsonl", [{"question": f"What is {i} plus 1?", "answer": f"{i + 1}."}
-                                               for i in range(30)])
+
+async def test_a_csv_with_its_own_column_names_is_mapped_for_the_person_who_can_change_it(
+        services, tiny_model: Path, tmp_path: Path) -> None:
+    from textual.widgets import Label, Select
+
+    data = sums_csv(tmp_path / "qa.csv", "question,answer")
     app = make_app(services, Opening("wizard", Draft()))
     async with app.run_test(size=(100, 30)) as pilot:
         wizard = await model_then_data(pilot, tiny_model, data)
-        await wait_until(pilot, lambda: wizard.planning.data_error is not None)
-        assert wizard.query_one("#column-mapper").display
-        wizard.query_one("#map-instruction").value = "question"
-        wizard.query_one("#map-output").value = "answer"
         await wait_until(pilot, lambda: wizard.planning.summary is not None, what="the data read with the mapping")
-        assert wizard.draft.get("data.columns") == {"instruction": "question", "output": "answer"}
         assert wizard.planning.summary.train.detection.format == "alpaca"
+        assert wizard.draft.get("data.format") == "alpaca"
+        assert wizard.draft.get("data.columns") == {"instruction": "question", "output": "answer"}
+        mapper = wizard.query_one("#column-mapper")
+        assert mapper.display, "the mapping stays in view, to change"
+        rows = {str(row.query_one(Label).render()): row.query_one(Select).value
+                for row in mapper.query(".mapper-row") if row.display}
+        assert rows == {"instruction": "question", "input (optional)": "(not in the data)",
+                        "output": "answer", "system (optional)": "(not in the data)",
+                        "history (optional)": "(not in the data)"}, "each field named, the likely columns chosen"
+        result = str(wizard.query_one("#mapper-result").render())
+        assert "data.format: alpaca, data.columns: {instruction: question, output: answer}" in result
+        assert (f"tuneterm inspect {data} --model {tiny_model} --format alpaca --columns '{{instruction: question, "
+                "output: answer}'") in result.replace("\n", " ")
+
+        wizard.query_one("#format", Select).value = "prompt_completion"  # the person reads it another way
+        await wait_until(pilot, lambda: wizard.planning.summary is not None
+                         and wizard.planning.summary.train.detection.format == "prompt_completion",
+                         what="the data read as prompt_completion")
+        assert wizard.draft.get("data.columns") == {"prompt": "question", "completion": "answer"}
+        assert [row.id for row in mapper.query(".mapper-row") if row.display] == ["map-row-prompt",
+                                                                                 "map-row-completion"]
+        wizard.query_one("#map-completion", Select).value = "question"
+        await wait_until(pilot, lambda: wizard.draft.get("data.columns") == {"prompt": "question",
+                                                                            "completion": "question"})
+
+
+async def test_columns_whose_names_say_nothing_are_mapped_by_the_person(services, tiny_model: Path,
+                                                                        tmp_path: Path) -> None:
+    from textual.widgets import Select
+
+    data = sums_csv(tmp_path / "pairs.csv", "left,right")
+    app = make_app(services, Opening("wizard", Draft()))
+    async with app.run_test(size=(80, 24)) as pilot:
+        wizard = await model_then_data(pilot, tiny_model, data)
+        await wait_until(pilot, lambda: wizard.planning.data_error is not None, what="the format not told")
+        report = str(wizard.query_one("#data-report").render())
+        assert report == ("✗ The column names (left, right) do not tell the data format: choose the format above and "
+                          "which column holds what below."), "what to do, in short: the mapper is below"
+        assert wizard.query_one("#column-mapper").display and wizard.draft.get("data.columns") is None
+        wizard.query_one("#map-instruction", Select).value = "left"
+        wizard.query_one("#map-output", Select).value = "right"
+        await wait_until(pilot, lambda: wizard.planning.summary is not None, what="the data read with the mapping")
+        assert wizard.draft.get("data.columns") == {"instruction": "left", "output": "right"}
+        assert wizard.draft.get("data.format") == "alpaca", "the format the mapping says, set"
+        assert wizard.planning.summary.train.examples == 30
 
 
 async def test_a_config_file_opens_at_the_review_step(services, tiny_model: Path, chat_data: dict,
@@ -235,6 +287,35 @@ async def test_the_command_palette_runs_the_wizard_actions(services) -> None:
         await pilot.press("enter")
         await wait_until(pilot, lambda: any("Not ready" in n.message for n in app._notifications),
                          what="the launch action run from the palette")
+
+
+async def test_the_command_palette_goes_back_to_the_run_list_asking_first_for_unsaved_settings(
+        tmp_path: Path) -> None:
+    from tests.helpers import two_recorded_runs
+    from tuneterm.ui.screens.start import StartScreen
+
+    two_recorded_runs(tmp_path / "runs")
+    app = make_app(make_services(tmp_path / "runs"), Opening("wizard", Draft()))
+    async with app.run_test(size=(100, 30)) as pilot:
+        wizard = screen_of(app, WizardScreen)
+        wizard.draft.set("training.seed", 7)  # work that is in no file
+
+        async def run_list_from_the_palette() -> None:
+            await pilot.press("ctrl+p")
+            await pilot.pause()
+            await pilot.press(*"run list")
+            await wait_until(pilot, lambda: _first_command(app) == "Run list", what="the palette's search")
+            await pilot.press("enter")
+            await wait_until(pilot, lambda: type(app.screen).__name__ == "Confirm", what="the question first")
+
+        await run_list_from_the_palette()
+        await pilot.press("escape")  # no: the wizard stays, with what was set
+        await wait_until(pilot, lambda: app.screen is wizard and wizard.draft.get("training.seed") == 7)
+        await run_list_from_the_palette()
+        await pilot.press("left", "enter")  # yes
+        await wait_until(pilot, lambda: isinstance(app.screen, StartScreen) and app.focused is not None
+                         and app.focused.id == "runs", what="the start screen, the cursor on the run list")
+        assert wizard not in app.screen_stack and app.screen.query_one("#runs", DataTable).row_count == 2
 
 
 async def test_two_gpus_and_fsdp_plan_memory_per_gpu_and_show_the_launch_command(tiny_model: Path, chat_data: dict,
@@ -299,3 +380,68 @@ async def test_the_demo_says_it_is_building_until_the_wizard_opens_and_builds_on
         assert wizard.draft.get("model.path") == str(demo / "model") and builds == [1]
         assert not any("Building the demo" in n.message for n in app._notifications), "said only while building"
         await wait_until(pilot, lambda: wizard.planning.facts is not None, what="the demo model read")
+
+
+async def test_a_value_that_stops_the_launch_says_why_at_its_field_and_steps_keep_their_marks(
+        services, tiny_model: Path, chat_data: dict) -> None:
+    draft = Draft.from_mapping({"model": {"path": str(tiny_model)}, "data": {"train": str(chat_data["train"])},
+                                "training": {"max_length": 8}})
+    app = make_app(services, Opening("wizard", draft))
+    async with app.run_test(size=(100, 30)) as pilot:
+        wizard = screen_of(app, WizardScreen)
+        await wait_until(pilot, lambda: wizard.planning.plan is not None and wizard.planning.plan.data is not None)
+
+        def rail() -> str:
+            return str(wizard.query_one("#step-rail").render())
+
+        await pilot.press("ctrl+n", "ctrl+n", "ctrl+n")
+        assert wizard.step == "review"
+        assert "1 Model ✓" in rail() and "2 Data ✓" in rail() and "3 Settings ✗" in rail()
+        panel = wizard.query_one(PlanPanel)
+        panel.scroll_end(animate=False)
+        await wait_until(pilot, lambda: panel.scroll_y > 0, what="the plan panel scrolled down")
+        await pilot.press("escape")
+        assert wizard.step == "settings"
+        await pilot.pause()
+        assert panel.scroll_y == 0, "each step shows the plan from its top"
+        field = wizard.query_one("#field-training-max_length")
+        said = str(field.query_one(".setting-advice").render())
+        assert "✗ " in said and "lose their whole response at max_length 8: raise it" in said, said
+        top = str(wizard.query_one("#settings-problems").render())
+        assert top == "✗ Stops the launch: max length (said at the field)"
+
+        await type_into(pilot, "#field-training-max_length #control", "256", submit=False)
+        assert not wizard.query_one("#settings-problems").display
+        await pilot.press("escape", "escape")
+        assert wizard.step == "model"
+        assert "2 Data ✓" in rail() and "3 Settings ✓" in rail(), "going back keeps what was gone through"
+        assert "4 Review ✓" not in rail()
+
+
+@pytest.mark.parametrize("size", [(80, 24), (100, 30)])
+async def test_path_fields_show_the_end_of_a_path_whole(tiny_model: Path, chat_data: dict, tmp_path: Path,
+                                                       size: tuple[int, int]) -> None:
+    from tuneterm.ui.widgets.paths import PathInput
+
+    folder = tmp_path / "a-folder-with-a-name-long-enough-to-need-cutting-at-these-widths"
+    folder.mkdir()
+    (folder / "train.jsonl").write_text(chat_data["train"].read_text())
+    (folder / "eval.jsonl").write_text(chat_data["eval"].read_text())
+    draft = Draft.from_mapping({"model": {"path": str(tiny_model)}, "data": {"train": str(folder / "train.jsonl"),
+                                                                              "eval": str(folder / "eval.jsonl")}})
+    app = make_app(make_services(tmp_path / "runs"), Opening("wizard", draft, "data"))
+    async with app.run_test(size=size) as pilot:
+        wizard = screen_of(app, WizardScreen)
+        await wait_until(pilot, lambda: wizard.planning.plan is not None and wizard.planning.plan.data is not None)
+        await pilot.pause()
+
+        def shown(selector: str) -> str:
+            field = wizard.query_one(selector, PathInput)
+            row = next(line for line in (field.render_line(y).text for y in range(field.size.height)) if "/" in line)
+            return row.strip(" ▊▎")
+
+        for selector, name in (("#data-path", "train.jsonl"), ("#eval-path", "eval.jsonl")):
+            assert shown(selector).endswith(f"-widths/{name}"), (selector, shown(selector))
+        await pilot.press("tab")  # the cursor leaves the path it was in: its end stays in view
+        await pilot.pause()
+        assert shown("#data-path").endswith("/train.jsonl"), shown("#data-path")

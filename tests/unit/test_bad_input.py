@@ -49,7 +49,24 @@ def test_malformed_json_is_named_at_the_first_a_middle_and_the_last_line(tmp_pat
     assert len(list(stream)) == 9
     [problem] = report.invalid.items
     assert problem.location == Location(str(path), broken_line)
-    assert problem.message.startswith("malformed JSON at column") and problem.reason == "malformed JSON"
+    assert problem.message == ("malformed JSON: the string that starts at column 43 is not closed before the line "
+                               "ends; was the line cut short?") and problem.reason == "malformed JSON"
+
+
+@pytest.mark.parametrize("line, message", [
+    ('{"messages": [{"role": "user", "content": "hi"}', "the line ends at column 48 before the JSON is complete "
+                                                         "(Expecting ',' delimiter); was it cut short?"),
+    ('{"messages": [{"role": "user", "content": "hi"}]}}', "at column 50: Extra data"),
+    ('{"messages": [{"role": "user" "content": "hi"}]}', "at column 31: Expecting ',' delimiter"),
+])
+def test_malformed_json_names_the_column_where_it_breaks_or_where_the_line_ends(tmp_path: Path, line: str,
+                                                                                   message: str) -> None:
+    path = tmp_path / "data.jsonl"
+    path.write_text(json.dumps(good(0)) + "\n" + line + "\r\n")
+    report, stream = read_examples(str(path))
+    assert len(list(stream)) == 1
+    [problem] = report.invalid.items
+    assert problem.message == f"malformed JSON{'' if message.startswith('at') else ':'} {message}"
 
 
 def test_a_raw_control_character_in_a_string_is_named_with_its_column(tmp_path: Path) -> None:
@@ -142,7 +159,8 @@ def test_a_model_without_its_files_or_with_corrupt_weights_says_so(tiny_model: P
     only_config = tmp_path / "only-config"
     only_config.mkdir()
     shutil.copy(tiny_model / "config.json", only_config / "config.json")
-    with pytest.raises(LoadError, match=f"model.path: {only_config}: cannot load it"):
+    with pytest.raises(LoadError, match=f"model.path: {only_config} is not a model directory: it has no tokenizer "
+                                        r"files \(tokenizer.json, tokenizer_config.json\)"):
         load_tokenizer(config_from_mapping({"model": {"path": str(only_config)}}))
 
     corrupt = tmp_path / "corrupt"

@@ -27,6 +27,57 @@ def test_a_model_directory_is_described_from_its_files(tiny_model: Path, tmp_pat
     assert any("no tokenizer files" in p for p in described.problems) and not described.usable
 
 
+def test_a_directory_that_is_not_a_model_says_what_it_lacks_and_what_a_model_directory_holds(
+        tiny_model: Path, tmp_path: Path, capsys) -> None:  # noqa: ANN001
+    import shutil
+
+    from tuneterm.cli import main
+
+    data = tmp_path / "chat.jsonl"
+    data.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"},
+                                             {"role": "assistant", "content": "hello"}]}) + "\n")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    holds = "A model directory holds config.json, the tokenizer files (tokenizer.json, tokenizer_config.json) and " \
+            "the weights (model.safetensors)"
+    assert main(["inspect", str(data), "--model", str(empty)]) == 1
+    said = capsys.readouterr().err
+    assert f"model.path: {empty} is not a model directory: it has no tokenizer files" in said and holds in said
+    assert "sentencepiece" not in said, "not the library's guess at what went wrong"
+    assert main(["plan", "--set", f"model.path={empty}", "--set", f"data.train={data}"]) == 1
+    assert f"{empty} is not a model directory: it has no config.json. {holds}" in capsys.readouterr().err
+    described = describe_model(str(empty))
+    assert described.problems == [f"model.path: {empty} is not a model directory: it has no config.json, and no "
+                                  f"tokenizer files (tokenizer.json, tokenizer_config.json). {holds}, as "
+                                  "save_pretrained writes them or `hf download ORG/NAME --local-dir DIR` fetches them"]
+
+    adapter = tmp_path / "a-run"
+    shutil.copytree(tiny_model, adapter, ignore=shutil.ignore_patterns("config.json", "*.safetensors"))
+    (adapter / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": str(tiny_model)}))
+    assert main(["plan", "--set", f"model.path={adapter}", "--set", f"data.train={data}"]) == 1
+    assert (f"{adapter} holds a LoRA adapter (adapter_config.json), not a model: model.path is the base model it "
+            f"was trained from ({tiny_model}); tuneterm merge {adapter} MERGED_DIR") in capsys.readouterr().err
+
+
+def test_a_model_without_weights_is_refused_before_loading_with_what_it_lacks(tiny_model: Path,
+                                                                               tmp_path: Path) -> None:
+    import shutil
+
+    import pytest
+
+    from tuneterm.config import config_from_mapping
+    from tuneterm.engine.loading import load_model
+    from tuneterm.errors import LoadError
+    from tuneterm.hardware import CPU
+
+    weightless = tmp_path / "weightless"
+    shutil.copytree(tiny_model, weightless, ignore=shutil.ignore_patterns("*.safetensors"))
+    config = config_from_mapping({"model": {"path": str(weightless)}, "data": {"train": "t"}})
+    with pytest.raises(LoadError, match=r"is not a model directory: it has no weights \(model.safetensors or "
+                                        r"pytorch_model.bin\)\. A model directory holds"):
+        load_model(config, "fp32", CPU)
+
+
 def test_a_hub_id_without_network_says_what_to_do_at_once() -> None:
     described = describe_model("example-org/some-model")
     assert not described.usable and described.hub is not None and described.hub.state == "offline"

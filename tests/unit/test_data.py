@@ -36,7 +36,7 @@ def read_all(source: Path | str, fmt: str = "auto", columns: dict | None = None)
 
 # The catalogue of broken files: each gives its message at its line (or row).
 CATALOGUE = [
-    ("malformed_json.jsonl", ":3", "malformed JSON at column"),
+    ("malformed_json.jsonl", ":3", "malformed JSON: the line ends at column 48 before the JSON is complete"),
     ("not_utf8.jsonl", ":2", "not UTF-8 text (byte 47 of the line); re-save the file as UTF-8"),
     ("missing_messages.jsonl", ":3", "'messages' must be a non-empty list of {role, content} objects"),
     ("unknown_role.jsonl", ":2", "messages[1]: unknown role 'robot'"),
@@ -72,6 +72,9 @@ def test_empty_file_unknown_columns_and_missing_paths() -> None:
     with pytest.raises(FormatUnknown, match=r"Columns found: question \(3/3\), answer \(3/3\).*data.columns") as caught:
         read_all(BAD / "wrong_columns.jsonl")
     assert caught.value.columns == {"question": 3, "answer": 3}, "the columns a screen offers to map"
+    assert ("These columns look like alpaca data: data.format: alpaca, data.columns: {instruction: question, "
+            "output: answer}; check it with: tuneterm inspect " + str(BAD / "wrong_columns.jsonl") + " --model MODEL "
+            "--format alpaca --columns '{instruction: question, output: answer}'") in str(caught.value)
     with pytest.raises(DataError, match="no such file or directory"):
         read_all(BAD / "missing.jsonl")
     with pytest.raises(DataError, match="hub cannot be reached"):
@@ -114,6 +117,41 @@ def test_columns_and_format_can_be_overridden(tmp_path: Path) -> None:
     assert example.conversation == HELLO
     report, _ = read_all(path, "auto", {"instruction": "question", "output": "answer"})
     assert report.detection.format == "alpaca" and "'question' and 'answer'" in report.detection.evidence
+
+
+@pytest.mark.parametrize("columns, fmt, mapping", [
+    (("question", "answer"), "alpaca", {"instruction": "question", "output": "answer"}),
+    (("Question", "Context", "Answer"), "alpaca", {"instruction": "Question", "input": "Context", "output": "Answer"}),
+    (("instruction", "response"), "alpaca", {"output": "response"}),
+    (("prompt", "response", "id"), "alpaca", {"instruction": "prompt", "output": "response"}),
+    (("Question Text", "answer_str"), "alpaca", {"instruction": "Question Text", "output": "answer_str"}),
+    (("input", "output"), "prompt_completion", {"prompt": "input", "completion": "output"}),
+    (("content",), "text", {"text": "content"}),
+    (("chat",), "messages", {"messages": "chat"}),
+    (("id", "label"), None, None),
+])
+def test_the_likely_format_and_mapping_are_guessed_from_the_column_names(columns: tuple[str, ...], fmt: str | None,
+                                                                         mapping: dict[str, str] | None) -> None:
+    from tuneterm.data.columns import guess_columns
+    from tuneterm.data.formats import FIELDS
+
+    guess = guess_columns({name: 10 for name in columns}, FIELDS)
+    assert (guess.format, guess.columns) == (fmt, mapping) if guess else (fmt, mapping) == (None, None)
+
+
+def test_the_inspect_line_of_a_mapping_reads_the_data_that_way(tmp_path: Path, tokenizer,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    import shlex
+
+    from tuneterm.data.columns import inspect_command
+
+    model = tmp_path / "tokenizer-only"
+    tokenizer.save_pretrained(model)
+    data = tmp_path / "my data.csv"
+    data.write_text("question,answer\nWhat is the capital of France?,Paris.\nhi,hello\n")
+    line = inspect_command(str(data), str(model), "alpaca", {"instruction": "question", "output": "answer"})
+    assert main(shlex.split(line)[1:]) == 0
+    assert "alpaca (set by data.format)" in capsys.readouterr().out
 
 
 def test_parquet_csv_saved_datasets_and_directories(tmp_path: Path) -> None:

@@ -34,9 +34,10 @@ def test_one_process_is_the_single_gpu_estimate_whatever_the_strategy(llama, str
 
 def test_ddp_keeps_a_full_replica_per_gpu_and_a_bucket_per_gradient(llama) -> None:  # noqa: ANN001
     one, two = (estimate_memory(llama, replace(LORA, world_size=n, strategy="ddp")) for n in (1, 2))
-    assert {k: v for k, v in two.breakdown.items() if k != "allocator_slack"} == \
-        {k: v for k, v in one.breakdown.items() if k != "allocator_slack"}
+    assert {k: v for k, v in two.breakdown.items() if k not in ("allocator_slack", "gradient_buckets")} == \
+        {k: v for k, v in one.breakdown.items() if k not in ("allocator_slack", "gradient_buckets")}
     assert two.peak_allocated == one.peak_allocated + one.breakdown["gradients"]
+    assert two.breakdown["gradient_buckets"] == one.breakdown["gradients"] and one.breakdown["gradient_buckets"] == 0
 
 
 @pytest.mark.parametrize("strategy", ["fsdp", "deepspeed-zero3"])

@@ -89,10 +89,32 @@ def test_library_warnings_become_events_once_and_are_restored() -> None:
         logger.warning("Some weights were not initialized")
         logger.warning("Some weights were not initialized")
         logger.warning("`foo` is deprecated and will be removed in v6")
+        logging.getLogger("transformers.trainer_utils").warning(
+            "mtime may not be reliable on this filesystem, falling back to numerical ordering")
         warnings.warn("torch says something", UserWarning, stacklevel=1)
     assert [e.message for e in events if isinstance(e, WarningIssued)] == [
         "Some weights were not initialized", "UserWarning: torch says something"]
     assert root.handlers == handlers_before
+
+
+def test_a_command_outside_a_run_routes_library_output_as_a_run_does(capsys: pytest.CaptureFixture[str]) -> None:
+    import argparse
+
+    from tuneterm.cli.common import library_output_routed
+
+    @library_output_routed
+    def command(args: argparse.Namespace) -> int:
+        warnings.warn("`is_gradient_checkpointing` is deprecated", FutureWarning, stacklevel=1)
+        logging.getLogger("transformers.modeling_utils").warning("Some weights were not initialized")
+        print("the command's own line")
+        return 0
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")  # as outside the tests, where nothing silences them
+        assert command(argparse.Namespace()) == 0
+    out, err = capsys.readouterr()
+    assert out == "the command's own line\n"
+    assert err == "warning (transformers): Some weights were not initialized\n", "deprecations said nowhere"
 
 
 def test_hub_id_in_offline_mode_fails_at_once_with_what_to_do(tmp_path: Path) -> None:
@@ -167,3 +189,20 @@ def test_cpu_threads_leave_busy_cores_alone(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setattr(psutil, "cpu_percent", lambda interval, percpu: [3.0, 4.0])
     assert choose_cpu_threads("auto", sample_seconds=0)[0] == 2
     assert choose_cpu_threads(3) == (3, "set in the config")
+
+
+def test_runs_compared_list_the_settings_they_were_given_or_that_change_what_is_trained(tmp_path: Path) -> None:
+    from tests.helpers import two_recorded_runs
+    from tuneterm.engine.after.compare import differing_settings, load_curves, short_names
+
+    first, second = two_recorded_runs(tmp_path)
+    curves = load_curves([first, second])
+    assert "training.cpu_threads" in curves[0].chosen and "training.learning_rate" not in curves[0].chosen
+    assert differing_settings(curves) == [("training.learning_rate", [0.003, 0.001]),
+                                          ("training.per_device_train_batch_size", [8, 4])], \
+        "not the threads tuneterm chose, nor the eval batch that followed the micro-batch"
+    assert short_names([first.name, second.name]) == ["221907", "223015"]
+    assert short_names(["20261201-221907-qwen-lora", "20261202-101500-llama-qlora"]) == [
+        "20261201-221907-qwen-lora", "20261202-101500-llama-qlora"], "nothing shared at either end: whole"
+    assert short_names(["x-model-lora", "y-model-lora", "z-model-lora"]) == ["x", "y", "z"]
+    assert short_names(["run", "run"]) == ["run", "run"] and short_names(["only-one"]) == ["only-one"]

@@ -114,3 +114,51 @@ def test_weights_for_each_precision_and_quantisation() -> None:
     assert weights(method="qlora", quant_bits=8) == pytest.approx(llama.linear_params + unquantized * 2, rel=1e-3)
     # NF4 with double quantisation: 7B in about 3.9 GB, as measured (3.88 GB after loading, docs/vram_calibration.md)
     assert weights(method="qlora") / GB == pytest.approx(3.87, rel=0.02)
+
+
+@pytest.mark.parametrize("world_size, strategy", [(1, "ddp"), (2, "ddp"), (2, "fsdp"), (4, "deepspeed-zero2"),
+                                                  (4, "deepspeed-zero3")])
+def test_the_parts_add_up_to_the_total(world_size: int, strategy) -> None:  # noqa: ANN001
+    setup = MemorySetup(method="lora", micro_batch=2, seq_len=1024, world_size=world_size, strategy=strategy)
+    estimate = estimate_memory(facts("llama-3.2-3b"), setup)
+    assert sum(estimate.breakdown.values()) == pytest.approx(estimate.total_bytes, rel=1e-12)
+    if world_size > 1 and strategy == "ddp":
+        assert estimate.breakdown["gradient_buckets"] == estimate.breakdown["gradients"] > 0
+
+
+@pytest.mark.parametrize("breakdown", [
+    {"weights": 2.4e6, "adapters": 0.3e6, "gradients": 0.3e6, "optimizer": 0.9e6, "activations": 26.4e6},
+    {"weights": 1.6e9, "adapters": 0.04e9, "gradients": 0.04e9, "optimizer": 0.12e9, "activations": 2.36e9,
+     "logits": 0.0, "allocator_slack": 0.42e9, "cuda_context": 0.8e9},
+    {"weights": 0.449e6 * 4, "activations": 2.2e6, "optimizer": 0.26e6 * 3},
+    {"weights": 6.44e9, "activations": 0.04e9, "allocator_slack": 0.049e9, "cuda_context": 0.8e9},
+])
+def test_every_part_is_written_and_the_parts_written_add_up_to_the_total_written(breakdown: dict) -> None:
+    from tuneterm.plan.memory import parts_adding_up, size
+
+    written = parts_adding_up(breakdown)
+    total = size(sum(breakdown.values()))
+    unit = total.split()[1]
+    assert all(value.endswith(unit) for _, value in written), "every part in the total's unit"
+    assert sum(float(value.split()[0]) for _, value in written) == pytest.approx(float(total.split()[0]))
+    names = [name for name, _ in written]
+    assert len(set(names)) == len(names) and "other" not in names[:-1], "each part once, what is too small last"
+    assert all(name.replace(" ", "_") in breakdown or name == "other" for name in names)
+
+
+def test_the_memory_bar_draws_the_need_against_the_free_memory_or_says_it_is_too_small() -> None:
+    from tuneterm.ui.widgets.plan_panel import memory_bar
+
+    def cells(markup: str) -> str:
+        from textual.content import Content
+
+        return Content.from_markup(markup).plain
+
+    free = 24 * GB
+    for need in (5e6, 29e6, 210e6):
+        bar = cells(memory_bar({"weights": need / 3, "activations": 2 * need / 3}, free, 38))
+        assert "█" not in bar and bar.startswith("▏") and "of the free memory: too little to draw" in bar
+    bar = cells(memory_bar({"weights": 4 * GB, "optimizer": 0.1 * GB, "activations": 2 * GB}, free, 40))
+    assert len(bar) == 40 and bar.count("█") == round(6.1 / 24 * 40) == 10, "to scale, no part drawn larger"
+    bar = cells(memory_bar({"weights": 20 * GB, "activations": 10 * GB}, free, 40))
+    assert len(bar) == 40 and bar.index("┃") == 32 and bar.count("█") == 39, "the end of the free memory marked"

@@ -96,6 +96,29 @@ def test_hardware_data_and_run_length_rules() -> None:
     assert full["training.learning_rate"].fix == {"training.learning_rate": 2e-5}
 
 
+def test_the_learning_rate_rules_say_when_the_model_is_not_one_the_guides_measured(tiny_model: Path,
+                                                                                     tmp_path: Path) -> None:
+    from tuneterm.plan.model import load_model_facts
+
+    def rate_advice(model: Path, learning_rate: float):
+        config = resolve(config_from_mapping({"model": {"path": str(model)}, "data": {"train": "t"},
+                                              "training": {"learning_rate": learning_rate}}), CPU,
+                         train_examples=1000)
+        found = advise(Context(config, schedule_of(config, 1000, 100), load_model_facts(str(model)), None, CPU))
+        return next((a for a in found if a.field == "training.learning_rate"), None)
+
+    for rate in (3e-3, 2e-4):  # the demo's rate, and the guides' start, which is the wrong start here
+        tiny = rate_advice(tiny_model, rate)
+        assert tiny is not None and tiny.level == "info" and tiny.fix == {}, "nothing to take: no rate is known"
+        assert tiny.message == f"{rate:g}: the guides' 2e-4 does not apply to this model"
+        assert "parameters: it is not a pretrained LLM like those the guides' learning rates come from (0.6B " \
+               "parameters and more)" in tiny.why and "learns best near 3e-3" in tiny.why
+    pretrained = rate_advice(_config_json_only(tmp_path, "qwen3-0.6b"), 3e-3)
+    assert pretrained is not None and pretrained.level == "warning"
+    assert pretrained.fix == {"training.learning_rate": 2e-4}, "a pretrained LLM gets the guides' advice"
+    assert rate_advice(_config_json_only(tmp_path, "qwen3-0.6b"), 2e-4) is None
+
+
 def test_real_nvml_readings_or_the_reason_there_are_none() -> None:
     survey = read_gpus()
     if not survey.gpus:  # no driver here: an empty list and why, never an exception
@@ -151,12 +174,13 @@ def test_plan_command_text_and_json(tiny_model: Path, chat_data: dict, tmp_path:
                                     capsys: pytest.CaptureFixture[str]) -> None:
     config = tmp_path / "run.yaml"
     config.write_text(f"model:\n  path: {tiny_model}\ndata:\n  train: {chat_data['train']}\n"
-                      "training:\n  learning_rate: 1e-3\n")
+                      "lora:\n  lora_dropout: 0.3\ntraining:\n  learning_rate: 1e-3\n")
     assert main(["plan", str(config)]) == 0
     text = capsys.readouterr().out
     for heading in ("Model ", "Data ", "Schedule ", "Memory ", "Device ", "Advice", "Resolved config"):
         assert heading in text
-    assert "fix: --set training.learning_rate=0.0002" in text
+    assert "fix: --set lora.lora_dropout=0.0" in text
+    assert "0.001: the guides' 2e-4 does not apply to this model" in text, "a tiny model is no pretrained LLM"
     assert main(["plan", str(config), "--json", "--world-size", "2"]) == 0
     plan = json.loads(capsys.readouterr().out)
     assert plan["model"]["trainable_params"] > 0 and plan["model"]["total_params"] > plan["model"]["base_params"]
@@ -187,7 +211,7 @@ def test_plan_without_data_covers_the_model_memory_and_advice(tmp_path: Path,
     assert main(["plan", str(config), "--gpu-memory", "24"]) == 0
     text = capsys.readouterr().out
     assert "7,241,732,096" in text.replace("7,241,732,096", "7,241,732,096") or "parameters trainable" in text
-    assert "Schedule  needs the data" in text and "Memory    per GPU at 2048 tokens" in text
+    assert "Schedule  needs the data" in text and "Memory    per GPU at 2048 tokens (the max length)" in text
     assert "FITS" in text and "fix: --set training.learning_rate=0.0002" in text
     assert main(["plan", str(config), "--json", "--gpu-memory", "24"]) == 0
     plan = json.loads(capsys.readouterr().out)
@@ -268,5 +292,6 @@ def test_plan_problems_for_an_output_directory_in_use_and_a_model_without_tokeni
                  f"training.output_dir={used}", "--json"]) == 1
     problems = {p["key"]: p for p in json.loads(capsys.readouterr().out)["problems"] if p["level"] == "error"}
     assert "already exists and is not empty" in problems["training.output_dir"]["message"]
-    assert problems["data.train"]["message"].startswith(f"model.path: {model}: cannot load it")
+    assert problems["data.train"]["message"].startswith(f"model.path: {model} is not a model directory: it has no "
+                                                        "tokenizer files")
     assert (used / "adapter_model.safetensors").read_text() == "precious"

@@ -266,3 +266,72 @@ def test_an_output_directory_problem_marks_no_step() -> None:
                          Problem("far too high", Location(key="training.learning_rate")),
                          Problem("worth knowing", Location(key="training.warmup_steps"), "warning")]
     assert [p.message for p in planning.step_problems("settings")] == ["far too high"]
+
+
+def test_data_whose_columns_do_not_tell_its_format_gets_the_likely_mapping_and_the_mapper(tmp_path: Path) -> None:
+    from tuneterm.data.formats import FormatUnknown
+
+    train = tmp_path / "qa.csv"
+    train.write_text("question,answer\n")
+    draft, planning = chosen(str(train)), WizardPlanning(NO_GPU)
+    planning.model_described(USABLE, draft)
+    request = planning.start_data_read(draft, print)
+    assert request is not None and planning.column_mapper(draft) is None
+    assert planning.data_failed(request.key, FormatUnknown("cannot tell", {"question": 9, "answer": 9}, 9))
+
+    assert planning.guess_columns(draft)
+    assert draft.get("data.format") == "alpaca"
+    assert draft.get("data.columns") == {"instruction": "question", "output": "answer"}
+    mapper = planning.column_mapper(draft)
+    assert mapper is not None and mapper.guessed and mapper.format == "alpaca"
+    assert mapper.chosen == {"instruction": "question", "input": None, "output": "answer", "system": None,
+                             "history": None}, "every field of the format, in its order"
+    assert mapper.config == "data.format: alpaca, data.columns: {instruction: question, output: answer}"
+    assert mapper.command == (f"tuneterm inspect {train} --model {MODEL} --format alpaca "
+                              "--columns '{instruction: question, output: answer}'")
+    assert not planning.guess_columns(draft), "guessed once; a read with the mapping may fail for other reasons"
+
+    assert planning.data_setting_changed(draft, "data.format", "prompt_completion")
+    assert draft.get("data.columns") == {"prompt": "question", "completion": "answer"}, "the other format's fields"
+    mapper = planning.column_mapper(draft)
+    assert mapper is not None and not mapper.guessed and list(mapper.chosen) == ["prompt", "completion"]
+
+    planning.data_setting_changed(draft, "data.columns", {"prompt": "answer", "completion": "question"})
+    assert draft.get("data.columns") == {"prompt": "answer", "completion": "question"}, "the person's mapping"
+    planning.data_setting_changed(draft, "data.format", None)
+    planning.data_setting_changed(draft, "data.columns", {"instruction": "answer", "output": "question"})
+    assert draft.get("data.format") == "alpaca", "a mapping of one format's fields says that format"
+    assert planning.data_setting_changed(draft, "data.train", str(tmp_path / "other.jsonl"))
+    assert planning.column_mapper(draft) is None, "the mapper belongs to the data it was made for"
+
+
+def test_a_mapping_the_person_chose_is_never_replaced_by_a_guess() -> None:
+    from tuneterm.data.formats import FormatUnknown
+
+    draft = Draft.from_mapping({"model": {"path": MODEL}, "data": {"train": "/data/qa.csv",
+                                                                   "columns": {"text": "answer"}}})
+    planning = WizardPlanning(NO_GPU)
+    planning.columns_found = FormatUnknown("cannot tell", {"question": 9, "answer": 9}, 9).columns
+    assert not planning.guess_columns(draft)
+    assert draft.get("data.columns") == {"text": "answer"}
+    mapper = planning.column_mapper(draft)
+    assert mapper is not None and mapper.format == "text" and not mapper.guessed, "the format of the fields mapped"
+    assert mapper.chosen == {"text": "answer"}
+
+
+def test_memory_is_planned_at_most_at_the_models_context_length_and_says_why() -> None:
+    from tuneterm.plan.planner import plan_run
+
+    short = replace(tiny_llama(), context_length=512)
+    auto = plan_run(chosen().config(), short, None, NO_GPU, host=HOST)
+    assert auto.memory_setup.seq_len == 512, "not 1024 for a 512-token model"
+    assert auto.length_why == "the model's context length: max length is auto and no data is read"
+    assert "memory is estimated at 512 tokens" in " ".join(p.message for p in auto.problems)
+    longer = plan_run(chosen(training={"max_length": 1024}).config(), short, None, NO_GPU, host=HOST)
+    assert longer.memory_setup.seq_len == 512
+    assert longer.length_why == "the model's context length; the max length is 1024"
+    advice = next(a for a in longer.advice if a.field == "training.max_length")
+    assert advice.level == "warning" and advice.fix == {"training.max_length": 512}
+    assert advice.message == "max_length 1024 is above the model's context length (512 tokens)"
+    within = plan_run(chosen(training={"max_length": 256}).config(), short, None, NO_GPU, host=HOST)
+    assert (within.memory_setup.seq_len, within.length_why) == (256, "the max length")

@@ -51,5 +51,6 @@ def open_app(runs_dir: Path, opening: Opening) -> int:
               "`tuneterm train CONFIG.yaml` trains, `tuneterm demo --headless` runs the demo, "
               "`tuneterm runs --plain` lists the runs, `tuneterm stop RUN_DIR` stops one.", file=sys.stderr)
         return EXIT_USAGE
-    make_app(Services(runs_dir=runs_dir), opening).run()
-    return EXIT_OK
+    app = make_app(Services(runs_dir=runs_dir), opening)
+    app.run()
+    return app.return_code or EXIT_OK

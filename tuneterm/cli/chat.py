@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from tuneterm.cli.common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, Subcommands
+from tuneterm.cli.common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, Subcommands, library_output_routed
 
 if TYPE_CHECKING:
     from tuneterm.engine.after.generate import GenerationSettings, TunedModel
@@ -31,6 +31,7 @@ def add_parser(subcommands: Subcommands) -> None:
     chat.set_defaults(command=run, name="chat")
 
 
+@library_output_routed
 def run(args: argparse.Namespace) -> int:
     from tuneterm.engine.after.generate import GenerationSettings, TunedModel
 

@@ -1,9 +1,12 @@
-"""What several commands share: their exit codes, and the arguments more than one of them takes (a run config,
-the runs directory), defined once so that they read and behave the same in every command."""
+"""What several commands share: their exit codes, the arguments more than one of them takes (a run config, the
+runs directory), and what the libraries print while a command loads a model outside a run, defined once so that
+they read and behave the same in every command."""
 
 from __future__ import annotations
 
 import argparse
+import functools
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeAlias
@@ -29,3 +32,19 @@ def config_arguments(parser: argparse.ArgumentParser) -> None:
 def runs_dir_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--runs-dir", type=Path, default=Path("runs"), metavar="DIR",
                         help="where new run directories are created and runs are listed from (default: ./runs)")
+
+
+def library_output_routed(command: Command) -> Command:
+    """A command that loads a model or a tokenizer outside a run (plan, inspect, chat, merge), with what the
+    libraries print routed as a run routes it (engine/capture.py): each warning a person can act on once, as a
+    `warning (library): ...` line on stderr, and their deprecation notices and progress bars not at all."""
+
+    @functools.wraps(command)
+    def routed(args: argparse.Namespace) -> int:
+        from tuneterm.console import ConsoleProgress
+        from tuneterm.engine.capture import library_output_as_events
+
+        with library_output_as_events(ConsoleProgress(sys.stderr)):
+            return command(args)
+
+    return routed

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from tuneterm.cli.common import EXIT_FAILED, EXIT_OK, Subcommands
+from tuneterm.cli.common import EXIT_FAILED, EXIT_OK, Subcommands, library_output_routed
 from tuneterm.config import RunConfig, load_config
 from tuneterm.errors import TuneTermError
 
@@ -32,6 +32,7 @@ def add_parser(subcommands: Subcommands) -> None:
     inspect.set_defaults(command=run, name="inspect")
 
 
+@library_output_routed
 def run(args: argparse.Namespace) -> int:
     import json
 

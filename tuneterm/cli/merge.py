@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from tuneterm.cli.common import EXIT_OK, Subcommands
+from tuneterm.cli.common import EXIT_OK, Subcommands, library_output_routed
 
 
 def add_parser(subcommands: Subcommands) -> None:
@@ -21,6 +21,7 @@ def add_parser(subcommands: Subcommands) -> None:
     merge.set_defaults(command=run, name="merge")
 
 
+@library_output_routed
 def run(args: argparse.Namespace) -> int:
     from tuneterm.engine.after.merge import merge
     from tuneterm.plan.memory import size

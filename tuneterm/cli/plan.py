@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from tuneterm.cli.common import EXIT_FAILED, EXIT_OK, Subcommands, config_arguments
+from tuneterm.cli.common import EXIT_FAILED, EXIT_OK, Subcommands, config_arguments, library_output_routed
 from tuneterm.config import load_config
 
 
@@ -28,6 +28,7 @@ def add_parser(subcommands: Subcommands) -> None:
     plan.set_defaults(command=run, name="plan")
 
 
+@library_output_routed
 def run(args: argparse.Namespace) -> int:
     import json
 

@@ -61,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
     from tuneterm.engine.launch.detach import LOG_FILE
     from tuneterm.engine.launch.supervisor import supervise
     from tuneterm.engine.run.start import StartingRun, start_detached_run
+    from tuneterm.plan.planner import check_before_start
 
     spec = launch_spec(args.gpus, args.strategy, args.cpu_processes, args.machines, args.main_address)
     if args.resume and (args.config or args.preset):
@@ -81,6 +82,8 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     else:
         config = load_config(args.config, preset=args.preset, overrides=args.overrides)
+        if not distributed.launched():  # (under a launcher, the main process's run reads the data for all)
+            check_before_start(config)
         starting = StartingRun.new(config, args.runs_dir, spec)
     plan, launch = starting.plan, starting.launch
     if launch is not None:

@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from tuneterm.data.columns import guess_columns, inspect_command
 from tuneterm.data.records import Record
 from tuneterm.errors import DataError
 
@@ -93,8 +94,11 @@ def detect_format(records: list[Record], columns: Columns | None = None) -> Dete
     found = ", ".join(f"{name} ({count}/{len(sample)})" for name, count in counts.most_common(12))
     expected = "; ".join(f"{name}: {fields}" for name, fields in EXPECTED.items())
     source = records[0].location.file if records else "the data"
+    guess = guess_columns(counts, FIELDS)
+    likely = (f" These columns look like {guess.format} data: {guess.describe()}; check it with: "
+              f"{inspect_command(source or 'DATA', 'MODEL', guess.format, guess.columns)}" if guess else "")
     raise FormatUnknown(f"{source}: cannot tell the data format. Columns found: {found or 'none'}. Expected one of: "
-                        f"{expected}. Set data.format, and data.columns to map your column names.",
+                        f"{expected}. Set data.format, and data.columns to map your column names.{likely}",
                         dict(counts.most_common()), len(sample))
 
 

@@ -78,15 +78,20 @@ def view_of(summary: DataSummary, config: RunConfig, context_length: int | None)
                         context_length=context_length, strict=bool(config.get("data.strict")))
 
 
+def refuse_blocking(view: DataView) -> None:
+    """Raise DataError with the first finding that would stop a run (with the records behind it), if any."""
+    blocking = first_error(view.findings)
+    if blocking is not None:
+        raise DataError(str(blocking), blocking.details)
+
+
 def prepare(config: RunConfig, tokenizer: Any, context_length: int | None, work: Work | None = None) -> PreparedData:
     """The examples to train and evaluate on, cut to max_length; DataError on anything that blocks a run."""
     kept_train: list[EncodedExample] = []
     kept_eval: list[EncodedExample] = []
     summary = summarise(config, tokenizer, work, keep=(kept_train, kept_eval))
     view = view_of(summary, config, context_length)
-    blocking = first_error(view.findings)
-    if blocking is not None:
-        raise DataError(str(blocking), blocking.details)
+    refuse_blocking(view)
     if summary.eval is not None:
         held_out = kept_eval
     else:

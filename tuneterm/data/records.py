@@ -109,9 +109,9 @@ def _read_jsonl(path: Path, work: Work) -> Iterator[Record | Problem]:
             if not line.strip():
                 continue
             try:
-                value = json.loads(line)
+                value = json.loads(line.rstrip("\r\n"))
             except json.JSONDecodeError as exc:
-                yield Problem(_malformed(exc), where, reason="malformed JSON")
+                yield Problem(_malformed(exc, "line"), where, reason="malformed JSON")
                 continue
             if not isinstance(value, dict):
                 yield Problem(f"expected a JSON object, got {type(value).__name__}", where, reason="not an object")
@@ -119,20 +119,29 @@ def _read_jsonl(path: Path, work: Work) -> Iterator[Record | Problem]:
             yield Record(value, where)
 
 
-def _malformed(exc: json.JSONDecodeError) -> str:
-    """Python's message without the position it ends on ("Invalid control character at"): the column says it."""
-    return f"malformed JSON at column {exc.colno}: {exc.msg.removesuffix(' at')}"
+def _malformed(exc: json.JSONDecodeError, unit: str) -> str:
+    """Where the JSON breaks, and how: at a column (Python's message without the position it ends on, "Invalid
+    control character at", since the column says it), or, when the `unit` (line, file) ends before the JSON is
+    complete, the column where it ends, or where the string it cuts began."""
+    what = exc.msg.removesuffix(" at")
+    if what == "Unterminated string starting":
+        return f"malformed JSON: the string that starts at column {exc.colno} is not closed before the {unit} ends; " \
+               f"was the {unit} cut short?"
+    if exc.pos < len(exc.doc.rstrip()):
+        return f"malformed JSON at column {exc.colno}: {what}"
+    end = len(exc.doc.rstrip().rsplit("\n", 1)[-1]) + 1
+    return f"malformed JSON: the {unit} ends at column {end} before the JSON is complete ({what}); was it cut short?"
 
 
 def _read_json(path: Path, work: Work) -> Iterator[Record | Problem]:
     """A .json file is one document: it is parsed whole (use JSONL for files too large for that)."""
     work.step(f"parsing {path.name}", 0, force=True)
     try:
-        value = json.loads(path.read_bytes().decode("utf-8-sig"))
+        value = json.loads(path.read_bytes().decode("utf-8-sig").rstrip())
     except UnicodeDecodeError as exc:
         raise DataError(f"{path}: not UTF-8 text (byte {exc.start + 1}); re-save the file as UTF-8") from None
     except json.JSONDecodeError as exc:
-        raise DataError(f"{path}:{exc.lineno}: {_malformed(exc)}") from None
+        raise DataError(f"{path}:{exc.lineno}: {_malformed(exc, 'file')}") from None
     rows = _json_rows(value, path)
     stage = f"reading {path.name}"
     for index, row in enumerate(rows):

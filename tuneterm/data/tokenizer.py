@@ -25,7 +25,8 @@ def load_tokenizer(config: RunConfig) -> tuple[Any, list[str]]:
     from transformers import AutoTokenizer
 
     path = config.get("model.path")
-    source = open_source(path, config.get("model.revision"), config.get("model.trust_remote_code"))
+    source = open_source(path, config.get("model.revision"), config.get("model.trust_remote_code"),
+                         needs=("tokenizer",))
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, **source.kwargs)
     except (OSError, ValueError, ImportError) as exc:

@@ -3,7 +3,8 @@
 transformers, TRL, PEFT, datasets and bitsandbytes print warnings and progress bars straight to stderr, which
 would tear through a full-screen TUI and bury the few lines that matter in headless output. During a run their
 loggers (and Python warnings) are routed into the event stream, each distinct message once, and their progress
-bars are turned off; everything is restored afterwards.
+bars are turned off; everything is restored afterwards. Commands that load a model outside a run (plan, inspect,
+chat, merge) route them the same way, into warning lines.
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ from tuneterm.engine.events import EventSink, WarningIssued
 
 LIBRARY_LOGGERS = ("transformers", "trl", "peft", "accelerate", "datasets", "bitsandbytes", "py.warnings")
 
-# Messages about library internals that a person fine-tuning a model cannot act on (the last: bitsandbytes'
-# optional CPU kernel, fetched from the hub, which no offline machine can get).
-_NOISE = ("FutureWarning", "DeprecationWarning", "is deprecated", "will be removed in", "kernels-community")
+# Messages about library internals that a person fine-tuning a model cannot act on (bitsandbytes' optional CPU
+# kernel, fetched from the hub, which no offline machine can get; the Trainer ordering its checkpoints by number
+# when two were saved within a second, as those of a tiny model are).
+_NOISE = ("FutureWarning", "DeprecationWarning", "is deprecated", "will be removed in", "kernels-community",
+          "mtime may not be reliable")
 
 
 class _ToEvents(logging.Handler):

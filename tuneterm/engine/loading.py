@@ -42,7 +42,8 @@ def load_model(config: RunConfig, precision: str, device: Device, strategy: Stra
     dtype = torch.float32 if method == "full" else getattr(
         torch, storage if storage in _DTYPES.values() else _DTYPES[precision])
     path = config.get("model.path")
-    source = open_source(path, config.get("model.revision"), config.get("model.trust_remote_code"))
+    source = open_source(path, config.get("model.revision"), config.get("model.trust_remote_code"),
+                         needs=("config", "weights"))
     kwargs: dict[str, Any] = {**source.kwargs, "attn_implementation": config.get("model.attn_implementation"),
                               "dtype": dtype}
     if method == "qlora":

@@ -17,7 +17,7 @@ from typing import Any
 from tuneterm.config import GUIDE_COMPLETE, GUIDE_HYPERPARAMS, GUIDE_RANK, GUIDE_UNSLOTH, RunConfig, set_argument
 from tuneterm.errors import LEVELS, Level
 from tuneterm.hardware import Device
-from tuneterm.plan.model import ModelFacts
+from tuneterm.plan.model import ModelFacts, count
 from tuneterm.plan.schedule import Schedule
 
 
@@ -66,9 +66,28 @@ def _suggest(level: Level, field: str, value: Any, message: str, why: str, sourc
     return Advice(level, field, message, why, source, {field: value})
 
 
+PRETRAINED_LLM_PARAMS = 50_000_000
+"""The guides' learning rates were found on pretrained LLMs of 0.6B parameters and more; a model under this size
+(the demo's, a test model, a toy trained from scratch) is not one, and learns at other rates."""
+
+
+def not_a_pretrained_llm(facts: ModelFacts | None) -> str:
+    """Why the guides' learning rates do not apply to this model ("" when they do, or the model is not known)."""
+    if facts is None or facts.total_params >= PRETRAINED_LLM_PARAMS:
+        return ""
+    return (f"this model has {count(facts.total_params)} parameters: it is not a pretrained LLM like those the "
+            "guides' learning rates come from (0.6B parameters and more)")
+
+
 def _learning_rate(c: Context) -> Advice | None:
     lr = c.get("training.learning_rate")
     source = f"{GUIDE_HYPERPARAMS}, chapter 1; {GUIDE_UNSLOTH}"
+    why_not = not_a_pretrained_llm(c.facts)
+    if why_not:
+        return Advice("info", "training.learning_rate", f"{lr:g}: the guides' 2e-4 does not apply to this model",
+                      f"{why_not[0].upper()}{why_not[1:]}. A model this small takes far larger rates: the demo's "
+                      "model, trained from scratch on its questions, learns best near 3e-3. Compare a few rates on "
+                      "short runs.", source)
     if c.config.method == "full" and lr >= 1e-4:
         return _suggest("warning", "training.learning_rate", 2e-5,
                         f"{lr:g} is a LoRA learning rate; full fine-tuning wants about 2e-5",
@@ -202,6 +221,13 @@ def _targets(c: Context) -> Advice | None:
 
 def _max_length(c: Context) -> Advice | None:
     length = c.get("training.max_length")
+    context = c.facts.context_length if c.facts is not None else None
+    if isinstance(length, int) and context and length > context:
+        return _suggest("warning", "training.max_length", context,
+                        f"max_length {length} is above the model's context length ({context} tokens)",
+                        "The model never saw positions past its context length; tokens there train on positions it "
+                        "does not know (a model with learned position embeddings cannot take them at all).",
+                        "the model's config.json (max_position_embeddings)")
     if c.lengths is None or not isinstance(length, int):
         return None
     suggested = math.ceil(c.lengths.p99 / 64) * 64

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from tuneterm.hub import HubAnswer, ask_hub, explain, looks_like_hub_id
+from tuneterm.hub import HubAnswer, ask_hub, explain, looks_like_hub_id, not_a_model_directory
 
 # What describing a model needs: config.json and the tokenizer's small files (never weights).
 MODEL_FILES = ("config.json", "tokenizer_config.json", "tokenizer.json", "special_tokens_map.json",
@@ -81,8 +81,9 @@ def describe_files(directory: Path, path: str, hub: HubAnswer | None = None) -> 
     """A description from a directory holding (some of) MODEL_FILES."""
     config = _read_json(directory / "config.json")
     if config is None:
-        return ModelDescription(path, hub=hub, problems=[f"{path}: no readable config.json; a model directory needs "
-                                                         "config.json and its tokenizer files"])
+        problem = (not_a_model_directory(directory, ("config", "tokenizer"))
+                   or f"model.path: {path}: its config.json is not a JSON object of a model's settings")
+        return ModelDescription(path, hub=hub, problems=[problem])
     nested = config.get("text_config")
     text: dict[str, Any] = nested if isinstance(nested, dict) else config
     tokenizer_config = _read_json(directory / "tokenizer_config.json") or {}

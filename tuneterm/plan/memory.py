@@ -6,7 +6,7 @@ head never materialises the full logits), term by term:
   weights       the base model as loaded: 16-bit, 4-bit NF4 (+ quantisation constants) with embeddings, output
                 layer and norms in 16-bit, or fp32 master weights for full fine-tuning
   adapters      trainable LoRA parameters (PEFT keeps them in fp32; TRL casts them to bf16 over a 4-bit base)
-  gradients     one per trainable parameter, in its dtype
+  gradients     one per trainable parameter, in its dtype (DDP keeps a second copy: its all-reduce buckets)
   optimizer     AdamW's two states (+ the foreach step's temporaries); 8-bit: 2 bytes; paged optimizers keep
                 their states in memory that pages out to the host under pressure, so they do not count
   activations   what backward needs, per token: with gradient checkpointing every layer's input plus one layer
@@ -126,9 +126,8 @@ def estimate_memory(facts: ModelFacts, setup: MemorySetup) -> MemoryEstimate:
     gradients = trainable * parameter_bytes / state_shards
     optimizer, paged = (states / state_shards for states in _optimizer(facts, setup, trainable, parameter_bytes))
     gathered = _gathered(facts, setup) if weight_shards > 1 else 0.0
-    static = weights + adapters + gradients + optimizer + gathered
-    if setup.world_size > 1 and state_shards == 1:
-        static += gradients  # DDP's gradient buckets
+    buckets = gradients if setup.world_size > 1 and state_shards == 1 else 0.0  # DDP's gradient buckets
+    static = weights + adapters + gradients + buckets + optimizer + gathered
 
     tokens = setup.micro_batch * setup.seq_len
     per_layer = _layer_bytes(facts, setup) * activation_scale
@@ -153,8 +152,9 @@ def estimate_memory(facts: ModelFacts, setup: MemorySetup) -> MemoryEstimate:
     slack = allocated * ALLOCATOR_SLACK if on_gpu else 0.0
     context = CUDA_CONTEXT if on_gpu else 0.0
     breakdown = {
-        "weights": weights, "adapters": adapters, "gradients": gradients, "optimizer": optimizer,
-        "gathered_weights": gathered, "activations": activations, "attention_scores": attention, "logits": logits,
+        "weights": weights, "adapters": adapters, "gradients": gradients, "gradient_buckets": buckets,
+        "optimizer": optimizer, "gathered_weights": gathered, "activations": activations,
+        "attention_scores": attention, "logits": logits,
         "evaluation": max(0.0, evaluation_peak - training_peak), "allocator_slack": slack, "cuda_context": context,
     }
     return MemoryEstimate(breakdown, allocated, allocated + slack, allocated + slack + context, paged, trainable)
@@ -246,6 +246,26 @@ def _eager_scores(facts: ModelFacts, setup: MemorySetup, batch: int, training: b
 def size(n_bytes: float) -> str:
     """12 MB, 1.4 GB: decimal units, as NVML and the published tables use."""
     return f"{n_bytes / GB:.1f} GB" if n_bytes >= 0.95 * GB else f"{n_bytes / 1e6:.0f} MB"
+
+
+def parts_adding_up(breakdown: dict[str, float]) -> list[tuple[str, str]]:
+    """Every part of an estimate as a person reads it, in the unit its total is written in (size): each rounded so
+    that the parts written add up to the total written (largest remainders), the parts too small to show in that
+    unit summed as "other". (name, size) pairs, in the breakdown's order, "other" last; parts of nothing left out."""
+    total = sum(breakdown.values())
+    unit, digits = (GB / 10, 1) if total >= 0.95 * GB else (1e6, 0)
+    shown = {name: value for name, value in breakdown.items() if value >= unit / 2}
+    other = total - sum(shown.values())
+    if other > 0:
+        shown["other"] = other
+    exact = {name: value / unit for name, value in shown.items()}
+    ticks = {name: math.floor(value) for name, value in exact.items()}
+    by_remainder = sorted(exact, key=lambda name: exact[name] - ticks[name], reverse=True)
+    for name in by_remainder[:max(0, round(total / unit) - sum(ticks.values()))]:
+        ticks[name] += 1
+    written = "GB" if digits else "MB"
+    return [(name.replace("_", " "), f"{count / 10 if digits else count:.{digits}f} {written}")
+            for name, count in ticks.items() if count]
 
 
 HEADROOM = 0.15

@@ -83,6 +83,14 @@ class LoraShape:
     bias: str = "none"
 
 
+def count(number: int) -> str:
+    """1.2B, 350M, 65.5K: parameter counts as model cards write them."""
+    for scale, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if number >= scale:
+            return f"{number / scale:.1f}{suffix}"
+    return str(number)
+
+
 def trainable_params(facts: ModelFacts, method: str, lora: LoraShape) -> int:
     """Exactly what PEFT's get_nb_trainable_parameters() reports as trainable (everything for full)."""
     if method == "full":
@@ -118,7 +126,7 @@ def _facts(path: str, revision: str | None, trust_remote_code: bool) -> ModelFac
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    source = open_source(path, revision, trust_remote_code)
+    source = open_source(path, revision, trust_remote_code, needs=("config",))
     try:
         config = AutoConfig.from_pretrained(path, **source.kwargs)
     except (OSError, ValueError, ImportError) as exc:

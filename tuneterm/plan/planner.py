@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from tuneterm.config import AUTO, RunConfig, output_dir_problem
-from tuneterm.data.prepare import summarise, view_of
+from tuneterm.data.prepare import refuse_blocking, summarise, view_of
 from tuneterm.data.summary import DataSummary, DataView
 from tuneterm.data.tokenizer import load_tokenizer
-from tuneterm.errors import DataError, LoadError, Location, Problem
+from tuneterm.errors import ConfigError, DataError, LoadError, Location, Problem
 from tuneterm.hardware import GpuSurvey, HostReading, device_from_survey, read_gpus, read_host
 from tuneterm.hub import looks_like_hub_id
 from tuneterm.plan.advice import Advice, Context, LengthStats, advise
@@ -45,7 +45,8 @@ from tuneterm.plan.schedule import Schedule
 from tuneterm.work import Work
 
 UNKNOWN_LENGTH = 1024
-"""Sequence length the memory is estimated at when max_length is auto and there is no data to measure."""
+"""Sequence length the memory is estimated at when max_length is auto and there is no data to measure (or the
+model's context length, when shorter)."""
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,8 @@ class Plan:
     summary: DataSummary | None = None
     problems: list[Problem] = field(default_factory=list)
     """Errors (a run could not start), warnings and notes, each with the key it concerns."""
+    length_why: str = "max_length"
+    """Why the memory is planned at its sequence length (planned_length)."""
 
     @property
     def blocking(self) -> list[Problem]:
@@ -154,6 +157,16 @@ def startup_problems(config: RunConfig, need_data: bool = True) -> list[Problem]
     return problems + ([problem] if problem else [])
 
 
+def check_before_start(config: RunConfig, work: Work | None = None) -> None:
+    """What would stop a run before it trains, found before anything of it is written: a missing file or an output
+    directory in use (ConfigError), and data that cannot be read, is invalid or would train on nothing (DataError;
+    LoadError for the tokenizer), read as the run will read it (the data summary, stage 2)."""
+    problems = startup_problems(config)
+    if problems:
+        raise ConfigError(problems)
+    refuse_blocking(view_of(data_summary(config, work), config, model_facts(config).context_length))
+
+
 def plan_run(config: RunConfig, facts: ModelFacts, summary: DataSummary | None, gpus: GpuSurvey,
              world_size: int = 1, host: HostReading | None = None, strategy: Strategy = "ddp") -> Plan:
     """Stage 3: everything that follows from the facts, the data summary and the settings. Raises ConfigError
@@ -165,11 +178,11 @@ def plan_run(config: RunConfig, facts: ModelFacts, summary: DataSummary | None, 
                        data_max_length=(view.max_length, view.max_length_why) if view else None,
                        world_size=world_size, strategy=strategy)
     schedule = schedule_of(resolved, view.train_examples, view.eval_examples, world_size) if view else None
-    setup = memory_setup(resolved, world_size, "cuda" if gpus.gpus else "cpu", strategy)
+    setup = memory_setup(resolved, facts.context_length, world_size, "cuda" if gpus.gpus else "cpu", strategy)
     problems = list(view.findings) if view else []
     if resolved.get("training.max_length") == AUTO:
         problems.append(Problem(f"max_length is auto and there is no data to measure: memory is estimated at "
-                                f"{UNKNOWN_LENGTH} tokens", Location(key="training.max_length"), "info"))
+                                f"{setup.seq_len} tokens", Location(key="training.max_length"), "info"))
     estimate = estimate_memory(facts, setup)
     effective_batch = setup.micro_batch * resolved.get("training.gradient_accumulation_steps") * world_size
     targets = [MemoryTarget(f"GPU {g.index} {g.name}", g.memory_free, verdict(estimate, g.memory_free),
@@ -183,7 +196,7 @@ def plan_run(config: RunConfig, facts: ModelFacts, summary: DataSummary | None, 
     shape = lora_shape(resolved)
     return Plan(resolved, facts, trainable_params(facts, resolved.method, shape),
                 peft_total_params(facts, resolved.method, shape), estimate, setup, targets, gpus, advice, schedule,
-                view, summary, problems)
+                view, summary, problems, planned_length(resolved, facts.context_length)[1])
 
 
 def make_plan(config: RunConfig, world_size: int = 1, gpus: GpuSurvey | None = None, work: Work | None = None,
@@ -212,14 +225,25 @@ def lora_shape(config: RunConfig) -> LoraShape:
                      config.get("lora.use_dora"), config.get("lora.bias"))
 
 
-def memory_setup(config: RunConfig, world_size: int = 1, device: str = "cuda",
-                 strategy: Strategy = "ddp") -> MemorySetup:
+def planned_length(config: RunConfig, context_length: int | None) -> tuple[int, str]:
+    """The sequence length memory is planned at, and why: max_length, never beyond the model's context length."""
     length = config.get("training.max_length")
+    if not isinstance(length, int):
+        return ((context_length, "the model's context length: max length is auto and no data is read")
+                if context_length and context_length < UNKNOWN_LENGTH else
+                (UNKNOWN_LENGTH, "max length is auto and no data is read"))
+    if context_length and length > context_length:
+        return context_length, f"the model's context length; the max length is {length}"
+    return length, "the max length"
+
+
+def memory_setup(config: RunConfig, context_length: int | None, world_size: int = 1, device: str = "cuda",
+                 strategy: Strategy = "ddp") -> MemorySetup:
     eval_batch = config.get("training.per_device_eval_batch_size")
     return MemorySetup(
         method=config.method,
         micro_batch=config.get("training.per_device_train_batch_size"),
-        seq_len=length if isinstance(length, int) else UNKNOWN_LENGTH,
+        seq_len=planned_length(config, context_length)[0],
         eval_batch=eval_batch if isinstance(eval_batch, int) else None,
         gradient_checkpointing=config.get("training.gradient_checkpointing"),
         attn_implementation=config.get("model.attn_implementation"),

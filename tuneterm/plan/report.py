@@ -9,7 +9,7 @@ from dataclasses import asdict
 from typing import Any
 
 from tuneterm.errors import listed
-from tuneterm.plan.memory import size
+from tuneterm.plan.memory import parts_adding_up, size
 from tuneterm.plan.planner import Plan
 
 
@@ -97,11 +97,12 @@ def format_plan(plan: Plan) -> str:
     per = "GPU" if s.device == "cuda" else "process"
     if s.world_size > 1:
         per += f" of {s.world_size} ({s.strategy}: {_SHARING[s.strategy]})"
-    lines.append(f"Memory    per {per} at {s.seq_len} tokens x micro-batch {s.micro_batch}, {s.precision}, "
-                 f"checkpointing {'on' if s.gradient_checkpointing else 'off'}, {s.attn_implementation}, {s.optim}:")
-    parts = [(name.replace("_", " "), value) for name, value in plan.memory.breakdown.items() if value >= 1e6]
+    lines.append(f"Memory    per {per} at {s.seq_len} tokens ({plan.length_why}) x micro-batch {s.micro_batch}, "
+                 f"{s.precision}, checkpointing {'on' if s.gradient_checkpointing else 'off'}, "
+                 f"{s.attn_implementation}, {s.optim}:")
+    parts = parts_adding_up(plan.memory.breakdown)
     for start in range(0, len(parts), 4):
-        lines.append("            " + "   ".join(f"{name} {size(value)}" for name, value in parts[start:start + 4]))
+        lines.append("            " + "   ".join(f"{name} {written}" for name, written in parts[start:start + 4]))
     paged = f"; paged optimizer states {size(plan.memory.paged_optimizer_bytes)} can move to host RAM" \
         if plan.memory.paged_optimizer_bytes else ""
     counted = "as nvidia-smi counts it" if s.device == "cuda" else "of RAM"

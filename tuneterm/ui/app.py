@@ -1,8 +1,12 @@
 """The app: one factory shared by the command line and the tests, the actions every screen offers, quitting
-without losing work, and the command palette."""
+without losing work (on a kill too: SIGTERM quits as ctrl+q does, and gives the terminal back), and the command
+palette."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -30,6 +34,9 @@ from tuneterm.ui.services import Services
 from tuneterm.ui.state.draft import Draft
 from tuneterm.ui.training import TrainingInApp
 
+KILLED = 128 + signal.SIGTERM
+"""The exit status of an app ended by SIGTERM, as the shell reports a process a signal ended."""
+
 
 @dataclass(frozen=True)
 class Opening:
@@ -53,6 +60,8 @@ class TuneTermCommands(ActionCommands):
     COMMANDS = (("New run", "app.new_run", "Choose a model, data and settings"),
                 ("Open a config file", "app.open_config", "Load a YAML config into the wizard's review"),
                 ("Demo", "app.demo", "The built-in tiny model and data, offline"),
+                ("Run list", "app.start(True)", "The recent runs: open one, or mark some and compare them"),
+                ("Start screen", "app.start", "New run, open a config, the demo, the recent runs"),
                 ("Help", "app.help", "Keys, steps, and where the advice comes from"))
 
 
@@ -74,6 +83,8 @@ class TuneTermApp(App[None]):
         self.monitors: dict[Path, MonitorScreen] = {}
 
     def on_mount(self) -> None:
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # (a loop without Unix signals)
+            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, self.terminated)
         if self.opening.screen == "monitor" and self.opening.run_dir is not None:
             self.open_run(self.opening.run_dir)  # the start screen comes when this one is left
             return
@@ -92,6 +103,25 @@ class TuneTermApp(App[None]):
 
     def action_new_run(self) -> None:
         self.open_wizard(Draft())
+
+    def action_start(self, runs: bool = False) -> None:
+        """Back to the start screen (with the cursor on the run list when `runs`), closing the screens above it: a
+        wizard with unsaved settings asks first; a run goes on, its monitor a key away in the run list."""
+        def answered(leave: bool | None) -> None:
+            if not leave:
+                return
+            while len(self.screen_stack) > 2:
+                self.pop_screen()
+            if isinstance(self.screen, StartScreen):
+                self.screen.focus_runs() if runs else self.screen.query_one("#actions").focus()
+            else:
+                self.switch_screen(StartScreen(self.services, runs_first=runs))
+
+        if self.unsaved_work():
+            self.push_screen(Confirm("Leave the wizard? The settings you entered are not saved.", yes="Leave"),
+                             answered)
+        else:
+            answered(True)
 
     def action_help(self) -> None:
         from tuneterm.ui.screens.help import HelpScreen
@@ -298,10 +328,24 @@ class TuneTermApp(App[None]):
                     "Quit tuneterm? The settings you entered in the wizard are not saved.")
         self.push_screen(Confirm(question, yes="Stop and quit" if training else "Quit"), answered)
 
+    def terminated(self) -> None:
+        """SIGTERM (a kill): the app ends as a quit does, giving the terminal back as it was, without asking; a run
+        training here stops after its current step, with a checkpoint, first."""
+        training = self.training if self.training is not None and self.training.active else None
+        if training is None:
+            self.exit(return_code=KILLED)
+            return
+        training.control.request_stop("SIGTERM (the app was killed)")
+        self.quit_when_stopped(training, KILLED)
+
+    def on_unmount(self) -> None:
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            asyncio.get_running_loop().remove_signal_handler(signal.SIGTERM)
+
     @work(thread=True, group="quitting", exit_on_error=False)
-    def quit_when_stopped(self, training: TrainingInApp) -> None:
+    def quit_when_stopped(self, training: TrainingInApp, return_code: int = 0) -> None:
         training.wait()
-        self.call_from_thread(self.exit)
+        self.call_from_thread(self.exit, None, return_code)
 
 
 def make_app(services: Services | None = None, opening: Opening = Opening()) -> TuneTermApp:

@@ -117,7 +117,8 @@ def merge(run_dir: Path, out_dir: Path, scale: float = 1.0,
 
     on_phase(f"loading the base model in {dtype_name} (on the CPU)")
     path = config.get("model.path")
-    source = open_source(path, config.get("model.revision"), config.get("model.trust_remote_code"))
+    source = open_source(path, config.get("model.revision"), config.get("model.trust_remote_code"),
+                         needs=("config", "weights"))
     dtype = getattr(torch, dtype_name)
     try:
         base = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, **source.kwargs)

@@ -123,7 +123,8 @@ def out_of_memory(config: RunConfig, step: int, evaluating: bool, run_dir: Path,
     """Names the largest parts of the plan's memory breakdown, and the remedies that keep the effective batch.
     An evaluation that ran out never changes the training batch."""
     world_size, strategy = distributed.world_size(), distributed.strategy()
-    estimate = estimate_memory(model_facts(config), memory_setup(config, world_size, strategy=strategy))
+    facts = model_facts(config)
+    estimate = estimate_memory(facts, memory_setup(config, facts.context_length, world_size, strategy=strategy))
     largest = sorted(((v, k) for k, v in estimate.breakdown.items() if v > 0 and k not in _FIXED), reverse=True)[:3]
     parts = ", ".join(f"{name.replace('_', ' ')} {size(value)}" for value, name in largest)
     if world_size > 1:

@@ -243,8 +243,9 @@ class _Run:
         before = fingerprint_trainable(trainer.model) if main else {}
         total, trainable = parameter_counts(trainer.model)
         plan = schedule_of(config, len(data.train.examples), len(data.eval.examples) if data.eval else 0, world)
-        memory = estimate_memory(model_facts(config),
-                                 memory_setup(config, world, "cuda" if device.kind == "cuda" else "cpu", strategy))
+        facts = model_facts(config)
+        memory = estimate_memory(facts, memory_setup(config, facts.context_length, world,
+                                                     "cuda" if device.kind == "cuda" else "cpu", strategy))
         self.emit(RunStarted(
             run_dir=str(self.run_dir), config=config.to_nested(), defaulted=sorted(config.defaulted),
             notes=config.notes, train_examples=plan.train_examples, eval_examples=plan.eval_examples,

@@ -129,8 +129,8 @@ def summarise_run(run_dir: Path) -> RunSummary | None:
 
 
 def list_runs(root: Path) -> list[RunSummary]:
-    """Every run under `root`, newest first."""
+    """Every run under `root`, newest first (runs started at the same time: by name, the later first)."""
     if not root.is_dir():
         return []
     found = [summarise_run(path) for path in root.iterdir() if path.is_dir()]
-    return sorted((s for s in found if s is not None), key=lambda s: -s.started)
+    return sorted((s for s in found if s is not None), key=lambda s: (s.started, s.run_dir.name), reverse=True)

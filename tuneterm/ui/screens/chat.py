@@ -52,7 +52,7 @@ class ChatScreen(Screen[None]):
     BINDINGS = [
         Binding("ctrl+r", "pick_eval", "Eval prompt", id="pick_eval", priority=True,
                 tooltip="Pick a prompt from the eval split; its reference answer is shown too"),
-        Binding("ctrl+b", "toggle_base", "Base on/off", id="toggle_base", priority=True,
+        Binding("ctrl+b", "toggle_base", "Base", id="toggle_base", priority=True,
                 tooltip="Also answer with the adapter off"),
         Binding("ctrl+t", "toggle_template", "Template", id="toggle_template", priority=True,
                 tooltip="Show the chat template"),

@@ -1,5 +1,6 @@
-"""Runs compared: their train and eval losses on one chart, one stable colour per run, and the settings that
-differ between them (engine/after/compare.py reads both; the same picture is written as a PNG on request)."""
+"""Runs compared: their train and eval losses on one chart, one stable colour and short name per run (the legend
+names each whole), and the settings that differ between them (engine/after/compare.py reads both; the same picture
+is written as a PNG on request)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Static
 
-from tuneterm.engine.after.compare import Axis, RunCurves, differing_settings, load_curves
+from tuneterm.engine.after.compare import Axis, RunCurves, differing_settings, load_curves, short_names
 from tuneterm.errors import TuneTermError
 from tuneterm.ui.widgets.chart import LineChart
 
@@ -84,19 +85,21 @@ class CompareScreen(Screen[None]):
                        "eval loss" if self.show_eval else "train loss")
         chart.redraw_now()
         legend = Text()
-        for run in self.curves:
+        short = short_names([run.name for run in self.curves])
+        for run, name in zip(self.curves, short):
             points = run.eval if self.show_eval else run.train
             last = f"{points[-1][1]:.4f}" if points else "-"
-            legend.append("━━ ", style=run.colour)
-            legend.append(f"{run.name}  last {last}   ")
+            legend.append("\n" if legend else "")
+            legend.append(f"━━ {name}", style=f"bold {run.colour}")
+            legend.append(f"  {run.name if name != run.name else ''}  last {last}")
         self.query_one("#compare-legend", Static).update(legend)
 
     def fill_table(self) -> None:
         table = self.query_one("#compare-table", DataTable)
         table.clear(columns=True)
         table.add_column("setting")
-        for run in self.curves:
-            table.add_column(Text(run.name[-22:], style=run.colour))
+        for run, name in zip(self.curves, short_names([run.name for run in self.curves])):
+            table.add_column(Text(name, style=f"bold {run.colour}"))
         differing = differing_settings(self.curves)
         for key, values in differing:
             table.add_row(Text(key), *[Text(str(v)) for v in values])

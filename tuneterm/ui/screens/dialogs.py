@@ -14,6 +14,8 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, Input, Label, OptionList, Static
 from textual.widgets.option_list import Option
 
+from tuneterm.ui.widgets.paths import PathInput
+
 
 class Confirm(ModalScreen[bool]):
     """A question with two answers; escape answers no, and the arrows move between the answers."""
@@ -55,7 +57,7 @@ class AskPath(ModalScreen["Path | None"]):
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
             yield Label(self.title_text)
-            yield Input(str(self.suggested), id="path")
+            yield PathInput(str(self.suggested), id="path")
             yield Static(id="path-problem")
             with Horizontal(classes="dialog-buttons"):
                 yield Button("Save", id="save", variant="primary")
@@ -157,7 +159,7 @@ class AskMerge(ModalScreen["tuple[Path, float] | None"]):
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
             yield Label("Merge the adapter into the base model, written to a new directory:")
-            yield Input(str(self.suggested), id="merge-path")
+            yield PathInput(str(self.suggested), id="merge-path")
             yield Label("Adapter strength: 1 as trained, 0.5 halves it (for an overfitted one):")
             yield Input("1.0", id="merge-scale", type="number")
             yield Static(id="merge-problem")

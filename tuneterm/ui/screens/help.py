@@ -13,6 +13,18 @@ HELP = """\
 
 tuneterm fine-tunes a language model with LoRA or QLoRA (transformers, PEFT, TRL), from a terminal.
 
+## The start screen
+
+| key | what it does |
+|---|---|
+| n / o / d | a new run / open a config file / the demo |
+| enter | open the run under the cursor: its monitor while it runs, its summary once it ended |
+| space / C | mark runs / compare the marked runs |
+| r | read the run list again |
+
+The command palette (ctrl+p) comes back here from any screen: "Start screen", or "Run list" with the cursor on the
+runs.
+
 ## The wizard
 
 1. **Model**: a local directory or a Hugging Face hub id. Only config.json and the tokenizer are needed to plan;
@@ -30,6 +42,7 @@ tuneterm fine-tunes a language model with LoRA or QLoRA (transformers, PEFT, TRL
 |---|---|
 | ctrl+n | next step |
 | escape | previous step (from the first step: back to the start screen) |
+| tab / shift+tab | the next / previous field; the step scrolls to keep it in view (page up / page down scroll it too) |
 | ctrl+t | take the suggestion: the focused field's advice, or the data's suggested max length |
 | ctrl+o | open a file (data file on the data step, a config on the start screen) |
 | ctrl+s | save the config to a file |

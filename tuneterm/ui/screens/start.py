@@ -51,9 +51,9 @@ class StartScreen(Screen[None]):
     SUB_TITLE = "fine-tune a language model from a terminal"
     BINDINGS = [
         Binding("n", "app.new_run", "New run", id="new"),
-        Binding("o,ctrl+o", "app.open_config", "Open config", id="open"),
+        Binding("o,ctrl+o", "app.open_config", "Open", id="open", tooltip="Open a config file"),
         Binding("d", "app.demo", "Demo", id="demo"),
-        Binding("r", "refresh_runs", "Refresh runs", id="refresh"),
+        Binding("r", "refresh_runs", "Refresh runs", id="refresh", show=False),  # (they are read when shown)
         Binding("space", "mark", "Mark", id="mark", tooltip="Mark the run under the cursor for comparing"),
         Binding("C", "compare", "Compare", id="compare", tooltip="Overlay the marked runs' loss curves"),
     ]
@@ -116,9 +116,24 @@ class StartScreen(Screen[None]):
         if self.runs_first and message.runs:
             self.runs_first = False
             table.focus()
+        self.show_runs_title(bool(message.runs))
+
+    def show_runs_title(self, any_runs: bool) -> None:
+        """Where the runs are, and what marking them for comparing is at."""
+        where = escape(str(self.services.runs_dir))
+        marked = {0: "", 1: ": 1 marked, mark another to compare them"}.get(
+            len(self.marked), f": {len(self.marked)} marked, C compares them")
         self.query_one("#runs-title", Static).update(
-            f"Recent runs in {escape(str(self.services.runs_dir))}" if message.runs else
-            f"No runs yet in {escape(str(self.services.runs_dir))}: start a new run, or try the demo.")
+            f"Recent runs in {where}{marked}" if any_runs else f"No runs yet in {where}: start a new run, or try the "
+                                                               "demo.")
+
+    def focus_runs(self) -> None:
+        """The cursor on the run list (once it is read, when it is being read)."""
+        table = self.query_one("#runs", DataTable)
+        if table.row_count:
+            table.focus()
+        else:
+            self.runs_first = True
 
     def name_cell(self, run_dir: Path) -> Text:
         return Text(MARK + run_dir.name, style="bold") if run_dir in self.marked else Text(run_dir.name)
@@ -139,8 +154,7 @@ class StartScreen(Screen[None]):
         self.marked.remove(run_dir) if run_dir in self.marked else self.marked.append(run_dir)
         table.update_cell(key, "run", self.name_cell(run_dir))
         self.refresh_bindings()
-        if len(self.marked) == 1:
-            self.notify("Mark another run, then C compares them.", title="Compare")
+        self.show_runs_title(bool(table.row_count))
 
     def action_compare(self) -> None:
         from tuneterm.ui.screens.compare import CompareScreen

@@ -16,7 +16,7 @@ from typing import Any
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import VerticalScroll
+from textual.containers import Grid, VerticalScroll
 from textual.markup import escape
 from textual.message import Message
 from textual.screen import Screen
@@ -56,52 +56,53 @@ class SummaryCommands(ActionCommands):
                 ("Loss curves", "screen.curves", "The monitor's charts and log of this run"))
 
 
-def report_markup(report: RunReport) -> str:
-    """The summary as console markup, most important first."""
-    lines = [f"[b]{escape(report.why_it_ended[0].upper() + report.why_it_ended[1:])}[/b]", ""]
+Rows = list[tuple[str, str]]
+"""(label, value as markup): a label of "" continues the row above; ("", "") is a gap."""
+
+
+def report_rows(report: RunReport) -> tuple[str, Rows, Rows, list[str]]:
+    """The summary, most important first: why the run ended, its results as labelled rows, its notable settings
+    as rows, and the last warnings of the run. In rows, a long value (a path) wraps under itself, never under
+    the label."""
+    headline = escape(report.why_it_ended[0].upper() + report.why_it_ended[1:])
     total = f" of {report.total_steps:,}" if report.total_steps else ""
     epochs = f", {report.epochs:.2f} epochs" if report.epochs is not None else ""
     tokens = f", {report.tokens_seen:,} tokens seen" if report.tokens_seen is not None else ""
-    lines.append(f"steps      {report.steps:,}{total}{epochs}{tokens}, trained for {clock(report.training_seconds)}")
-    lines.append(f"train loss {loss_text(report.train_loss_first)} → {loss_text(report.train_loss_last)}")
+    rows: Rows = [("steps", f"{report.steps:,}{total}{epochs}{tokens}, trained for {clock(report.training_seconds)}"),
+                  ("train loss", f"{loss_text(report.train_loss_first)} → {loss_text(report.train_loss_last)}")]
     if report.baseline_eval_loss is not None or report.final_eval_loss is not None:
         best = (f"; best [b]{loss_text(report.best_eval_loss)}[/b] (perplexity {perplexity(report.best_eval_loss)}) "
                 f"at step {report.best_step:,}" if report.best_step is not None else "")
-        lines.append(f"eval loss  before {loss_text(report.baseline_eval_loss)}{best}")
-        lines.append(f"           final {loss_text(report.final_eval_loss)} (perplexity "
-                     f"{perplexity(report.final_eval_loss)})")
+        rows.append(("eval loss", f"before {loss_text(report.baseline_eval_loss)}{best}"))
+        rows.append(("", f"final {loss_text(report.final_eval_loss)} (perplexity "
+                         f"{perplexity(report.final_eval_loss)})"))
     if report.outcome:
-        lines.append(f"           {OUTCOME_TEXT.get(report.outcome, '')}")
+        rows.append(("", OUTCOME_TEXT.get(report.outcome, "")))
     if report.final_eval_loss is not None and not math.isfinite(report.final_eval_loss):
-        lines.append("           [$error]the last eval loss is not a number: the run diverged[/]")
-    lines.append("")
+        rows.append(("", "[$error]the last eval loss is not a number: the run diverged[/]"))
+    rows.append(("", ""))
     if report.adapter_dir is not None:
         changed = {True: "[$success]its weights all changed in training[/]",
                    False: "[$error]its weights did NOT all change, or are not finite (adapter_check.json)[/]",
                    None: "[$text-muted]not checked[/]"}[report.adapter_changed]
-        lines.append(f"adapter    {escape(str(report.adapter_dir))}: {changed}")
+        rows.append(("adapter", f"{escape(str(report.adapter_dir))}: {changed}"))
     else:
-        lines.append("adapter    [$warning]none saved[/]" + (f"; {len(report.checkpoints)} checkpoints to resume from"
-                                                              if report.checkpoints else ""))
+        rows.append(("adapter", "[$warning]none saved[/]" + (f"; {len(report.checkpoints)} checkpoints to resume "
+                                                             "from" if report.checkpoints else "")))
     if report.resumable:
-        lines.append(f"resume     r here, or: tuneterm train --resume {escape(str(report.run_dir))}")
+        rows.append(("resume", f"r here, or: tuneterm train --resume {escape(str(report.run_dir))}"))
     stop = report.stop_check
     if stop is not None and stop.get("checked"):
-        lines.append(f"stop check [$success]every answer ended by itself[/] ({stop['checked']} eval prompts)"
+        rows.append(("stop check", f"[$success]every answer ended by itself[/] ({stop['checked']} eval prompts)"
                      if stop.get("passed") else
-                     f"stop check [$error]{len(stop['runaway'])} of {stop['checked']} answers never ended[/]: "
-                     f"{escape(stop['causes'][0] if stop.get('causes') else '')}")
+                     f"[$error]{len(stop['runaway'])} of {stop['checked']} answers never ended[/]: "
+                     f"{escape(stop['causes'][0] if stop.get('causes') else '')}"))
     elif report.adapter_dir is not None:
-        lines.append("stop check [$text-muted]not run: k checks that its answers end[/]")
-    for index, plot in enumerate(report.plots):
-        lines.append(f"{'curves' if index == 0 else '':11s}{escape(str(plot))}")
-    lines += ["", "[b]Settings[/b]"]
-    width = max(map(len, report.settings), default=0) + 1
-    lines += [f"  {escape(key).ljust(width)} {escape(str(value))}" for key, value in report.settings.items()]
-    if report.warnings:
-        lines += ["", "[b]Warnings during the run[/b]"]
-        lines += [f"  [$warning]▲[/] {escape(w)}" for w in report.warnings[-5:]]
-    return "\n".join(lines)
+        rows.append(("stop check", "[$text-muted]not run: k checks that its answers end[/]"))
+    rows.append(("curves", "[$text-muted]l shows them in the monitor[/]"))
+    rows += [("", escape(str(plot))) for plot in report.plots]
+    settings = [(escape(key), escape(str(value))) for key, value in report.settings.items()]
+    return headline, rows, settings, [escape(w) for w in report.warnings[-5:]]
 
 
 class SummaryScreen(Screen[None]):
@@ -110,7 +111,8 @@ class SummaryScreen(Screen[None]):
         Binding("c", "chat", "Chat", id="chat", tooltip="The tuned model next to its base"),
         Binding("k", "stop_check", "Stop check", id="stop_check", tooltip="Do its answers end?"),
         Binding("M", "merge", "Merge", id="merge", tooltip="A standalone model in a new directory"),
-        Binding("l", "curves", "Curves", id="curves", tooltip="The monitor: loss, learning rate, log"),
+        Binding("l", "curves", "Curves", id="curves", show=False,  # said in the summary, beside the curves' files
+                tooltip="The monitor: loss, learning rate, log"),
         Binding("r", "resume", "Resume", id="resume", tooltip="Continue from the last complete checkpoint"),
         Binding("escape", "leave", "Back", id="leave"),
     ]
@@ -130,11 +132,17 @@ class SummaryScreen(Screen[None]):
         yield Static(id="summary-status")
         with VerticalScroll(id="summary-body"):
             yield Static("Reading the run...", id="summary")
+            yield Grid(id="summary-rows", classes="summary-grid")
+            yield Static("Settings", classes="group-title summary-part")
+            yield Grid(id="summary-settings", classes="summary-grid")
+            yield Static("Warnings during the run", classes="group-title summary-part summary-warnings")
+            yield Static(id="summary-warnings", classes="summary-warnings")
         yield Footer(compact=True)
 
     def on_mount(self) -> None:
         self.sub_title = self.run_dir.name
         self.query_one("#summary-status", Static).display = False
+        self.query(".summary-part, .summary-warnings").set(display=False)
         self.read_report()
 
     def on_screen_resume(self) -> None:
@@ -148,10 +156,27 @@ class SummaryScreen(Screen[None]):
             self.post_message(ReportRead(None, str(exc)))
 
     @on(ReportRead)
-    def _report(self, message: ReportRead) -> None:
+    async def _report(self, message: ReportRead) -> None:
+        """The report drawn (its rows mounted again only when they changed); `self.report` is set once it is."""
+        if message.report is None:
+            self.report = None
+            self.query_one("#summary", Static).update(f"[$error]{escape(message.error)}[/]")
+            self.refresh_bindings()
+            return
+        headline, rows, settings, warnings = report_rows(message.report)
+        self.query_one("#summary", Static).update(f"[b]{headline}[/b]")
+        for grid_id, shown in (("#summary-rows", rows), ("#summary-settings", settings)):
+            grid = self.query_one(grid_id, Grid)
+            cells = [(text, style) for label, value in shown
+                     for text, style in ((label, "summary-label"), (value, "summary-value"))]
+            if [(str(cell.content), cell.classes) for cell in grid.query(Static)] != [
+                    (text, frozenset({style})) for text, style in cells]:
+                await grid.remove_children()
+                await grid.mount_all(Static(text, classes=style) for text, style in cells)
+        self.query(".summary-part").set(display=True)
+        self.query(".summary-warnings").set(display=bool(warnings))
+        self.query_one("#summary-warnings", Static).update("\n".join(f"[$warning]▲[/] {w}" for w in warnings))
         self.report = message.report
-        text = report_markup(message.report) if message.report else f"[$error]{escape(message.error)}[/]"
-        self.query_one("#summary", Static).update(text)
         self.refresh_bindings()
 
     def say(self, text: str) -> None:

@@ -127,7 +127,8 @@ class WizardScreen(Screen[None]):
         Binding("escape", "back", "Back", id="back", tooltip="The previous step"),
         Binding("ctrl+t", "take_suggestion", "Suggestion", id="take",
                 tooltip="Apply the focused field's advice, or the data's suggested max length (dimmed: none)"),
-        Binding("ctrl+o", "browse", "Browse", id="browse", tooltip="Pick the data file"),
+        Binding("ctrl+o", "browse", "Browse", id="browse", tooltip="Pick the data file",
+                show=False),  # (the data step's own Browse button says the key)
         Binding("ctrl+s", "save", "Save", id="save", tooltip="Save the config to a file"),
         Binding("ctrl+r", "launch", "Launch", id="launch", tooltip="Start the run (says what is missing)"),
     ]
@@ -136,6 +137,9 @@ class WizardScreen(Screen[None]):
         super().__init__()
         self.services, self.draft, self.launcher = services, draft, launcher
         self.step = step
+        self.furthest = STEP_NAMES.index(step)
+        """The furthest step shown: the steps before it were gone through, and keep their ✓ when the person goes
+        back."""
         self.planning = WizardPlanning(services.read_gpus())
         """What is known of the draft: its model, its data, the GPUs, and the plan made from them."""
 
@@ -169,7 +173,9 @@ class WizardScreen(Screen[None]):
 
     def show_step(self, step: str) -> None:
         self.step = step
+        self.furthest = max(self.furthest, STEP_NAMES.index(step))
         self.query_one("#steps", ContentSwitcher).current = step
+        self.query_one(PlanPanel).scroll_home(animate=False)
         self.render_rail()
         self.refresh_bindings()
         focusable = self.query_one(f"#{step}").query("Input, Select, DataTable, Switch, Button, PreviewPane")
@@ -182,7 +188,7 @@ class WizardScreen(Screen[None]):
         parts = []
         for index, (name, title) in enumerate(STEPS, start=1):
             mark = ("✗" if self.planning.step_problems(name) else
-                    "✓" if STEP_NAMES.index(name) < STEP_NAMES.index(self.step) else " ")
+                    "✓" if STEP_NAMES.index(name) < self.furthest and name != self.step else " ")
             text = f" {index} {title} {mark}"
             parts.append(f"[reverse b] {text} [/]" if name == self.step else f"[$text-muted] {text} [/]")
         self.query_one("#step-rail", Static).update(" › ".join(parts))
@@ -334,8 +340,11 @@ class WizardScreen(Screen[None]):
     @on(DataFailed)
     def _data_failed(self, message: DataFailed) -> None:
         if self.planning.data_failed(message.key, message.error):
-            self.query_one(DataStep).show_read(message.error, self.draft.get("data.columns") or {})
+            self.query_one(DataStep).show_read(message.error)
+            guessed = self.planning.guess_columns(self.draft)
             self.replan()
+            if guessed:
+                self.refresh_data()
 
     @on(BrowseRequested)
     def action_browse(self) -> None:
@@ -394,11 +403,13 @@ class WizardScreen(Screen[None]):
         data_step = self.query_one(DataStep)
         data_step.show_values(draft.get("data.train"), draft.get("data.eval"), draft.get("data.val_size"),
                               draft.get("data.format") or "auto", draft.get("data.strict") is False)
+        data_step.show_mapper(planning.column_mapper(draft))
         report = planning.data_report()
         if report is not None:
             data_step.show_summary(report.summary.train, report.summary.eval, report.view, report.findings)
         settings = self.query_one(SettingsStep)
-        settings.show(draft.values, planning.resolved, planning.advice, draft.preset)
+        settings.show(draft.values, planning.resolved, planning.advice, draft.preset,
+                      planning.step_problems("settings"))
         settings.show_gpus(planning.gpus, draft.gpus, draft.strategy)
         self.query_one(ReviewStep).show(planning.resolved, planning.problems, draft.command_line(),
                                         launch_command(draft),

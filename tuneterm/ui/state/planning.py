@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from tuneterm.config import RunConfig
+from tuneterm.data.columns import ColumnGuess, guess_columns, inspect_command, mapping_for
+from tuneterm.data.formats import FIELDS, FormatUnknown
 from tuneterm.data.prepare import view_of
 from tuneterm.data.summary import DataSummary, DataView
 from tuneterm.engine.launch.command import build_launch, launch_problems
@@ -68,6 +70,24 @@ class DataReport:
     """What reading the data found: for the view's settings, else as if invalid records stop the run."""
 
 
+@dataclass(frozen=True)
+class ColumnMapper:
+    """What the data step's column mapper shows: the format whose fields are mapped, the column chosen for each of
+    its fields (None: none), the columns to choose from, and the config and command that read the data so."""
+
+    format: str
+    chosen: dict[str, str | None]
+    """Each field of the format, in its order -> the column holding it."""
+    found: dict[str, int]
+    """The columns of the data -> how many of the sampled records have them."""
+    guessed: bool
+    """The mapping is the one guessed from the column names, not (yet) one the person chose."""
+    config: str
+    """`data.format: alpaca, data.columns: {...}`."""
+    command: str
+    """The `tuneterm inspect` line that reads the data the same way."""
+
+
 @dataclass
 class WizardPlanning:
     """The readings of the model, the data and the GPUs, and the plan and problems of the draft made from them."""
@@ -90,6 +110,11 @@ class WizardPlanning:
     """Why the data at summary_key cannot be used."""
     data_work: Work | None = None
     """The data read in progress, to cancel; None when none is."""
+    columns_found: dict[str, int] = field(default_factory=dict)
+    """The columns of a training data whose format its column names do not tell (name -> sampled records having
+    it): the column mapper maps them, for as long as that data is chosen."""
+    columns_guessed: ColumnGuess | None = None
+    """The format and mapping guessed from those columns and set in the draft, until the person changes them."""
     config: RunConfig | None = None
     """The draft validated; None while it has errors."""
     plan: Plan | None = None
@@ -150,6 +175,14 @@ class WizardPlanning:
             value = typed_path(value)
         if key == "data.eval" and value:
             draft.set("data.val_size", None)
+        if key == "data.train" and value != draft.get("data.train"):
+            self.columns_found, self.columns_guessed = {}, None
+        if key == "data.format" and value in FIELDS and self.columns_found:  # another format: its own mapping
+            draft.set("data.columns", mapping_for(self.columns_found, value, FIELDS[value]).columns or None)
+        if key == "data.columns" and value and self.columns_found and draft.get("data.format") in (None, "auto"):
+            draft.set("data.format", _format_of(value))  # said, not left to detection
+        if key in ("data.format", "data.columns"):
+            self.columns_guessed = None
         return draft.set(key, value)
 
     def start_data_read(self, draft: Draft, on_progress: Callable[[Progress], object]) -> DataRequest | None:
@@ -197,7 +230,38 @@ class WizardPlanning:
         if key != self.summary_key:
             return False
         self.data_work, self.data_error = None, error
+        if isinstance(error, FormatUnknown):
+            self.columns_found = error.columns
         return True
+
+    def guess_columns(self, draft: Draft) -> bool:
+        """When the data's format cannot be told and the person has chosen neither a format nor a mapping: set the
+        format and mapping its column names suggest (question -> instruction, answer -> output...). True when the
+        draft changed (the data is to be read again)."""
+        if not self.columns_found or draft.get("data.columns") or draft.get("data.format") not in (None, "auto"):
+            return False
+        guess = guess_columns(self.columns_found, FIELDS)
+        if guess is None:
+            return False
+        draft.set("data.format", guess.format)
+        draft.set("data.columns", guess.columns or None)
+        self.columns_guessed = guess
+        return True
+
+    def column_mapper(self, draft: Draft) -> ColumnMapper | None:
+        """The column mapper, while the chosen data's format is not told by its column names; None otherwise."""
+        if not self.columns_found:
+            return None
+        columns: dict[str, str] = draft.get("data.columns") or {}
+        fmt = draft.get("data.format") or "auto"
+        if fmt not in FIELDS:  # the format whose fields are mapped, else the likely one
+            guess = guess_columns(self.columns_found, FIELDS)
+            fmt = _format_of(columns) or (guess.format if guess else "alpaca")
+        chosen = {name: columns.get(name, name if name in self.columns_found else None) for name in FIELDS[fmt]}
+        shown = ColumnGuess(fmt, dict(columns))
+        command = inspect_command(draft.get("data.train") or "DATA", draft.get("model.path") or "MODEL", fmt, columns)
+        return ColumnMapper(fmt, chosen, dict(self.columns_found), self.columns_guessed is not None,
+                            shown.describe(), command)
 
     def data_report(self) -> DataReport | None:
         """The summary as the data step shows it; None while there is none (or the draft does not validate)."""
@@ -298,6 +362,12 @@ class WizardPlanning:
             return f"Cannot write {path}: {exc.strerror}"
         draft.mark_saved(path)
         return ""
+
+
+def _format_of(columns: dict[str, str]) -> str | None:
+    """The format whose fields a mapping names, when they are one format's."""
+    formats = [name for name, fields in FIELDS.items() if set(columns) & set(fields)]
+    return formats[0] if len(formats) == 1 else None
 
 
 def typed_path(text: str) -> str:

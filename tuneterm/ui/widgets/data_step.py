@@ -14,17 +14,19 @@ from typing import Any
 from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, VerticalScroll
+from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.markup import escape
 from textual.message import Message
 from textual.widget import Widget
 from textual.widgets import Button, Checkbox, Input, Label, ProgressBar, Select, Sparkline, Static
 
+from tuneterm.data.columns import FIELD_HELP
 from tuneterm.data.formats import FIELDS, FORMATS, FormatUnknown
 from tuneterm.data.summary import DataView, Preview, SourceSummary
 from tuneterm.errors import Problem, TuneTermError
+from tuneterm.ui.state.planning import ColumnMapper
 from tuneterm.ui.widgets.fields import parse
-from tuneterm.ui.widgets.paths import PathSuggester, is_data_file
+from tuneterm.ui.widgets.paths import PathInput, PathSuggester, is_data_file
 from tuneterm.work import Progress
 
 UNMAPPED = "(not in the data)"
@@ -99,15 +101,20 @@ HELD_OUT_PLACEHOLDER = "0.1 (default: 10% for the eval loss)"
 
 
 class DataStep(VerticalScroll):
+    def __init__(self, id: str | None = None):
+        super().__init__(id=id)
+        self.mapper: ColumnMapper | None = None
+        """What the column mapper shows (None: it is hidden)."""
+
     def compose(self) -> ComposeResult:
         yield Static("Training data: a .jsonl / .json / .csv / .parquet file, a folder, or a hub dataset id")
         with Horizontal(classes="path-row"):
-            yield Input(placeholder="e.g. data/train.jsonl or org/dataset:train", id="data-path",
+            yield PathInput(placeholder="e.g. data/train.jsonl or org/dataset:train", id="data-path",
                         suggester=PathSuggester(accept=is_data_file))
             yield Button("Browse (ctrl+o)", id="browse", compact=True)
         with Horizontal(classes="setting-row"):
             yield Label("eval file", classes="setting-label")
-            yield Input(placeholder="none: hold out part of the training data", id="eval-path", compact=True,
+            yield PathInput(placeholder="none: hold out part of the training data", id="eval-path", compact=True,
                         suggester=PathSuggester(accept=is_data_file))
         with Horizontal(classes="setting-row"):
             yield Label("held out", classes="setting-label")
@@ -126,11 +133,17 @@ class DataStep(VerticalScroll):
             yield Static(id="data-progress-text")
             yield Button("Cancel", id="cancel-data", compact=True)
         yield Static(id="data-report")
-        yield Static("Columns: which of your columns holds what", id="mapper-title", classes="group-title")
-        with Horizontal(id="column-mapper"):
-            for role in sorted({name for fields in FIELDS.values() for name in fields}):
-                yield Select([(UNMAPPED, UNMAPPED)], value=UNMAPPED, allow_blank=False, id=f"map-{role}",
-                             prompt=role, compact=True, classes="column-select")
+        with Vertical(id="column-mapper"):
+            yield Static("Columns: which of your columns holds what", classes="group-title")
+            yield Static(id="mapper-format")
+            for fields in FIELDS.values():
+                for name in fields:
+                    with Horizontal(classes="setting-row mapper-row", id=f"map-row-{name}"):
+                        optional = "" if FIELD_HELP[name][1] else " (optional)"
+                        yield Label(f"{name}{optional}", classes="setting-label")
+                        yield Select([(UNMAPPED, UNMAPPED)], value=UNMAPPED, allow_blank=False, id=f"map-{name}",
+                                     compact=True, classes="column-select", tooltip=FIELD_HELP[name][0])
+            yield Static(id="mapper-result")
         yield Static("Examples as trained (← → when focused)", classes="group-title")
         yield PreviewPane(id="preview")
         yield Static("Token lengths", classes="group-title")
@@ -139,7 +152,7 @@ class DataStep(VerticalScroll):
 
     def on_mount(self) -> None:
         self.query_one("#reading").display = False
-        self.show_columns({}, {})
+        self.query_one("#column-mapper").display = False
 
     def show_values(self, train: str | None, evaluation: str | None, val_size: Any, fmt: str,
                     leave_out_invalid: bool) -> None:
@@ -167,28 +180,41 @@ class DataStep(VerticalScroll):
         bar.update(total=100 if share is not None else None, progress=round(100 * share) if share else 0)
         self.query_one("#data-progress-text", Static).update(f" {progress.stage}: {progress.done:,} records")
 
-    def show_columns(self, found: dict[str, int], mapping: dict[str, str]) -> None:
-        """The column mapper, when the format could not be told from the columns."""
-        self.query_one("#column-mapper").display = bool(found)
-        self.query_one("#mapper-title").display = bool(found)
-        for select in self.query(".column-select").results(Select):
-            role = (select.id or "").removeprefix("map-")
-            with select.prevent(Select.Changed):
-                select.set_options([(UNMAPPED, UNMAPPED), *((f"{column} ({count})", column)
-                                                            for column, count in found.items())])
-                select.value = mapping.get(role, UNMAPPED) if mapping.get(role) in found else UNMAPPED
-            select.prompt = role
-
-    def show_read(self, error: TuneTermError | None = None, mapping: dict[str, str] | None = None) -> None:
-        """A read ended: its summary follows (the column mapper hidden), or why the data cannot be used; a format
-        the columns do not tell brings the column mapper, set to the `mapping` chosen so far."""
-        self.show_progress(None)
-        if error is None:
-            self.show_columns({}, {})
+    def show_mapper(self, mapper: ColumnMapper | None) -> None:
+        """The column mapper, while the data's format is not told by its column names: a column for each field of
+        the format mapped, and the config and command that read the data so."""
+        if mapper == self.mapper:
             return
-        self.show_failure(error.summary, error.problems)
+        self.mapper = mapper
+        self.query_one("#column-mapper").display = mapper is not None
+        if mapper is None:
+            return
+        needed = [f"{name} ({FIELD_HELP[name][0]})" for name in mapper.chosen if FIELD_HELP[name][1]]
+        optional = [name for name in mapper.chosen if not FIELD_HELP[name][1]]
+        self.query_one("#mapper-format", Static).update(
+            f"Read as [b]{mapper.format}[/b] data (the format above changes it): " + ", ".join(needed)
+            + (f"; optional: {', '.join(optional)}" if optional else ""))
+        options = [(UNMAPPED, UNMAPPED), *((f"{column} ({count})", column) for column, count in mapper.found.items())]
+        for row in self.query(".mapper-row"):
+            row.display = row.id is not None and row.id.removeprefix("map-row-") in mapper.chosen
+        for name, column in mapper.chosen.items():
+            select = self.query_one(f"#map-{name}", Select)
+            with select.prevent(Select.Changed):
+                select.set_options(options)
+                select.value = column if column in mapper.found else UNMAPPED
+        guessed = " [$text-muted](guessed from the column names: change any of them)[/]" if mapper.guessed else ""
+        self.query_one("#mapper-result", Static).update(
+            f"[b]{escape(mapper.config)}[/b]{guessed}\n[$text-muted]The same from a shell:[/] {escape(mapper.command)}")
+
+    def show_read(self, error: TuneTermError | None = None) -> None:
+        """A read ended: its summary follows, or why the data cannot be used (in short when the column mapper below
+        is what to do about it)."""
+        self.show_progress(None)
         if isinstance(error, FormatUnknown):
-            self.show_columns(error.columns, mapping or {})
+            self.show_failure(f"The column names ({', '.join(error.columns)}) do not tell the data format: choose "
+                              "the format above and which column holds what below.", [])
+        elif error is not None:
+            self.show_failure(error.summary, error.problems)
 
     def show_cancelled(self) -> None:
         self.show_progress(None)
@@ -260,10 +286,13 @@ class DataStep(VerticalScroll):
     @on(Select.Changed, ".column-select")
     def _column(self, event: Select.Changed) -> None:
         event.stop()
+        if self.mapper is None:
+            return
         mapping = {}
-        for select in self.query(".column-select").results(Select):
-            if select.value not in (UNMAPPED, Select.NULL):
-                mapping[(select.id or "").removeprefix("map-")] = select.value
+        for name in self.mapper.chosen:
+            column = self.query_one(f"#map-{name}", Select).value
+            if column not in (UNMAPPED, Select.NULL, name):
+                mapping[name] = column
         self.screen.post_message(DataSettingChanged("data.columns", mapping or None))
 
     @on(Button.Pressed, "#browse")

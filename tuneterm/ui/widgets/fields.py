@@ -61,6 +61,8 @@ class SettingField(Vertical):
         super().__init__(classes="setting-field", id=f"field-{spec.key.replace('.', '-')}")
         self.spec = spec
         self.advice: Advice | None = None
+        self.problems: list[str] = []
+        """What about this key stops the launch (the plan's errors), said at the field."""
         self.shown = False
         self.chosen: Any = None
         self.effective: Any = None
@@ -80,11 +82,13 @@ class SettingField(Vertical):
                 yield Input(id="control", compact=True, placeholder=self.spec.placeholder)
         yield Static(classes="setting-advice")
 
-    def show(self, chosen: Any, effective: Any, origin: str, advice: Advice | None, applicable: bool = True) -> None:
+    def show(self, chosen: Any, effective: Any, origin: str, advice: Advice | None, applicable: bool = True,
+             problems: list[str] | None = None) -> None:
         """The person's value (or None), the value in effect and where it comes from ("default", "derived",
-        "preset"), and the plan's advice on this key."""
+        "preset"), the plan's advice on this key, and what about it stops the launch."""
         self.display = applicable
         self.advice, self.chosen, self.effective, self.shown = advice, chosen, effective, True
+        self.problems = list(problems or [])
         control = self.query_one("#control")
         if isinstance(control, Checkbox):
             with control.prevent(Checkbox.Changed):
@@ -109,20 +113,20 @@ class SettingField(Vertical):
             with control.prevent(Input.Changed):
                 control.value = yaml_value(value)
 
-    def _show_advice(self, problem: str | None = None) -> None:
-        text = self.query_one(".setting-advice", Static)
-        if problem:
-            text.update(f"[$error]✗ {escape(problem)}[/]")
-        elif self.advice is not None:
+    def _show_advice(self, typed_problem: str | None = None) -> None:
+        """A value typed that is refused, else what stops the launch; then the advice."""
+        lines = [f"[$error]✗ {escape(problem)}[/]" for problem in ([typed_problem] if typed_problem
+                                                                   else self.problems)]
+        if self.advice is not None and not typed_problem:
             advice = self.advice
             colour = "$warning" if advice.level != "info" else "$accent"
             fix = ", ".join(f"{key.split('.', 1)[-1]} = {yaml_value(value)}" for key, value in advice.fix.items())
             fix = f" [$text-muted](ctrl+t sets {escape(fix)})[/]" if fix else ""
-            text.update(f"[{colour}]● {escape(advice.message)}[/]: {escape(advice.why)} "
-                        f"[$text-muted]({escape(advice.source)})[/]{fix}")
-        else:
-            text.update("")
-        text.display = bool(problem or self.advice)
+            lines.append(f"[{colour}]● {escape(advice.message)}[/]: {escape(advice.why)} "
+                         f"[$text-muted]({escape(advice.source)})[/]{fix}")
+        text = self.query_one(".setting-advice", Static)
+        text.update("\n".join(lines))
+        text.display = bool(lines)
 
     def why(self) -> str:
         option = OPTION_BY_KEY.get(self.key)

@@ -16,8 +16,8 @@ from textual.widgets import Checkbox, DataTable, Input, Static
 
 from tuneterm.plan.catalog import ModelDescription, ModelEntry
 from tuneterm.plan.memory import size
-from tuneterm.plan.model import ModelFacts
-from tuneterm.ui.widgets.paths import PathSuggester
+from tuneterm.plan.model import ModelFacts, count
+from tuneterm.ui.widgets.paths import PathInput, PathSuggester
 
 NO_TEMPLATE = ("no chat template: tuneterm renders conversations with its default instruction template "
                "(### Instruction / ### Response), each reply ended by the EOS token, so the model learns to stop")
@@ -40,14 +40,6 @@ class RemoteCodeAllowed(Message, bubble=False):
     allowed: bool
 
 
-def count(number: int) -> str:
-    """1.2B, 350M, 65.5K: parameter counts as model cards write them."""
-    for scale, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
-        if number >= scale:
-            return f"{number / scale:.1f}{suffix}"
-    return str(number)
-
-
 def _when(seconds: float | None, now: float) -> str:
     if not seconds:
         return ""
@@ -63,7 +55,7 @@ class ModelStep(VerticalScroll):
 
     def compose(self) -> ComposeResult:
         yield Static("Model: a local directory or a Hugging Face hub id (enter to choose)")
-        yield Input(placeholder="e.g. Qwen/Qwen3-0.6B or ./models/my-model", id="model-path",
+        yield PathInput(placeholder="e.g. Qwen/Qwen3-0.6B or ./models/my-model", id="model-path",
                     suggester=PathSuggester(lambda: [e.path for e in self.entries]))
         yield Static(id="model-details")
         with Horizontal(id="remote-code-row"):

@@ -1,5 +1,5 @@
-"""Paths typed or picked: completion for paths and hub ids typed into an input (the next directory entry, or a
-known name), and the file picker for a data file."""
+"""Paths typed or picked: an input that shows the end of a path, completion for paths and hub ids typed into it
+(the next directory entry, or a known name), and the file picker for a data file."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from textual import events
 from textual.suggester import Suggester
+from textual.widgets import Input
 
 from tuneterm.data.records import FILE_SUFFIXES
 
@@ -53,3 +55,24 @@ class PathSuggester(Suggester):
                                                                                      self.accept(entry)):
                 return value + entry.name[len(prefix):] + ("/" if entry.is_dir() else "")
         return None
+
+
+class PathInput(Input):
+    """An input for a path or a hub id. It shows the end of what it holds (the file name, the last directory) whole
+    while the cursor is at the end or elsewhere on the screen, however its width changes: a long path is cut at its
+    start, never at its end."""
+
+    def show_end(self) -> None:
+        if not self.has_focus:
+            self.cursor_position = len(self.value)
+        if self.cursor_at_end:  # (the cursor's cell past the end, too)
+            self.scroll_to(x=self.max_scroll_x, animate=False, immediate=True)
+
+    def watch_value(self) -> None:
+        self.call_after_refresh(self.show_end)
+
+    def on_resize(self, event: events.Resize) -> None:
+        self.call_after_refresh(self.show_end)
+
+    def on_blur(self, event: events.Blur) -> None:
+        self.call_after_refresh(self.show_end)

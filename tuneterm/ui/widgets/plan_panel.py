@@ -7,46 +7,53 @@ micro-batch that fits at the same effective batch, the step arithmetic, and the 
 
 from __future__ import annotations
 
+import itertools
+
 from textual.app import ComposeResult
 from textual.containers import VerticalScroll
 from textual.markup import escape
 from textual.widgets import Static
 
-from tuneterm.plan.memory import size
+from tuneterm.plan.memory import parts_adding_up, size
 from tuneterm.plan.planner import Plan
 from tuneterm.plan.schedule import learning_rates
 from tuneterm.ui.widgets.chart import LineChart
 
-# Breakdown parts shown on their own (the rest is summed as "other"), each with a theme colour. The weights a
-# sharding process gathers while it computes (FSDP, ZeRO-3) are shown apart from its own shard.
-_PARTS = (("weights", "primary"), ("gathered_weights", "primary-darken-3"), ("activations", "accent"),
-          ("optimizer", "secondary"), ("gradients", "success"), ("adapters", "warning"))
+# A theme colour for each part of the estimate (plan/memory.py); the weights a sharding process gathers while it
+# computes (FSDP, ZeRO-3) are shown apart from its own shard, and what the parts too small to show add up to is
+# "other".
+PART_COLOURS = {"weights": "primary", "gathered weights": "primary-darken-3", "adapters": "warning",
+                "gradients": "success", "gradient buckets": "success-darken-2", "optimizer": "secondary",
+                "activations": "accent", "attention scores": "accent-darken-2", "logits": "accent-lighten-2",
+                "evaluation": "accent-darken-3", "allocator slack": "foreground-muted",
+                "cuda context": "foreground-darken-3", "other": "foreground-muted"}
 _VERDICT_COLOURS = {"fits": "$success", "tight": "$warning", "will not fit": "$error"}
 
 
-def _parts(breakdown: dict[str, float]) -> list[tuple[str, str, float]]:
-    """(label, theme colour, bytes) of the parts shown, the small ones summed as "other"."""
-    known = dict(_PARTS)
-    other = sum(value for name, value in breakdown.items() if name not in known)
-    return [(name.replace("_", " "), colour, breakdown.get(name, 0.0)) for name, colour in _PARTS] + [
-        ("other", "foreground-muted", other)]
-
-
 def memory_bar(breakdown: dict[str, float], capacity: float, width: int) -> str:
-    """One line of coloured blocks, one run per part, scaled so that `width` cells are the free memory (or the
-    need, when it is larger)."""
-    scale = max(capacity, sum(breakdown.values()), 1.0) / width
-    cells, used = [], 0
-    for _, colour, value in _parts(breakdown):
-        count = min(max(round(value / scale), 1 if value > 0 else 0), width - used)
-        if count:
-            cells.append(f"[${colour}]{'█' * count}[/]")
-            used += count
-    return "".join(cells) + f"[$panel-lighten-2]{'░' * (width - used)}[/]"
+    """One line of `width` cells for the free memory (or the need, when it is larger, with the end of the free
+    memory marked), a run of coloured blocks per part; a need too small for one cell is said in words instead."""
+    need = sum(breakdown.values())
+    scale = max(capacity, need, 1.0) / width
+    if round(need / scale) == 0:
+        return f"[$text-muted]▏ {need / max(capacity, 1.0):.2%} of the free memory: too little to draw[/]"
+    cells: list[tuple[str, str]] = []
+    running = 0.0
+    for name, value in breakdown.items():
+        running += value
+        colour = PART_COLOURS.get(name.replace("_", " "), "foreground-muted")
+        cells += [(colour, "█")] * (round(running / scale) - len(cells))
+    cells += [("panel-lighten-2", "░")] * (width - len(cells))
+    if need > capacity:
+        cells[min(width - 1, round(capacity / scale))] = ("error", "┃")
+    runs = [(colour, "".join(c for _, c in group)) for colour, group in itertools.groupby(cells, key=lambda c: c[0])]
+    return "".join(f"[${colour}]{text}[/]" for colour, text in runs)
 
 
 def memory_legend(breakdown: dict[str, float]) -> list[str]:
-    return [f"[${colour}]■[/] {name} {size(value)}" for name, colour, value in _parts(breakdown) if value >= 1e6]
+    """Every part, in the unit of the total and adding up to it (plan/memory.py parts_adding_up)."""
+    return [f"[${PART_COLOURS.get(name, 'foreground-muted')}]■[/] {name} {written}"
+            for name, written in parts_adding_up(breakdown)]
 
 
 class PlanPanel(VerticalScroll):
@@ -102,8 +109,9 @@ class PlanPanel(VerticalScroll):
         legend = memory_legend(estimate.breakdown)
         per_line = 2 if width >= 40 else 1
         lines += ["   ".join(legend[i:i + per_line]) for i in range(0, len(legend), per_line)]
-        lines.append(f"[$text-muted]at {setup.seq_len} tokens x micro-batch {setup.micro_batch}, {setup.precision}, "
-                     f"checkpointing {'on' if setup.gradient_checkpointing else 'off'}[/]")
+        lines.append(f"[$text-muted]at {setup.seq_len} tokens ({escape(plan.length_why)}) x micro-batch "
+                     f"{setup.micro_batch}, {setup.precision}, checkpointing "
+                     f"{'on' if setup.gradient_checkpointing else 'off'}[/]")
         return "\n".join(lines)
 
     @staticmethod

@@ -22,6 +22,7 @@ from textual.message import Message
 from textual.widgets import Label, Select, SelectionList, Static
 
 from tuneterm.config import METHODS, OPTION_BY_KEY, RunConfig, preset_names
+from tuneterm.errors import Problem
 from tuneterm.hardware import GpuSurvey
 from tuneterm.plan.advice import Advice
 from tuneterm.plan.memory import STRATEGIES, Strategy, size
@@ -106,6 +107,7 @@ class SettingsStep(VerticalScroll):
                 yield Select([(name, name) for name in STRATEGIES if name != "single"], allow_blank=False,
                              value="ddp", id="strategy", compact=True)
             yield Static(id="strategy-help")
+        yield Static(id="settings-problems")
         with Horizontal(classes="setting-row"):
             yield Label("preset", classes="setting-label")
             yield Select([(NO_PRESET, NO_PRESET), *((name, name) for name in preset_names())], allow_blank=False,
@@ -148,21 +150,38 @@ class SettingsStep(VerticalScroll):
     def fields(self) -> list[SettingField]:
         return list(self.query(SettingField))
 
-    def show(self, chosen: dict[str, Any], config: RunConfig | None, advice: list[Advice], preset: str | None) -> None:
-        """Every field's value and advice, from the draft's values and the planned (resolved) config."""
+    def show(self, chosen: dict[str, Any], config: RunConfig | None, advice: list[Advice], preset: str | None,
+             problems: list[Problem] | None = None) -> None:
+        """Every field's value and advice, from the draft's values and the planned (resolved) config; what stops
+        the launch at its field, and above the fields the whole list (with the keys no field edits)."""
         by_key: dict[str, Advice] = {}
         for item in advice:
             by_key.setdefault(item.field, item)
         method = config.method if config is not None else chosen.get("method", "lora")
+        labels = {}
         for field in self.fields():
             effective = config.get(field.key) if config is not None else chosen.get(field.key)
             applicable = not (field.key.startswith("lora.") and method == "full")
             origin = "derived" if config is not None and field.key in config.notes else \
                 "preset" if preset and config is not None and field.key not in config.defaulted else "default"
-            field.show(chosen.get(field.key), effective, origin, by_key.get(field.key), applicable)
+            own = [p.message for p in problems or [] if p.location.key == field.key]
+            field.show(chosen.get(field.key), effective, origin, by_key.get(field.key), applicable, own)
+            if applicable:
+                labels[field.key] = field.spec.label
+        self.show_problems(problems or [], labels)
         select = self.query_one("#preset", Select)
         with select.prevent(Select.Changed):
             select.value = preset or NO_PRESET
+
+    def show_problems(self, problems: list[Problem], labels: dict[str, str]) -> None:
+        """What stops the launch, on top: the fields named (each says why), the keys without a field in full."""
+        named = list(dict.fromkeys(labels[p.location.key] for p in problems if p.location.key in labels))
+        lines = [f"[$error]✗ {escape(str(p))}[/]" for p in problems if p.location.key not in labels]
+        if named:
+            lines.insert(0, f"[$error]✗ Stops the launch: {escape(', '.join(named))} (said at the field)[/]")
+        text = self.query_one("#settings-problems", Static)
+        text.update("\n".join(lines))
+        text.display = bool(lines)
 
     def focused_field(self) -> SettingField | None:
         node: DOMNode | None = self.screen.focused
