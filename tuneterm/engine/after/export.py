@@ -152,8 +152,8 @@ def prepare(run_dir: Path, out_dir: Path, format: str, quant: str | None = None,
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(str(run_dir))
-        chat = read_chat_format(lambda messages, generation: tokenizer.apply_chat_template(
-            messages, tokenize=False, add_generation_prompt=generation), tokenizer.bos_token)
+        chat = read_chat_format(lambda messages, generation: str(tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=generation)), tokenizer.bos_token)
         if chat.trims:
             notes.append("the chat template trims whitespace around each message; Ollama's TEMPLATE passes messages "
                          "as they are, so a message that starts or ends with whitespace is rendered differently")

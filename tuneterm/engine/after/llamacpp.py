@@ -104,7 +104,8 @@ class Converter:
         for node in tree.body:
             if isinstance(node, ast.AnnAssign) and getattr(node.target, "id", "") == "TEXT_MODEL_MAP" \
                     and isinstance(node.value, ast.Dict):
-                return {key.value for key in node.value.keys if isinstance(key, ast.Constant)}
+                return {key.value for key in node.value.keys if isinstance(key, ast.Constant)
+                        and isinstance(key.value, str)}
         return None
 
 
@@ -251,7 +252,7 @@ def _convert(converter_dir: str, pre_tokenizer: str, arguments: list[str], scrip
 
     sys.path[:0] = [converter_dir, str(Path(converter_dir) / "gguf-py")]
     if pre_tokenizer != "-":
-        from conversion import base  # type: ignore[import-not-found]
+        from conversion import base
 
         known = base.TextModel.get_vocab_base_pre
 

@@ -194,7 +194,7 @@ def check_round_trip(gguf: Path, quant: str, merged_dir: Path, samples: list[Eva
         kls, differences, same = [], [], 0
         for index, (sample, sequence, want, answer) in enumerate(zip(chosen, sequences, expected, merged_answers)):
             work.step(f"round-trip check: {gguf.name} in llama.cpp", index, len(chosen), force=True)
-            text = tokenizer.decode(sample.prompt_ids)
+            text = str(tokenizer.decode(sample.prompt_ids))
             tokens = model.tokenize(text.encode("utf-8"), add_bos=adds_bos, special=True)
             if tokens != sample.prompt_ids:
                 at = next((i for i, (a, b) in enumerate(zip(tokens, sample.prompt_ids)) if a != b),
@@ -214,8 +214,8 @@ def check_round_trip(gguf: Path, quant: str, merged_dir: Path, samples: list[Eva
             same += int((got.argmax(-1) == want.argmax(-1)).sum())
             written, ended = _greedy(model, llama_cpp, vocab, sample.prompt_ids, new_tokens, work)
             result.answers.append(Answer(sample.where, sample.question,
-                                         tokenizer.decode(answer, skip_special_tokens=True),
-                                         tokenizer.decode(written, skip_special_tokens=True),
+                                         str(tokenizer.decode(answer, skip_special_tokens=True)),
+                                         str(tokenizer.decode(written, skip_special_tokens=True)),
                                          bool(answer) and answer[-1] in stop_ids, ended))
     finally:
         model.close()
