@@ -122,6 +122,8 @@ def find_converter(source: Path | None = None, on_phase: Callable[[str], None] =
     if named is not None and named.is_dir():
         if not _is_converter(named):
             raise ExportError(f"{named} is not a llama.cpp checkout: it has no {' or '.join(CONVERTER_PARTS[:4])}")
+        if (named / "VERSION.json").is_file():  # one tuneterm unpacked
+            return Converter(named, json.loads((named / "VERSION.json").read_text(encoding="utf-8"))["version"])
         return Converter(named, f"llama.cpp checkout {named}{_checkout_commit(named)}")
     target = cache_root() / f"llama.cpp-converter-{version}"
     if (target / "VERSION.json").is_file():
@@ -281,9 +283,12 @@ def _quantize(source: str, target: str, quant: str) -> int:
 
 
 def main(arguments: list[str]) -> int:
-    """python -m tuneterm.engine.after.llamacpp convert|convert-lora|quantize ...: what run_tool starts."""
+    """python -m tuneterm.engine.after.llamacpp convert|convert-lora|quantize ...: what run_tool starts; `fetch`
+    unpacks the converter into the cache (fetching it with pip if need be) and prints where it is."""
     action, *rest = arguments
-    if action == "convert":
+    if action == "fetch":
+        print(find_converter(Path(rest[0]) if rest else None, lambda text: print(text, file=sys.stderr)).directory)
+    elif action == "convert":
         _convert(rest[0], rest[1], rest[2:], "convert_hf_to_gguf.py")
     elif action == "convert-lora":
         _convert(rest[0], "-", rest[1:], "convert_lora_to_gguf.py")
