@@ -157,3 +157,14 @@ def test_push_says_at_once_that_the_hub_is_switched_off(run, capsys) -> None:
     assert "switched off on this machine (HF_HUB_OFFLINE" in capsys.readouterr().err
     assert main(["push", str(run), "someone/tiny", "--what", "merged"]) == 2
     assert "has no merged export that passed its check" in capsys.readouterr().err
+
+
+def test_without_the_export_extra_it_says_what_is_missing_and_how_to_install_it(run, tmp_path, monkeypatch,
+                                                                               capsys) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "llama_cpp", None)  # what an environment without llama-cpp-python imports
+    assert main(["export", str(run), str(tmp_path / "out")]) == 1
+    error = capsys.readouterr().err
+    assert "GGUF export needs llama-cpp-python (llama.cpp's runtime and quantizer), not installed here" in error
+    assert "pip install 'tuneterm[export]'" in error and not (tmp_path / "out").exists()

@@ -80,6 +80,8 @@ class ExportPlan:
     merged_dtype: str
     method: str
     notes: list[str]
+    base_dir: Path | None = None
+    """The base model's files, for the adapter GGUF (its converter reads the base's config, the check converts it)."""
 
 
 @dataclass
@@ -157,12 +159,13 @@ def prepare(run_dir: Path, out_dir: Path, format: str, quant: str | None = None,
         if chat.trims:
             notes.append("the chat template trims whitespace around each message; Ollama's TEMPLATE passes messages "
                          "as they are, so a message that starts or ends with whitespace is rendered differently")
+    base_dir = _base_model_dir(config) if format == "adapter-gguf" else None
     _check_room(out_dir, facts.total_params, dtype, format, quant, method)
     if scale != 1 and format == "adapter-gguf":
         notes.append(f"the adapter GGUF is written at full strength: apply it at {scale:g} (llama.cpp: --lora-scaled "
                      f"FILE {scale:g})")
     return ExportPlan(run_dir, out_dir, format, quant or "", scale, converter, chat, facts.total_params, dtype,
-                      method, notes)
+                      method, notes, base_dir)
 
 
 def _check_room(out_dir: Path, params: int, dtype: str, format: str, quant: str | None, method: str) -> None:
@@ -236,16 +239,17 @@ def _export_gguf(plan: ExportPlan, staging: Path, work: Work, phase: Callable[[s
     out.mkdir()
     log = out / LOG_FILE
     lossless = LOSSLESS[plan.merged_dtype]
+    notes = list(plan.notes)
     if plan.method == "full":
         merged_dir = plan.run_dir
     else:
         merged_dir = staging / "merged"
-        merge(plan.run_dir, merged_dir, plan.scale if plan.format != "adapter-gguf" else 1.0, phase)
+        notes += merge(plan.run_dir, merged_dir, plan.scale if plan.format != "adapter-gguf" else 1.0, phase).notes
     name = _file_stem(plan.run_dir.name)
-    notes = list(plan.notes)
     lora = None
     if plan.format == "adapter-gguf":
-        base_dir = _base_model_dir(plan.run_dir)
+        assert plan.base_dir is not None
+        base_dir = plan.base_dir
         lora = out / f"{name}-adapter-{plan.quant}.gguf"
         phase(f"converting the adapter with llama.cpp's convert_lora_to_gguf.py ({plan.converter.version})")
         run_tool(lora_arguments(plan.converter, plan.run_dir, base_dir, lora, plan.quant), "converting the adapter",
@@ -305,10 +309,9 @@ def _tokenizer(run_dir: Path) -> Any:
     return AutoTokenizer.from_pretrained(str(run_dir))
 
 
-def _base_model_dir(run_dir: Path) -> Path:
+def _base_model_dir(config: Any) -> Path:
     """The base model's files on this machine: its directory, or its snapshot in the Hugging Face cache (training
     downloaded it)."""
-    config = load_config(run_dir / CONFIG_FILE)
     path = str(config.get("model.path"))
     if Path(path).is_dir():
         return Path(path)

@@ -72,11 +72,17 @@ def runtime_version() -> str | None:
 
 def missing_tools() -> list[str]:
     """What `tuneterm[export]` would install and is not installed, each with what it is for."""
-    import importlib.util
+    import importlib
 
     wanted = {"llama_cpp": "llama-cpp-python (llama.cpp's runtime and quantizer)",
               "sentencepiece": "sentencepiece (the converter reads SentencePiece tokenizers with it)"}
-    return [what for module, what in wanted.items() if importlib.util.find_spec(module) is None]
+    missing = []
+    for module, what in wanted.items():
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            missing.append(what)
+    return missing
 
 
 def require_tools() -> None:
