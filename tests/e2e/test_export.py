@@ -60,6 +60,8 @@ def test_a_gguf_of_the_run_runs_in_llama_cpp_and_passes_the_round_trip_check(run
     model.close()
     assert result.converter and result.converter.startswith("llama.cpp ")
     assert json.loads((out / "tuneterm_export.json").read_text())["converter"] == result.converter
+    assert result.files == sorted(p.name for p in out.iterdir()) == sorted(
+        [gguf.name, "llama.cpp.log", "round_trip.json", "tuneterm_export.json"])
     assert not list(tmp_path.glob(".gguf.partial-*"))  # the staging directory (with the merged model) is gone
     recorded = read_exports(run)
     assert recorded[-1]["out_dir"] == str(out) and recorded[-1]["passed"]

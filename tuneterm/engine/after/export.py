@@ -222,7 +222,6 @@ def export(plan: ExportPlan, work: Work | None = None,
         if plan.out_dir.exists():
             plan.out_dir.rmdir()  # empty, checked by prepare
         os.replace(staging / "out", plan.out_dir)
-        result.files = sorted(p.name for p in plan.out_dir.iterdir())
         record(plan.run_dir, result)
         return result
     except ExportError:
@@ -257,7 +256,7 @@ def _export_gguf(plan: ExportPlan, staging: Path, work: Work, phase: Callable[[s
         gguf = staging / f"base-{lossless}.gguf"
         phase("converting the base model, to check the adapter over it")
         run_tool(convert_arguments(plan.converter, base_dir, gguf, lossless), "converting the base model", work, log)
-        check_quant = lossless
+        check_quant = plan.quant  # the adapter's type: the base is converted losslessly
     else:
         gguf = out / f"{name}-{plan.quant}.gguf"
         direct = plan.quant in CONVERTER_TYPES
@@ -296,7 +295,8 @@ def _export_gguf(plan: ExportPlan, staging: Path, work: Work, phase: Callable[[s
         (out / MODELFILE).write_text(modelfile_text(gguf.name, plan.chat, stops, gguf_adds_bos(gguf)),
                                      encoding="utf-8")
         next_step = f"ollama create {_ollama_name(plan.run_dir.name)} -f {plan.out_dir / MODELFILE}"
-    result = ExportResult(plan.format, str(plan.out_dir), [], plan.quant, plan.converter.version, check.to_json(),
+    files = sorted([*(p.name for p in out.iterdir()), EXPORT_RECORD])
+    result = ExportResult(plan.format, str(plan.out_dir), files, plan.quant, plan.converter.version, check.to_json(),
                           notes, next_step)
     (out / EXPORT_RECORD).write_text(json.dumps(result.to_json(), indent=2, ensure_ascii=False) + "\n",
                                      encoding="utf-8")

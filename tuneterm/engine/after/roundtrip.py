@@ -55,6 +55,7 @@ class Answer:
 @dataclass
 class RoundTrip:
     gguf: str
+    """The file's name (it is checked in a staging directory, then moved)."""
     quant: str
     prompts: int
     positions: int = 0
@@ -159,7 +160,7 @@ def check_round_trip(gguf: Path, quant: str, merged_dir: Path, samples: list[Eva
     if not chosen:
         raise ExportError("the run kept no eval prompts (it had no eval split), so there is nothing to check the "
                           "GGUF on: train with data.eval set, or export --format merged")
-    result = RoundTrip(str(gguf), quant, len(chosen), tolerance=TOLERANCE[quant])
+    result = RoundTrip(gguf.name, quant, len(chosen), tolerance=TOLERANCE[quant])
     on_phase("round-trip check: the merged model's answers to the eval prompts")
     tokenizer = AutoTokenizer.from_pretrained(str(merged_dir))
     reference = AutoModelForCausalLM.from_pretrained(str(merged_dir))
