@@ -37,7 +37,6 @@ from tuneterm.engine.after.llamacpp import (
     CONVERTER_TYPES,
     LOG_FILE,
     NAMED_PRE_TOKENIZER,
-    QUANT_FTYPES,
     Converter,
     convert_arguments,
     fallback_note,
@@ -343,6 +342,3 @@ def record(run_dir: Path, result: ExportResult) -> None:
     path.write_text(json.dumps(exports, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     write_card(report_of(run_dir))
 
-
-__all__ = ["DEFAULT_QUANT", "FORMATS", "QUANTS", "QUANT_FTYPES", "ExportPlan", "ExportResult", "export", "prepare",
-           "read_exports"]

@@ -180,20 +180,28 @@ class AskMerge(ModalScreen["tuple[Path, float] | None"]):
     @on(Input.Submitted)
     @on(Button.Pressed, "#merge")
     def _chosen(self) -> None:
-        path = Path(self.query_one("#merge-path", Input).value.strip()).expanduser().absolute()
-        problem = self.query_one("#merge-problem", Static)
-        try:
-            scale = float(self.query_one("#merge-scale", Input).value)
-        except ValueError:
-            scale = 0.0
-        if not 0 < scale <= 2:
-            problem.update("[$error]The strength is a number above 0 and at most 2.[/]")
-            return
-        why = self.problem_of(path)
-        if why:
-            problem.update(f"[$error]{escape(why)}[/]")
-            return
-        self.dismiss((path, scale))
+        chosen = _path_and_scale(self, "merge", self.problem_of)
+        if chosen is not None:
+            self.dismiss(chosen)
+
+
+def _path_and_scale(dialog: ModalScreen[Any], name: str, problem_of: Any) -> tuple[Path, float] | None:
+    """The directory and adapter strength typed in a merge or export dialog, or None after saying what is wrong
+    with them in its problem line."""
+    path = Path(dialog.query_one(f"#{name}-path", Input).value.strip()).expanduser().absolute()
+    problem = dialog.query_one(f"#{name}-problem", Static)
+    try:
+        scale = float(dialog.query_one(f"#{name}-scale", Input).value)
+    except ValueError:
+        scale = 0.0
+    if not 0 < scale <= 2:
+        problem.update("[$error]The strength is a number above 0 and at most 2.[/]")
+        return None
+    why = problem_of(path)
+    if why:
+        problem.update(f"[$error]{escape(why)}[/]")
+        return None
+    return path, scale
 
 
 class AskExport(ModalScreen["tuple[str, str | None, Path, float] | None"]):
@@ -253,17 +261,6 @@ class AskExport(ModalScreen["tuple[str, str | None, Path, float] | None"]):
     def _chosen(self) -> None:
         format = str(self.query_one("#export-format", Select).value)
         quant = None if format == "merged" else str(self.query_one("#export-quant", Select).value)
-        path = Path(self.query_one("#export-path", Input).value.strip()).expanduser().absolute()
-        problem = self.query_one("#export-problem", Static)
-        try:
-            scale = float(self.query_one("#export-scale", Input).value)
-        except ValueError:
-            scale = 0.0
-        if not 0 < scale <= 2:
-            problem.update("[$error]The strength is a number above 0 and at most 2.[/]")
-            return
-        why = self.problem_of(path)
-        if why:
-            problem.update(f"[$error]{escape(why)}[/]")
-            return
-        self.dismiss((format, quant, path, scale))
+        chosen = _path_and_scale(self, "export", self.problem_of)
+        if chosen is not None:
+            self.dismiss((format, quant, *chosen))
