@@ -170,3 +170,26 @@ def test_without_the_export_extra_it_says_what_is_missing_and_how_to_install_it(
     error = capsys.readouterr().err
     assert "GGUF export needs llama-cpp-python (llama.cpp's runtime and quantizer), not installed here" in error
     assert "pip install 'tuneterm[export]'" in error and not (tmp_path / "out").exists()
+
+
+def test_an_architecture_llama_cpp_cannot_convert_is_named_before_any_work(run, tiny_model, tmp_path) -> None:
+    import yaml
+
+    from tuneterm.engine.after.export import prepare
+    from tuneterm.engine.after.llamacpp import find_converter
+    from tuneterm.errors import ExportError
+
+    # The same weights, declared as OPT (a causal LM transformers has and llama.cpp's converter does not convert).
+    model = tmp_path / "opt-model"
+    shutil.copytree(tiny_model, model)
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**config, "architectures": ["OPTForCausalLM"]}))
+    assert "OPTForCausalLM" not in (find_converter().architectures or {"OPTForCausalLM"})
+    other = tmp_path / "run"
+    shutil.copytree(run, other, ignore=shutil.ignore_patterns("checkpoint-*"))
+    settings = yaml.safe_load((other / "config.yaml").read_text())
+    settings["model"]["path"] = str(model)
+    (other / "config.yaml").write_text(yaml.safe_dump(settings))
+    with pytest.raises(ExportError, match="OPTForCausalLM, is not one llama.cpp's converter .* converts"):
+        prepare(other, tmp_path / "out", "gguf")
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.partial-*"))

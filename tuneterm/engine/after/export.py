@@ -143,9 +143,9 @@ def prepare(run_dir: Path, out_dir: Path, format: str, quant: str | None = None,
         converter = find_converter(llama_cpp, on_phase)
         known = converter.architectures
         if known is not None and facts.architecture not in known:
-            raise ExportError(f"{config.get('model.path')} is a {facts.architecture}, which llama.cpp's converter "
-                              f"({converter.version}) cannot convert; export --format merged writes a model "
-                              "transformers, vLLM and others load")
+            raise ExportError(f"the architecture of {config.get('model.path')}, {facts.architecture}, is not one "
+                              f"llama.cpp's converter ({converter.version}) converts: export --format merged writes "
+                              "a model transformers, vLLM and others load")
         if not read_eval_samples(run_dir):
             raise ExportError(f"{run_dir}: the run kept no eval prompts (it had no eval split), so a GGUF could not "
                               "be checked against it: train with data.eval set, or export --format merged")
