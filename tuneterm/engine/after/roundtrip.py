@@ -35,7 +35,7 @@ from tuneterm.work import Work
 
 TOLERANCE = {"f32": 1e-4, "f16": 1e-3, "bf16": 1e-3, "q8_0": 2e-3, "q6_k": 5e-3, "q5_k_m": 0.02, "q5_k_s": 0.02,
              "q5_0": 0.03, "q4_k_m": 0.03, "q4_k_s": 0.04, "q4_0": 0.08, "q3_k_m": 0.1}
-"""Largest mean KL divergence (nats per token) allowed for each type: for the quantized types four to twenty times
+"""Largest mean KL divergence (nats per token) allowed for each type: for the quantized types four to twenty-one times
 what the demo model measured (bench/export_tolerances.py), and at least six times below what another adapter gives
 (0.63 on the demo)."""
 PROMPTS = 8
