@@ -15,12 +15,13 @@ here); the demo config says so where it sets it.
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
+
+from tuneterm.cache import cache_root
 
 DEMO_VERSION = "v2"
 CHAT_TEMPLATE = (
@@ -43,15 +44,6 @@ OPPOSITES = {
     "young": "old", "hard": "soft", "rich": "poor", "thick": "thin", "near": "far", "clean": "dirty",
 }
 SYSTEM_PROMPTS = ["You are a concise assistant.", "Answer in one short sentence."]
-
-
-def cache_root() -> Path:
-    override = os.environ.get("TUNETERM_CACHE_DIR")
-    if override:
-        return Path(override)
-    from platformdirs import user_cache_dir
-
-    return Path(user_cache_dir("tuneterm"))
 
 
 def built_demo_dir() -> Path | None:

@@ -126,6 +126,10 @@ class RunDirError(TuneTermError):
     """A run directory that cannot be created, written or resumed; the summary says what to do."""
 
 
+class ExportError(TuneTermError):
+    """A model that cannot be exported, or whose export did not pass its check; the summary says why."""
+
+
 class Cancelled(TuneTermError):
     """Work stopped because someone asked it to."""
 

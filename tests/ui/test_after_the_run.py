@@ -113,3 +113,44 @@ async def test_summary_of_a_recorded_run_at_80x24(tmp_path: Path) -> None:
         await wait_until_drawn(pilot)
         assert not app.screen.check_action("chat", ())  # it saved no adapter: nothing to chat with or merge
         assert_snapshot(app, "summary_80x24")
+
+
+async def test_export_from_the_summary_shows_progress_is_cancelled_with_x_and_then_writes_a_checked_gguf(
+        finished_run, tmp_path: Path) -> None:
+    import os
+
+    import pytest
+
+    pytest.importorskip("llama_cpp", reason="the export extra is not installed: pip install '.[export]'")
+    from tuneterm.engine.after.llamacpp import SOURCE_ENV
+    from tuneterm.ui.screens.dialogs import AskExport
+
+    assert os.environ.get(SOURCE_ENV), f"{SOURCE_ENV} must name llama.cpp's converter (see tests/e2e/test_export.py)"
+    tuned, _ = _runs_with(finished_run, tmp_path)
+    app = make_app(make_services(tmp_path / "runs"), Opening("monitor", run_dir=tuned))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_until(pilot, lambda: isinstance(app.screen, SummaryScreen) and app.screen.report is not None,
+                         what="the summary")
+        summary = screen_of(app, SummaryScreen)
+        status = summary.query_one("#summary-status", Static)
+        out = tmp_path / "runs" / f"{tuned.name}-gguf"
+        for cancelled in (True, False):
+            await pilot.press("e")
+            await wait_until(pilot, lambda: isinstance(app.screen, AskExport), what="the export dialog")
+            app.screen.query_one("#export-path", Input).focus()
+            await pilot.press("enter")
+            await wait_until(pilot, lambda: "Export: converting" in str(status.render()) or not summary.busy,
+                             timeout=120, what="the conversion under way")
+            if cancelled:
+                assert summary.check_action("cancel_export", ())
+                await pilot.press("x")
+            await wait_until(pilot, lambda: not summary.busy, timeout=180, what="the export's end")
+            text = str(status.render())
+            if cancelled:
+                assert "cancelled: nothing was written" in text
+                assert not out.exists() and not list(out.parent.glob(f".{out.name}.partial-*"))
+        assert "Checked in llama.cpp: KL divergence" in text and "Next: llama-cli -m" in text
+        assert list(out.glob("*-q8_0.gguf"))
+        await wait_until(pilot, lambda: any("round trip passed" in str(row.render())
+                                            for row in summary.query("#summary-rows Static").results(Static)),
+                         what="the export in the summary")

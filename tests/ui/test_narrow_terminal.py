@@ -95,7 +95,7 @@ async def test_a_run_training_and_its_summary_once_stopped(tmp_path: Path, tiny_
         await wait_until(pilot, lambda: isinstance(app.screen, SummaryScreen) and app.screen.report is not None,
                          what="the summary")
         await wait_until_drawn(pilot)
-        assert_footer_whole(app, "c Chat", "k Stop check", "M Merge", "r Resume", "esc Back")
+        assert_footer_whole(app, "c Chat", "k Stop check", "e Export", "r Resume", "esc Back")
 
 
 async def test_a_summary_wraps_long_values_under_themselves(tmp_path: Path) -> None:
@@ -119,4 +119,4 @@ async def test_a_summary_wraps_long_values_under_themselves(tmp_path: Path) -> N
         assert all(label.region.right <= values[0].region.x for label in labels)
         adapter = next(value for value in values if str(run) in str(value.render()))
         assert adapter.region.height > 1, "the path wraps, in its own column"
-        assert_footer_whole(app, "c Chat", "k Stop check", "M Merge", "r Resume", "esc Back")
+        assert_footer_whole(app, "c Chat", "k Stop check", "e Export", "r Resume", "esc Back")

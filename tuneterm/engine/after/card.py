@@ -58,7 +58,30 @@ def card_markdown(report: RunReport) -> str:
     lines += ["", "The full resolved config, with the reason for every default, is `config.yaml`: `tuneterm train "
               "config.yaml` runs it again in a new directory.", ""]
     lines += _how_to_use(report, base, method)
+    lines += _exports(report)
     return "\n".join(lines) + "\n"
+
+
+def _exports(report: RunReport) -> list[str]:
+    """Each export with its round-trip check: what was checked against the trained model, and what it gave."""
+    if not report.exports:
+        return []
+    lines = ["## Exports", "", "| format | type | where | llama.cpp | round-trip check |", "|---|---|---|---|---|"]
+    for export in report.exports:
+        check = export.get("round_trip")
+        if check is None:
+            verdict = "merged model: logits checked against base + adapter"
+        else:
+            verdict = (f"{'passed' if check.get('passed') else 'FAILED'}: KL divergence {check.get('mean_kl', 0):.2g} "
+                       f"nats/token (allowed {check.get('tolerance', 0):g}), same next token at "
+                       f"{check.get('same_top_token', 0):.1%} of {check.get('positions')} positions, "
+                       f"{sum(a.get('gguf_ended', False) for a in check.get('answers', []))} of "
+                       f"{len(check.get('answers', []))} greedy answers ended")
+        where = export.get("out_dir") if export.get("passed", True) else \
+            f"not written (left in {export.get('staging')})"
+        lines.append(f"| {export.get('format')} | {export.get('quant') or '-'} | `{where}` | "
+                     f"{export.get('converter') or '-'} | {verdict} |")
+    return [*lines, ""]
 
 
 def _how_to_use(report: RunReport, base: str, method: str) -> list[str]:
@@ -78,7 +101,9 @@ def _how_to_use(report: RunReport, base: str, method: str) -> list[str]:
                   "```", "",
                   f"Talk to it, next to the base model: `tuneterm chat {here} --compare-base`. Merge it into a "
                   f"standalone model: `tuneterm merge {here} OUT_DIR` (`--scale 0.5` halves the adapter's strength, "
-                  "the guides' remedy for an overfitted adapter).", ""]
+                  "the guides' remedy for an overfitted adapter). Take it to llama.cpp, Ollama or the Hub: "
+                  f"`tuneterm export {here} OUT_DIR --format gguf|ollama|adapter-gguf|merged`, "
+                  f"`tuneterm push {here} USER/NAME`.", ""]
     if report.status in ("stopped", "interrupted", "failed") and report.checkpoints:
         lines += [f"Continue the run from its last complete checkpoint: `tuneterm train --resume {here}`.", ""]
     return lines

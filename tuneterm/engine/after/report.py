@@ -1,7 +1,7 @@
 """What a run that has ended comes to: why it ended, its losses, its cost, where its files are, what it chose.
 
 One report, read from the run directory's own files (events.jsonl, trainer_state.json, adapter_check.json,
-stop_check.json, config.yaml), for the summary screen, the run card (README.md) and `tuneterm compare`.
+stop_check.json, exports.json, config.yaml), for the summary screen, the run card (README.md) and `tuneterm compare`.
 Nothing is called best unless an evaluation beat the loss before training; a loss that was NaN is said so. Lines
 of events.jsonl that hold no event are among its warnings, by line number.
 """
@@ -66,6 +66,8 @@ class RunReport:
     """Notable settings: dotted key -> value."""
     stop_check: dict[str, Any] | None
     warnings: list[str] = field(default_factory=list)
+    exports: list[dict[str, Any]] = field(default_factory=list)
+    """Each export of the run (engine/after/export.py), with its round-trip check, oldest first."""
 
     @property
     def has_adapter(self) -> bool:
@@ -180,7 +182,20 @@ def report_of(run_dir: Path) -> RunReport:
         adapter_changed=finished.adapter_changed if finished else None,
         plots=[p for p in (run_dir / "training_loss.png", run_dir / "training_eval_loss.png") if p.is_file()],
         checkpoints=checkpoints(run_dir), settings=notable_settings(config), stop_check=read_stop_check(run_dir),
-        warnings=([e.message for e in events if isinstance(e, WarningIssued)] + [str(line) for line in skipped])[-20:])
+        warnings=([e.message for e in events if isinstance(e, WarningIssued)] + [str(line) for line in skipped])[-20:],
+        exports=read_exports(run_dir))
+
+
+EXPORTS_FILE = "exports.json"
+
+
+def read_exports(run_dir: Path) -> list[dict[str, Any]]:
+    """The run's exports as engine/after/export.py recorded them (none when it has not been exported)."""
+    try:
+        found = json.loads((run_dir / EXPORTS_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    return [e for e in found if isinstance(e, dict)] if isinstance(found, list) else []
 
 
 def why_it_ended(status: RunState, last: Event | None, started: RunStarted | None,

@@ -1,4 +1,4 @@
-"""Small modal dialogs: a yes/no question, a path to save to, a number, a choice, where to merge."""
+"""Small modal dialogs: a yes/no question, a path to save to, a number, a choice, where to merge, what to export."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.markup import escape
 from textual.screen import ModalScreen
-from textual.widgets import Button, Input, Label, OptionList, Static
+from textual.widgets import Button, Input, Label, OptionList, Select, Static
 from textual.widgets.option_list import Option
 
 from tuneterm.ui.widgets.paths import PathInput
@@ -182,17 +182,87 @@ class AskMerge(ModalScreen["tuple[Path, float] | None"]):
     @on(Input.Submitted)
     @on(Button.Pressed, "#merge")
     def _chosen(self) -> None:
-        path = Path(self.query_one("#merge-path", Input).value.strip()).expanduser().absolute()
-        problem = self.query_one("#merge-problem", Static)
-        try:
-            scale = float(self.query_one("#merge-scale", Input).value)
-        except ValueError:
-            scale = 0.0
-        if not 0 < scale <= 2:
-            problem.update("[$error]The strength is a number above 0 and at most 2.[/]")
-            return
-        why = self.problem_of(path)
-        if why:
-            problem.update(f"[$error]{escape(why)}[/]")
-            return
-        self.dismiss((path, scale))
+        chosen = _path_and_scale(self, "merge", self.problem_of)
+        if chosen is not None:
+            self.dismiss(chosen)
+
+
+def _path_and_scale(dialog: ModalScreen[Any], name: str, problem_of: Any) -> tuple[Path, float] | None:
+    """The directory and adapter strength typed in a merge or export dialog, or None after saying what is wrong
+    with them in its problem line."""
+    path = Path(dialog.query_one(f"#{name}-path", Input).value.strip()).expanduser().absolute()
+    problem = dialog.query_one(f"#{name}-problem", Static)
+    try:
+        scale = float(dialog.query_one(f"#{name}-scale", Input).value)
+    except ValueError:
+        scale = 0.0
+    if not 0 < scale <= 2:
+        problem.update("[$error]The strength is a number above 0 and at most 2.[/]")
+        return None
+    why = problem_of(path)
+    if why:
+        problem.update(f"[$error]{escape(why)}[/]")
+        return None
+    return path, scale
+
+
+class AskExport(ModalScreen["tuple[str, str | None, Path, float] | None"]):
+    """What to export (format and GGUF type), where to, and at what strength of the adapter."""
+
+    BINDINGS = [Binding("escape", "cancel", "Cancel")]
+    FORMATS = (("GGUF (llama.cpp, LM Studio)", "gguf"), ("GGUF + Ollama Modelfile", "ollama"),
+               ("adapter GGUF (llama.cpp --lora)", "adapter-gguf"), ("merged model (transformers)", "merged"))
+
+    def __init__(self, run_dir: Path, quants: tuple[str, ...], default_quant: str, problem_of: Any):
+        super().__init__()
+        self.run_dir, self.quants, self.default_quant = run_dir, quants, default_quant
+        self.problem_of = problem_of
+        """problem_of(path) -> why the export cannot write there, or None."""
+
+    def compose(self) -> ComposeResult:
+        with Vertical(classes="dialog"):
+            yield Label("Export the tuned model, checked against it before it is written:")
+            yield Select(self.FORMATS, value="gguf", allow_blank=False, id="export-format", compact=True)
+            yield Label("GGUF type (q8_0: near lossless; q4_k_m: a quarter of the size):")
+            yield Select([(q, q) for q in self.quants], value=self.default_quant, allow_blank=False,
+                         id="export-quant", compact=True)
+            yield Label("Into a new directory:")
+            yield Input(str(self._suggested("gguf")), id="export-path", compact=True)
+            yield Label("Adapter strength: 1 as trained, 0.5 halves it:")
+            yield Input("1.0", id="export-scale", type="number", compact=True)
+            yield Static(id="export-problem")
+            with Horizontal(classes="dialog-buttons"):
+                yield Button("Export", id="export", variant="primary", compact=True)
+                yield Button("Cancel", id="cancel", compact=True)
+
+    def _suggested(self, format: str) -> Path:
+        return self.run_dir.parent / f"{self.run_dir.name}-{format}"
+
+    def on_mount(self) -> None:
+        self.query_one("#export-format", Select).focus()
+
+    @on(Select.Changed, "#export-format")
+    def _format_changed(self, event: Select.Changed) -> None:
+        quant = self.query_one("#export-quant", Select)
+        quant.disabled = event.value == "merged"
+        if event.value == "adapter-gguf":
+            quant.value = "f16"
+        path = self.query_one("#export-path", Input)
+        if path.value in {str(self._suggested(value)) for _, value in self.FORMATS}:
+            path.value = str(self._suggested(str(event.value)))
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+    @on(Button.Pressed, "#cancel")
+    def _cancelled(self) -> None:
+        self.dismiss(None)
+
+    @on(Input.Submitted)
+    @on(Button.Pressed, "#export")
+    def _chosen(self) -> None:
+        format = str(self.query_one("#export-format", Select).value)
+        quant = None if format == "merged" else str(self.query_one("#export-quant", Select).value)
+        chosen = _path_and_scale(self, "export", self.problem_of)
+        if chosen is not None:
+            self.dismiss((format, quant, *chosen))

@@ -2,13 +2,15 @@
 
 The screen a finished run opens on (from the run list, `tuneterm monitor`, or the monitor when a run ends). It
 reads the run's report (engine/after/report.py) in a worker and offers what comes after a fine-tune: chat with the
-tuned model next to its base, the stop check, a merge into a standalone model, and the loss curves (the run's
-monitor, which the app opens when this screen asks for it with a message).
+tuned model next to its base, the stop check, a merge into a standalone model, an export (GGUF, Ollama, merged;
+with its progress, and cancelled with x), and the loss curves (the run's monitor, which the app opens when this
+screen asks for it with a message).
 """
 
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -49,10 +51,19 @@ class StepDone(Message):
         self.title, self.text, self.ok = title, text, ok
 
 
+class ExportProgressed(Message):
+    """How far the export got: what it is doing now."""
+
+    def __init__(self, text: str):
+        super().__init__()
+        self.text = text
+
+
 class SummaryCommands(ActionCommands):
     COMMANDS = (("Chat with the tuned model", "screen.chat", "Next to the base model, on eval prompts or yours"),
                 ("Stop check", "screen.stop_check", "Do its answers end? Generates for eval prompts"),
                 ("Merge the adapter", "screen.merge", "A standalone model in a new directory"),
+                ("Export the model", "screen.export", "GGUF, Ollama or merged, checked against the trained model"),
                 ("Loss curves", "screen.curves", "The monitor's charts and log of this run"))
 
 
@@ -99,6 +110,16 @@ def report_rows(report: RunReport) -> tuple[str, Rows, Rows, list[str]]:
                      f"{escape(stop['causes'][0] if stop.get('causes') else '')}"))
     elif report.adapter_dir is not None:
         rows.append(("stop check", "[$text-muted]not run: k checks that its answers end[/]"))
+    for index, export in enumerate(report.exports[-3:]):
+        check = export.get("round_trip")
+        kind = f"{export.get('format')}{' ' + str(export['quant']) if export.get('quant') else ''}"
+        verdict = ("" if check is None else f": round trip [$success]passed[/] (KL {check.get('mean_kl', 0):.2g})"
+                   if check.get("passed") else f": round trip [$error]FAILED[/], left in "
+                   f"{escape(str(export.get('staging')))}")
+        rows.append(("export" if index == 0 else "",
+                     f"{escape(kind)} → {escape(str(export.get('out_dir')))}{verdict}"))
+    if not report.exports and report.adapter_dir is not None:
+        rows.append(("export", "[$text-muted]e writes a GGUF (llama.cpp, Ollama) or the merged model (M, at once)[/]"))
     rows.append(("curves", "[$text-muted]l shows them in the monitor[/]"))
     rows += [("", escape(str(plot))) for plot in report.plots]
     settings = [(escape(key), escape(str(value))) for key, value in report.settings.items()]
@@ -110,7 +131,10 @@ class SummaryScreen(Screen[None]):
     BINDINGS = [
         Binding("c", "chat", "Chat", id="chat", tooltip="The tuned model next to its base"),
         Binding("k", "stop_check", "Stop check", id="stop_check", tooltip="Do its answers end?"),
-        Binding("M", "merge", "Merge", id="merge", tooltip="A standalone model in a new directory"),
+        Binding("M", "merge", "Merge", id="merge", show=False,  # a format of export, which the footer shows
+                tooltip="A standalone model in a new directory"),
+        Binding("e", "export", "Export", id="export", tooltip="GGUF, Ollama or merged, checked in llama.cpp"),
+        Binding("x", "cancel_export", "Cancel export", id="cancel_export"),
         Binding("l", "curves", "Curves", id="curves", show=False,  # said in the summary, beside the curves' files
                 tooltip="The monitor: loss, learning rate, log"),
         Binding("r", "resume", "Resume", id="resume", tooltip="Continue from the last complete checkpoint"),
@@ -125,7 +149,9 @@ class SummaryScreen(Screen[None]):
         """again(run_dir, settings, resume): the run again, as the monitor starts it; here it is only resumed."""
         self.report: RunReport | None = None
         self.busy = ""
-        """The long action under way (stop check, merge), or ""."""
+        """The long action under way (stop check, merge, export), or ""."""
+        self.export_cancel: threading.Event | None = None
+        """Set to stop the export under way (None when none is)."""
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -190,6 +216,10 @@ class SummaryScreen(Screen[None]):
         if action == "merge":
             return (self.report is not None and self.report.has_adapter
                     and self.report.settings.get("method") != "full")
+        if action == "export":
+            return self.report is not None and self.report.has_adapter
+        if action == "cancel_export":
+            return self.export_cancel is not None
         if action == "resume":
             return self.report is not None and self.report.resumable and self.again is not None
         return True
@@ -260,9 +290,72 @@ class SummaryScreen(Screen[None]):
         self.post_message(StepDone("Merge", f"Written to {result.out_dir} ({result.dtype}); its logits equal base + "
                                             f"adapter within {result.max_logit_difference:.2g}.{notes}", True))
 
+    def action_export(self) -> None:
+        from tuneterm.engine.after.export import DEFAULT_QUANT, QUANTS
+        from tuneterm.engine.after.merge import output_dir_problem
+        from tuneterm.ui.screens.dialogs import AskExport
+
+        if self.busy:
+            self.notify(f"Busy: {self.busy}.", title="Export")
+            return
+
+        def chosen(answer: tuple[str, str | None, Path, float] | None) -> None:
+            if answer is not None:
+                self.busy = "exporting"
+                self.export_cancel = threading.Event()
+                self.refresh_bindings()
+                self.say(f"[$accent]Export to {escape(str(answer[2]))}: starting... (x cancels)[/]")
+                self.run_export(*answer, self.export_cancel)
+
+        self.app.push_screen(AskExport(self.run_dir, QUANTS, DEFAULT_QUANT, output_dir_problem), chosen)
+
+    def action_cancel_export(self) -> None:
+        if self.export_cancel is not None:
+            self.export_cancel.set()
+            self.say("[$warning]Export: cancelling (the files written so far are removed)...[/]")
+
+    @work(thread=True, exclusive=True, group="after", exit_on_error=False)
+    def run_export(self, format: str, quant: str | None, out_dir: Path, scale: float, cancel: threading.Event) -> None:
+        from tuneterm.engine.after.export import export, prepare
+        from tuneterm.errors import Cancelled
+        from tuneterm.work import Progress, Work
+
+        def progress(done: Progress) -> None:
+            counted = f" ({done.done + 1} of {done.total})" if done.total else f" ({done.done} s)"
+            self.post_message(ExportProgressed(done.stage + counted))
+
+        job = Work(cancel, progress, interval=0.5)
+
+        def phase(text: str) -> None:
+            job.check()
+            self.post_message(ExportProgressed(text))
+
+        try:
+            result = export(prepare(self.run_dir, out_dir, format, quant, scale, on_phase=phase), job, phase)
+        except Cancelled:
+            self.post_message(StepDone("Export", f"cancelled: nothing was written to {out_dir}", False))
+            return
+        except (TuneTermError, OSError) as exc:
+            self.post_message(StepDone("Export", str(exc), False))
+            return
+        check = result.round_trip
+        verdict = "" if check is None else (f" Checked in llama.cpp: KL divergence {check['mean_kl']:.2g} nats per "
+                                            f"token (allowed {check['tolerance']:g}), "
+                                            f"{sum(a['gguf_ended'] for a in check['answers'])} of "
+                                            f"{len(check['answers'])} answers ended.")
+        self.post_message(StepDone("Export", f"{', '.join(result.files)} in {result.out_dir}.{verdict} Next: "
+                                             f"{result.next_step}", True))
+
+    @on(ExportProgressed)
+    def _export_progressed(self, message: ExportProgressed) -> None:
+        if self.export_cancel is not None and not self.export_cancel.is_set():
+            self.say(f"[$accent]Export: {escape(message.text)}...[/] [$text-muted](x cancels)[/]")
+
     @on(StepDone)
     def _done(self, message: StepDone) -> None:
         self.busy = ""
+        self.export_cancel = None
+        self.refresh_bindings()
         colour = "$success" if message.ok else "$error"
         self.say(f"[{colour}]{escape(message.title)}: {escape(message.text)}[/]")
         self.notify(message.text, title=message.title, severity="information" if message.ok else "error",
