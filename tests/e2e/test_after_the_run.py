@@ -81,7 +81,7 @@ def test_the_stop_check_flags_a_model_trained_with_its_end_of_turn_masked(silent
     import tuneterm.data.chat as chat
 
     # Labels that stop before the end-of-turn token, as a collator that masks EOS (or a template mismatch) makes.
-    monkeypatch.setattr(chat, "_end_of_turn", lambda text, end, special: None)
+    monkeypatch.setattr(chat, "special_after", lambda text, end, special: None)
     monkeypatch.setattr(chat, "_ends_with_special", lambda text, end, special: False)
     run_dir, check = _stop_checked(silent_base, chat_data, tmp_path)
     assert check is not None and not check["passed"]

@@ -85,7 +85,7 @@ def test_windows_line_endings_read_as_the_text_they_are(tmp_path: Path) -> None:
     path.write_bytes(b"".join(json.dumps(good(i)).encode() + b"\r\n" for i in range(3)))
     report, stream = read_examples(str(path))
     examples = list(stream)
-    assert not report.invalid and examples[0].conversation[1]["content"] == "2."
+    assert not report.invalid and examples[0].chat.messages[1]["content"] == "2."
 
 
 def test_mixed_formats_in_one_file_say_which_columns_were_found(tmp_path: Path) -> None:

@@ -63,7 +63,7 @@ def test_each_broken_file_names_its_line_and_what_is_wrong(name: str, where: str
 def test_a_multi_line_csv_record_keeps_later_line_numbers_right() -> None:
     report, examples = read_all(BAD / "bad.csv")
     assert [e.location.where() for e in examples] == [f"{BAD / 'bad.csv'}:2", f"{BAD / 'bad.csv'}:4"]
-    assert examples[1].conversation[0]["content"] == "Multi\nline"
+    assert examples[1].chat.messages[0]["content"] == "Multi\nline"
 
 
 def test_empty_file_unknown_columns_and_missing_paths() -> None:
@@ -103,18 +103,18 @@ def test_every_format_becomes_the_same_conversation(tmp_path: Path) -> None:
     for fmt, path in sources.items():
         report, [example] = read_all(path)
         assert report.detection.format == fmt
-        assert example.conversation == expected, fmt
+        assert example.chat.messages == expected, fmt
     _, [text] = read_all(write_jsonl(tmp_path / "t.jsonl", [{"text": "Paris is in France."}]))
-    assert text.conversation == [{"role": "text", "content": "Paris is in France."}]
+    assert text.chat.messages == [{"role": "text", "content": "Paris is in France."}]
     _, [raw] = read_all(write_jsonl(tmp_path / "r.jsonl", [{"prompt": "2+2=", "completion": "4"}]))
-    assert raw.conversation == [{"role": "prompt", "content": "2+2="}, {"role": "completion", "content": "4"}]
+    assert raw.chat.messages == [{"role": "prompt", "content": "2+2="}, {"role": "completion", "content": "4"}]
 
 
 def test_columns_and_format_can_be_overridden(tmp_path: Path) -> None:
     path = write_jsonl(tmp_path / "qa.jsonl", [{"question": "hi", "answer": "hello"}])
     report, [example] = read_all(path, "alpaca", {"instruction": "question", "output": "answer"})
     assert report.detection.evidence == "set by data.format"
-    assert example.conversation == HELLO
+    assert example.chat.messages == HELLO
     report, _ = read_all(path, "auto", {"instruction": "question", "output": "answer"})
     assert report.detection.format == "alpaca" and "'question' and 'answer'" in report.detection.evidence
 
@@ -167,7 +167,7 @@ def test_parquet_csv_saved_datasets_and_directories(tmp_path: Path) -> None:
     for source in ("rows.parquet", "saved", "folder", "rows.csv"):
         report, examples = read_all(tmp_path / source)
         assert report.detection.format == "alpaca" and len(examples) == 5, source
-        assert examples[4].conversation[1]["content"] == "4"
+        assert examples[4].chat.messages[1]["content"] == "4"
     _, examples = read_all(tmp_path / "rows.parquet")
     assert examples[3].location == Location(str(tmp_path / "rows.parquet"), row=3)
     records = [r for r in iter_records(tmp_path / "folder") if isinstance(r, Record)]

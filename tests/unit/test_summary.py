@@ -54,7 +54,7 @@ def test_bom_files_read_as_the_text_they_are(tmp_path: Path) -> None:
         report, stream = read_examples(str(tmp_path / name))
         examples = list(stream)
         assert not report.invalid, [str(p) for p in report.invalid.items]
-        assert report.detection.format == fmt and examples[0].conversation[-1]["content"] == "hello", name
+        assert report.detection.format == fmt and examples[0].chat.messages[-1]["content"] == "hello", name
 
 
 def test_the_summary_gives_the_numbers_training_uses(tokenizer, chat_file: Path) -> None:

@@ -8,7 +8,8 @@ import random
 
 import pytest
 
-from tuneterm.data.chat import DEFAULT_CHAT_TEMPLATE, RenderedConversation, render_for_training
+from tuneterm.data.chat import RenderedConversation, render_for_training
+from tuneterm.data.template import DEFAULT_CHAT_TEMPLATE
 from tuneterm.data.tokenize import encode_batch, trained_segments
 from tuneterm.demo import build_tokenizer
 

@@ -135,6 +135,12 @@ OPTIONS: tuple[Option, ...] = (
     Option("data.train_on", (str,), "responses", choices=("responses", "all"),
            why="Loss on the responses only spends every gradient on what the model must learn to write; use "
                f"'all' for knowledge injection from plain text ({GUIDE_HYPERPARAMS}, chapter 5)."),
+    Option("data.reasoning", (str,), "auto", choices=("auto", "keep", "drop"),
+           why="For reasoning models' templates: 'auto' trains each conversation in the mode its data holds, with "
+               "its reasoning when it has some, else the no-think way (the empty think block in the prompt, not "
+               "trained), as the model is then asked; 'keep' trains every reply in thinking mode; 'drop' trains "
+               "without reasoning. The complete guide trains Qwen3-0.6B on data without reasoning and chats with "
+               f"thinking off ({GUIDE_COMPLETE}, commands)."),
     # lora --------------------------------------------------------------------------------------------------
     Option("lora.r", (int,), 16, check=_positive, methods=("lora", "qlora"),
            why=f"16 is the suggested start for most tasks ({GUIDE_UNSLOTH}; {GUIDE_RANK})."),

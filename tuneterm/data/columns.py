@@ -26,6 +26,7 @@ FIELD_HELP = {
     "prompt": ("the text the model is given", True),
     "completion": ("the text the model learns to write after it", True),
     "text": ("plain text, trained on every token", True),
+    "tools": ("the function schemas the model may call (a list, or that list as JSON text)", False),
 }
 """Each format's field: what it holds, and whether the format needs it."""
 
@@ -40,6 +41,7 @@ USUAL_NAMES = {
     "prompt": ("prompt", "question", "query", "input", "instruction", "source"),
     "completion": ("completion", "answer", "response", "output", "target", "reply"),
     "text": ("text", "content", "document", "body", "passage", "article"),
+    "tools": ("tools", "functions", "tool_schemas"),
 }
 """Column names that usually hold each field, most telling first."""
 

@@ -18,15 +18,19 @@ from typing import Any
 
 import numpy as np
 
-from tuneterm.data.chat import RenderedConversation, TemplateError, render_for_training
-from tuneterm.data.formats import Columns, Conversation, Detection, Invalid, detect_format, to_conversation
+from tuneterm.data.chat import RenderedConversation, reasoning_of, render_for_training
+from tuneterm.data.formats import Chat, Columns, Detection, Invalid, detect_format, to_chat
 from tuneterm.data.records import Record, iter_records
+from tuneterm.data.template import TemplateError
 from tuneterm.data.tokenize import IGNORE_INDEX, encode_batch
 from tuneterm.errors import DataError, Location, Problem
 from tuneterm.work import Work
 
 DETECTION_SAMPLE = 200
 BATCH = 1000
+UNTRAINABLE_WITHOUT = {"tool calls", "tool results", "tools"}
+"""What an example cannot be trained without: a reply whose tool call is not written, or written without the
+results or schemas it depends on, teaches something else than the data holds."""
 KEPT_PROBLEMS = 1000
 """Problems of one kind kept with their locations; the rest are counted (a broken 1 GB file stays small)."""
 
@@ -68,7 +72,7 @@ class ReadReport:
 
 @dataclass(frozen=True)
 class Example:
-    conversation: Conversation
+    chat: Chat
     location: Location
 
 
@@ -101,17 +105,18 @@ def _examples(items: Iterable[Record | Problem], fmt: str, columns: Columns, rep
             report.invalid.add(item)
             continue
         try:
-            conversation = to_conversation(item.fields, fmt, columns)
+            chat = to_chat(item.fields, fmt, columns)
         except Invalid as exc:
             report.invalid.add(Problem(str(exc), item.location, reason=exc.reason))
             continue
         if not keep_duplicates:
-            key = hashlib.blake2b(json.dumps(conversation, sort_keys=True).encode(), digest_size=12).digest()
+            key = hashlib.blake2b(json.dumps([chat.messages, chat.tools], sort_keys=True).encode(),
+                                  digest_size=12).digest()
             first = seen.setdefault(key, item.location)
             if first != item.location:
                 report.duplicates.add(Problem(f"duplicate of {first.where()}", item.location, "warning"))
                 continue
-        yield Example(conversation, item.location)
+        yield Example(chat, item.location)
 
 
 @dataclass
@@ -124,6 +129,8 @@ class EncodedExample:
     """[start, end) token positions of each contiguous run of trained tokens."""
     prompt_leak: str | None = None
     """Prompt text that trained tokens cover, if any (a masking failure)."""
+    reasoning_tokens: int = 0
+    """Trained tokens that are reasoning."""
 
     @property
     def length(self) -> int:
@@ -141,7 +148,7 @@ class EncodedExample:
             return self
         return EncodedExample(self.input_ids[:max_length], self.labels[:max_length], self.location, self.rendered,
                               [(s, min(e, max_length)) for s, e in self.trained_runs if s < max_length],
-                              self.prompt_leak)
+                              self.prompt_leak, self.reasoning_tokens)
 
 
 @dataclass
@@ -149,22 +156,52 @@ class EncodeReport:
     template_failures: ProblemList = field(default_factory=ProblemList)
     untrained: ProblemList = field(default_factory=ProblemList)
     prompt_leaks: ProblemList = field(default_factory=ProblemList)
+    dropped: ProblemList = field(default_factory=ProblemList)
+    """Examples the template rendered without something they hold; the reason says what ("tool calls"...)."""
     missing_end_of_turn: int = 0
     system_folded: int = 0
+    holding: Counter[str] = field(default_factory=Counter)
+    """Examples holding "tool calls", "tool results", "tools", "reasoning"."""
+    empty_thinking_trained: int = 0
+    """Examples whose trained reply holds an empty think block."""
+    thinking: Counter[bool | None] = field(default_factory=Counter)
+    """Examples rendered in each thinking mode (None: the template has no switch)."""
+    reasoning_tokens: int = 0
 
 
-def encode_examples(tokenizer: Any, examples: Iterable[Example], train_on: str,
-                    report: EncodeReport) -> Iterator[EncodedExample]:
+def holds(chat: Chat) -> set[str]:
+    """Which of tool calls, tool results, tools and reasoning a conversation holds."""
+    found = {"tools"} if chat.tools else set()
+    for message in chat.messages:
+        if message.get("tool_calls"):
+            found.add("tool calls")
+        if message["role"] == "tool":
+            found.add("tool results")
+        if message["role"] == "assistant" and reasoning_of(message):
+            found.add("reasoning")
+    return found
+
+
+def encode_examples(tokenizer: Any, examples: Iterable[Example], train_on: str, report: EncodeReport,
+                    reasoning: str = "auto") -> Iterator[EncodedExample]:
     """Render and tokenise in batches; examples that fail a check are reported, not yielded."""
     batch: list[tuple[Example, RenderedConversation]] = []
     for example in examples:
         try:
-            rendered = render_for_training(tokenizer, example.conversation, train_on)
+            rendered = render_for_training(tokenizer, example.chat.messages, train_on, example.chat.tools, reasoning)
         except TemplateError as exc:
             report.template_failures.add(Problem(str(exc), example.location))
             continue
+        report.holding.update(holds(example.chat))
+        for what in rendered.dropped:
+            report.dropped.add(Problem(f"the chat template does not write its {what}", example.location,
+                                       "warning", reason=what))
+        if set(rendered.dropped) & UNTRAINABLE_WITHOUT:
+            continue
         report.missing_end_of_turn += not rendered.end_of_turn_trained
         report.system_folded += rendered.system_folded
+        report.empty_thinking_trained += rendered.empty_thinking_trained
+        report.thinking[rendered.thinking] += 1
         batch.append((example, rendered))
         if len(batch) == BATCH:
             yield from _encode(tokenizer, batch, report)
@@ -186,7 +223,19 @@ def _encode(tokenizer: Any, batch: list[tuple[Example, RenderedConversation]],
         if leak:
             report.prompt_leaks.add(Problem(f"trained tokens cover prompt text {leak!r}", example.location))
             continue
-        yield EncodedExample(encoded.input_ids, labels, example.location, rendered, runs)
+        reasoning = _trained_in(rendered, "reasoning", encoded.offsets, labels)
+        report.reasoning_tokens += reasoning
+        yield EncodedExample(encoded.input_ids, labels, example.location, rendered, runs, None, reasoning)
+
+
+def _trained_in(rendered: RenderedConversation, kind: str, offsets: np.ndarray, labels: np.ndarray) -> int:
+    """Trained tokens that overlap the parts of one kind ("reasoning"...)."""
+    trained = offsets[labels != IGNORE_INDEX]
+    inside = np.zeros(len(trained), dtype=bool)
+    for part, start, end in rendered.parts:
+        if part == kind:
+            inside |= (trained[:, 0] < end) & (trained[:, 1] > start)
+    return int(inside.sum())
 
 
 def _runs(mask: np.ndarray) -> list[tuple[int, int]]:

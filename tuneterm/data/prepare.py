@@ -62,7 +62,7 @@ def summarise(config: RunConfig, tokenizer: Any, work: Work | None = None, templ
               keep: tuple[list[EncodedExample], list[EncodedExample]] | None = None) -> DataSummary:
     """The data summary of a config's training (and eval) data; `keep` collects the encoded examples."""
     options = {"fmt": config.get("data.format"), "columns": config.get("data.columns"),
-               "train_on": config.get("data.train_on"), "work": work}
+               "train_on": config.get("data.train_on"), "reasoning": config.get("data.reasoning"), "work": work}
     train = summarise_source(config.get("data.train"), tokenizer, key="data.train",
                              keep=keep[0] if keep else None, **options)
     evaluation = (summarise_source(config.get("data.eval"), tokenizer, key="data.eval",

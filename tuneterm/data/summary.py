@@ -19,7 +19,15 @@ from typing import Any
 import numpy as np
 
 from tuneterm.data.formats import Detection
-from tuneterm.data.pipeline import EncodedExample, EncodeReport, ProblemList, ReadReport, encode_examples, read_examples
+from tuneterm.data.pipeline import (
+    UNTRAINABLE_WITHOUT,
+    EncodedExample,
+    EncodeReport,
+    ProblemList,
+    ReadReport,
+    encode_examples,
+    read_examples,
+)
 from tuneterm.data.stats import Truncation, histogram, percentiles, suggest_max_length
 from tuneterm.data.tokenize import IGNORE_INDEX, encode_batch
 from tuneterm.errors import Level, Location, Problem
@@ -130,6 +138,7 @@ class SourceSummary:
             level: Level = "error" if strict else "warning"
             remedy = "; fix them, or set data.strict: false to leave them out" if strict else "; they are left out"
             found.append(self._finding(level, message + remedy, tuple(unusable)))
+        found += self._template_findings(strict)
         if encode.missing_end_of_turn:
             found.append(self._finding("warning", f"in {encode.missing_end_of_turn} examples the chat template "
                                  "writes no end-of-turn token after the assistant reply, so the model does not learn "
@@ -140,6 +149,39 @@ class SourceSummary:
                                  "first user message"))
         if not self.examples:
             found.append(self._finding("error", "no example can be trained on"))
+        return found
+
+    def _template_findings(self, strict: bool) -> list[Problem]:
+        """What the chat template leaves out of the tool calls and reasoning the data holds, and the empty think
+        blocks it would train."""
+        encode, found = self.encode, []
+        dropped = encode.dropped.reasons
+        for what in sorted(UNTRAINABLE_WITHOUT & set(dropped)):
+            details = tuple(p for p in encode.dropped.items if p.reason == what)
+            message = (f"the chat template does not write {what}: {dropped[what]} of the {encode.holding[what]} "
+                       f"examples holding {what} would train a different conversation than the data holds. Use a "
+                       f"model whose chat template renders {what}, or set model.chat_template to one that does, or "
+                       f"remove the {what} from the data")
+            found.append(self._finding("error" if strict else "warning",
+                                       message + ("" if strict else "; they are left out (data.strict: false)"),
+                                       details))
+        if dropped["reasoning"]:
+            details = tuple(p for p in encode.dropped.items if p.reason == "reasoning")
+            found.append(self._finding("warning", f"the chat template leaves out the reasoning of assistant turns in "
+                                       f"{dropped['reasoning']} of the {encode.holding['reasoning']} examples holding "
+                                       "reasoning (templates such as Qwen3's keep only the reasoning after the last "
+                                       "user message): those replies are trained without it. To train every turn "
+                                       "with its reasoning, split multi-turn conversations so that each ends at the "
+                                       "turn to train, or use a template that renders reasoning "
+                                       "(model.chat_template); data.reasoning: drop trains without reasoning "
+                                       "everywhere", details))
+        if encode.empty_thinking_trained:
+            found.append(self._finding("warning", f"{encode.empty_thinking_trained} examples train an empty think "
+                                       "block (<think></think>) into the reply: the model learns to skip its "
+                                       "reasoning and to write empty think blocks (the cause of models that emit "
+                                       "<think> after fine-tuning). Set data.reasoning: auto (or drop), which renders "
+                                       "conversations without reasoning the no-think way, with the empty block in "
+                                       "the prompt"))
         return found
 
     def _finding(self, level: Level, message: str, details: tuple[Problem, ...] = ()) -> Problem:
@@ -172,8 +214,9 @@ class _Builder:
 
 
 def summarise_source(source: str, tokenizer: Any, *, fmt: str = "auto", columns: dict[str, str] | None = None,
-                     train_on: str = "responses", key: str = "data.train", work: Work | None = None,
-                     previews: int = PREVIEWS, keep: list[EncodedExample] | None = None) -> SourceSummary:
+                     train_on: str = "responses", reasoning: str = "auto", key: str = "data.train",
+                     work: Work | None = None, previews: int = PREVIEWS,
+                     keep: list[EncodedExample] | None = None) -> SourceSummary:
     """Read, validate, render and tokenise one source in a single pass. `keep` collects the encoded examples
     (training needs them; a summary does not). Raises DataError, or Cancelled when `work` is cancelled."""
     read, stream = read_examples(source, fmt, columns, work=work, key=key)
@@ -181,7 +224,7 @@ def summarise_source(source: str, tokenizer: Any, *, fmt: str = "auto", columns:
         train_on = "all"
     encode = EncodeReport()
     builder = _Builder(tokenizer, previews)
-    for example in encode_examples(tokenizer, stream, train_on, encode):
+    for example in encode_examples(tokenizer, stream, train_on, encode, reasoning):
         builder.add(example)
         if keep is not None:
             keep.append(example)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneterm.config import RunConfig
-from tuneterm.data.chat import DEFAULT_CHAT_TEMPLATE
+from tuneterm.data.template import DEFAULT_CHAT_TEMPLATE
 from tuneterm.errors import LoadError
 from tuneterm.hub import open_source
 from tuneterm.work import import_training_libraries

@@ -113,7 +113,8 @@ def data_key(config: RunConfig) -> tuple[Any, ...]:
     columns = config.get("data.columns")
     return (config.get("data.train"), config.get("data.eval"), config.get("data.format"),
             tuple(sorted(columns.items())) if isinstance(columns, dict) else columns, config.get("data.train_on"),
-            config.get("model.path"), config.get("model.revision"), config.get("model.chat_template"),
+            config.get("data.reasoning"), config.get("model.path"), config.get("model.revision"),
+            config.get("model.chat_template"),
             bool(config.get("model.trust_remote_code")),
             _file_state(config.get("data.train")), _file_state(config.get("data.eval")))
 

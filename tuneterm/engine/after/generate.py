@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneterm.config import RunConfig, load_config
-from tuneterm.data.chat import end_of_turn_token
+from tuneterm.data.template import end_of_turn_token
 from tuneterm.engine.loading import detect_device, load_model
 from tuneterm.engine.rundir.layout import CONFIG_FILE, last_complete_checkpoint
 from tuneterm.engine.rundir.runs import summarise_run

@@ -154,7 +154,7 @@ def check_round_trip(gguf: Path, quant: str, merged_dir: Path, samples: list[Eva
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    from tuneterm.data.chat import end_of_turn_token
+    from tuneterm.data.template import end_of_turn_token
 
     hf_logging.disable_progress_bar()
     chosen = samples[:PROMPTS]

@@ -102,7 +102,7 @@ def likely_causes(model: TunedModel, trained_end_of_turn: bool) -> list[str]:
 
 def elsewhere_notes(model: TunedModel) -> list[str]:
     """Stopping works here because tuneterm stops at the template's end of turn; other tools stop at EOS only."""
-    from tuneterm.data.chat import end_of_turn_token
+    from tuneterm.data.template import end_of_turn_token
 
     token = end_of_turn_token(model.tokenizer)
     configured = getattr(model.model.generation_config, "eos_token_id", None)

@@ -33,7 +33,7 @@ from tuneterm.work import Progress, Work
 DataKey = tuple[Any, ...]
 """Everything a data summary depends on (planner.data_key): a summary holds only for the settings it was read with."""
 
-DATA_KEYS = ("data.train", "data.eval", "data.format", "data.columns", "data.train_on")
+DATA_KEYS = ("data.train", "data.eval", "data.format", "data.columns", "data.train_on", "data.reasoning")
 """The data settings the data summary depends on (with the model): changing one may read the data again."""
 
 PATH_KEYS = ("data.train", "data.eval")
