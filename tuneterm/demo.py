@@ -10,6 +10,12 @@ runs for real, only small.
 The model is trained from scratch on the demo's own text for a few seconds, not a pretrained LLM, so its
 learning rate is far higher than the 2e-4 the guides recommend for those (the advice says why it does not apply
 here); the demo config says so where it sets it.
+
+`tuneterm demo --tools` is its agent-style twin: a model of the same size whose tokenizer carries Qwen3's chat
+template (templates/qwen3.jinja, the one the Qwen3 models ship: it renders tools, tool calls, tool results and
+think blocks, and has a thinking switch) and Qwen3's think and tool-call tags, and data that calls a calculator
+and a capitals tool (OpenAI-style tool_calls, tool results, a tools list per record), with reasoning
+(reasoning_content) in some replies.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from typing import Any
 from tuneterm.cache import cache_root
 
 DEMO_VERSION = "v2"
+TOOLS_DEMO_VERSION = "v1"
 CHAT_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
@@ -44,23 +51,39 @@ OPPOSITES = {
     "young": "old", "hard": "soft", "rich": "poor", "thick": "thin", "near": "far", "clean": "dirty",
 }
 SYSTEM_PROMPTS = ["You are a concise assistant.", "Answer in one short sentence."]
+TOOLS_TEMPLATE = Path(__file__).parent / "templates" / "qwen3.jinja"
+QWEN3_TAGS = ["<think>", "</think>", "<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>"]
+"""Tags Qwen3's tokenizer has as tokens of their own (added, not special: they are text the model writes)."""
+TOOLS = [
+    {"type": "function", "function": {
+        "name": "add", "description": "Add two whole numbers.",
+        "parameters": {"type": "object", "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
+                       "required": ["a", "b"]}}},
+    {"type": "function", "function": {
+        "name": "capital_of", "description": "The capital city of a country.",
+        "parameters": {"type": "object", "properties": {"country": {"type": "string"}}, "required": ["country"]}}},
+]
 
 
-def built_demo_dir() -> Path | None:
-    """The demo's directory when it has been built already."""
-    target = cache_root() / f"demo-{DEMO_VERSION}"
+def _demo_path(tools: bool) -> Path:
+    return cache_root() / (f"demo-tools-{TOOLS_DEMO_VERSION}" if tools else f"demo-{DEMO_VERSION}")
+
+
+def built_demo_dir(tools: bool = False) -> Path | None:
+    """The demo's directory (the tools demo's with `tools`) when it has been built already."""
+    target = _demo_path(tools)
     return target if (target / "model" / "config.json").is_file() else None
 
 
-def demo_dir() -> Path:
-    """The demo's model and data, built on first use."""
-    target = cache_root() / f"demo-{DEMO_VERSION}"
-    if built_demo_dir() is not None:
+def demo_dir(tools: bool = False) -> Path:
+    """The demo's model and data (the tools demo's with `tools`), built on first use."""
+    target = _demo_path(tools)
+    if built_demo_dir(tools) is not None:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".demo-", dir=target.parent))
     try:
-        build_demo(staging)
+        build_demo(staging, tools)
         try:
             staging.rename(target)
         except OSError:  # another process finished building first
@@ -71,6 +94,7 @@ def demo_dir() -> Path:
 
 
 def demo_config(directory: Path) -> dict[str, Any]:
+    """The run config of a demo directory (either demo's)."""
     return {
         "method": "lora",
         "model": {"path": str(directory / "model")},
@@ -89,16 +113,61 @@ def demo_config(directory: Path) -> dict[str, Any]:
     }
 
 
-def build_demo(directory: Path) -> None:
-    train, evaluation = conversations(random.Random(3407))
+def build_demo(directory: Path, tools: bool = False) -> None:
+    rng = random.Random(3407)
+    if tools:
+        rows = tool_conversations(rng)
+        train, evaluation = rows[len(rows) // 10:], rows[:len(rows) // 10]
+    else:
+        train, evaluation = ([{"messages": messages} for messages in part] for part in conversations(rng))
     (directory / "data").mkdir(parents=True)
-    for name, rows in (("train.jsonl", train), ("eval.jsonl", evaluation)):
+    for name, part in (("train.jsonl", train), ("eval.jsonl", evaluation)):
         with open(directory / "data" / name, "w", encoding="utf-8") as handle:
-            for messages in rows:
-                handle.write(json.dumps({"messages": messages}) + "\n")
-    corpus = [message["content"] for messages in train + evaluation for message in messages]
-    tokenizer = build_tokenizer(corpus, CHAT_TEMPLATE)
-    build_model(tokenizer, corpus, directory / "model")
+            handle.writelines(json.dumps(row) + "\n" for row in part)
+    corpus = [str(message.get("content") or message.get("reasoning_content"))
+              for row in train + evaluation for message in row["messages"]]
+    if tools:  # the template's own text and the tool schemas, so that the tools preamble is a few hundred tokens
+        template = TOOLS_TEMPLATE.read_text(encoding="utf-8")
+        tokenizer = build_tokenizer(corpus + [template, json.dumps(TOOLS)] * 20, template, vocab_size=1200)
+        tokenizer.add_tokens(QWEN3_TAGS)
+        build_model(tokenizer, corpus, directory / "model", context=2048)
+    else:
+        build_model(build_tokenizer(corpus, CHAT_TEMPLATE), corpus, directory / "model")
+
+
+def tool_conversations(rng: random.Random) -> list[dict[str, Any]]:
+    """Four kinds of records, shuffled: a calculator call with reasoning before it, a capitals lookup, an answer
+    reasoned out without a tool, and a plain answer (so that both of a hybrid template's modes are trained)."""
+    rows: list[dict[str, Any]] = []
+    for a in range(2, 60, 3):
+        for b in (7, 19):
+            call = {"type": "function", "id": f"call_{a}_{b}",
+                    "function": {"name": "add", "arguments": {"a": a, "b": b}}}
+            rows.append({"tools": TOOLS, "messages": [
+                {"role": "user", "content": f"What is {a} plus {b}?"},
+                {"role": "assistant", "content": "", "reasoning_content": f"Adding {a} and {b}: the add tool.",
+                 "tool_calls": [call]},
+                {"role": "tool", "tool_call_id": call["id"], "name": "add", "content": json.dumps({"sum": a + b})},
+                {"role": "assistant", "content": f"{a} plus {b} is {a + b}.",
+                 "reasoning_content": f"The add tool says {a + b}."}]})
+    for country, capital in CAPITALS.items():
+        call = {"type": "function", "id": f"call_{country.lower()}",
+                "function": {"name": "capital_of", "arguments": json.dumps({"country": country})}}
+        rows.append({"tools": TOOLS, "messages": [
+            {"role": "user", "content": f"What is the capital of {country}?"},
+            {"role": "assistant", "content": "", "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": call["id"], "name": "capital_of",
+             "content": json.dumps({"capital": capital})},
+            {"role": "assistant", "content": f"The capital of {country} is {capital}."}]})
+    for word, opposite in OPPOSITES.items():
+        rows.append({"messages": [
+            {"role": "user", "content": f"What is the opposite of {word}?"},
+            {"role": "assistant", "content": f"The opposite of {word} is {opposite}.",
+             "reasoning_content": f"{word.capitalize()} and {opposite} are opposites."}]})
+        rows.append({"messages": [{"role": "user", "content": f"Spell {word} backwards."},
+                                  {"role": "assistant", "content": f"{word} backwards is {word[::-1]}."}]})
+    rng.shuffle(rows)
+    return rows
 
 
 def conversations(rng: random.Random) -> tuple[list[list[dict[str, str]]], list[list[dict[str, str]]]]:
@@ -150,7 +219,7 @@ def build_tokenizer(corpus: list[str], chat_template: str, vocab_size: int = 600
 
 
 def build_model(tokenizer: Any, corpus: list[str], directory: Path, hidden_size: int = 128, layers: int = 2,
-                steps: int = 300, ends_text: bool = True) -> None:
+                steps: int = 300, ends_text: bool = True, context: int = 512) -> None:
     """A small Llama-architecture model pretrained on `corpus` as plain text, saved with its tokenizer.
 
     Pretraining gives the demo what a real base model has: it knows the facts but not the chat format, which
@@ -165,7 +234,7 @@ def build_model(tokenizer: Any, corpus: list[str], directory: Path, hidden_size:
     torch.manual_seed(3407)
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=hidden_size * 2,
                          num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
-                         max_position_embeddings=512, pad_token_id=tokenizer.pad_token_id,
+                         max_position_embeddings=context, pad_token_id=tokenizer.pad_token_id,
                          eos_token_id=tokenizer.eos_token_id, bos_token_id=None, tie_word_embeddings=False)
     model = LlamaForCausalLM(config)
     ending = [tokenizer.eos_token_id] if ends_text else []

@@ -54,7 +54,7 @@ def make_services(runs_dir: Path, **changes: object) -> Services:
     """Services of this fixed machine; a run launched in the app trains for real unless `train_run` is changed
     (to a RecordedRunner: the recorded run replayed)."""
     services = Services(runs_dir=runs_dir, read_gpus=lambda: FAKE_GPU, read_host=lambda: FAKE_HOST,
-                        cached_models=list, model_roots=(), built_demo=lambda: None, now=lambda: NOW,
+                        cached_models=list, model_roots=(), built_demo=lambda tools: None, now=lambda: NOW,
                         over_ssh=False)
     for name, value in changes.items():
         setattr(services, name, value)

@@ -361,7 +361,7 @@ async def test_the_demo_says_it_is_building_until_the_wizard_opens_and_builds_on
     (demo / "data" / "eval.jsonl").symlink_to(chat_data["eval"])
     release, builds = threading.Event(), []
 
-    def build() -> Path:  # the first build, held until the test has looked
+    def build(tools: bool) -> Path:  # the first build, held until the test has looked
         builds.append(1)
         release.wait(60)
         return demo
@@ -445,3 +445,42 @@ async def test_path_fields_show_the_end_of_a_path_whole(tiny_model: Path, chat_d
         await pilot.press("tab")  # the cursor leaves the path it was in: its end stays in view
         await pilot.pause()
         assert shown("#data-path").endswith("/train.jsonl"), shown("#data-path")
+
+
+async def test_tool_calls_and_reasoning_are_counted_marked_and_the_reasoning_choice_rerenders(
+        services, tiny_model: Path, tmp_path: Path) -> None:
+    import random
+
+    from tests.helpers import write_jsonl
+    from tuneterm.demo import TOOLS_TEMPLATE, tool_conversations
+    from tuneterm.ui.widgets.data_step import PreviewPane
+
+    data = write_jsonl(tmp_path / "tools.jsonl", tool_conversations(random.Random(3407))[:12])
+    draft = Draft.from_config(load_config(base={"model": {"path": str(tiny_model),
+                                                          "chat_template": str(TOOLS_TEMPLATE)}}))
+    app = make_app(services, Opening("wizard", draft))
+    async with app.run_test(size=(100, 30)) as pilot:
+        wizard = await choose_model_and_data(pilot, tiny_model, data)
+        report = str(wizard.query_one("#data-report").render())
+        assert "tool calls in 6 examples" in report and "trained tokens are reasoning" in report
+        assert "thinking mode (reasoning trained) for 5 examples, no-think" in report
+        assert wizard.query_one("#reasoning-row").display
+        preview = wizard.query_one(PreviewPane)
+        preview.focus()
+        shown = []
+        for _ in range(len(preview.previews)):
+            shown.append(preview.render())
+            await pilot.press("right")
+        tool_example = next(text for text in shown if "tool call" in text.split("\n")[0])
+        call = '<tool_call>\n{"name": "add", "arguments": {"a": 14, "b": 19}}\n</tool_call>'
+        assert f"[b $primary]{call}[/]" in tool_example
+        assert '[dim i $warning]{"sum": 33}[/]' in tool_example  # the tool's result: shown, never trained
+        assert "[b $accent]Adding 14 and 19: the add tool.[/]" in tool_example
+
+        wizard.query_one("#reasoning").value = "drop"
+        await wait_until(pilot, lambda: wizard.draft.get("data.reasoning") == "drop"
+                         and "thinking mode (reasoning trained) for 0 examples" in str(
+                             wizard.query_one("#data-report").render()), what="the no-think rendering")
+        for _ in range(len(preview.previews)):  # no example renders reasoning now
+            assert "[b $accent]" not in preview.render() and "Adding" not in preview.render()
+            await pilot.press("right")

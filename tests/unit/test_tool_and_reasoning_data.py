@@ -1,10 +1,11 @@
 """Tool calls, tool results and reasoning, trained exactly as real families' chat templates render them.
 
-The templates in tests/data/chat_templates are the ones the models ship (Qwen3-0.6B, Llama-3.1-8B-Instruct,
-Mistral-Nemo-Instruct-2407), each with a tokenizer that has the family's special and added tokens. For every turn
-of a multi-step tool conversation and of a reasoning conversation, the trained text is asserted whole: what the
-model learns to write is exactly its think block, its tool-call syntax, its answer and its end-of-turn token, and
-never the tools preamble, a tool result, or the user's and system's text.
+The templates are the ones the models ship: Qwen3-0.6B's (the tools demo uses it too), and in
+tests/data/chat_templates Llama-3.1-8B-Instruct's and Mistral-Nemo-Instruct-2407's, each with a tokenizer that has
+the family's special and added tokens. For every turn of a multi-step tool conversation and of a reasoning
+conversation, the trained text is asserted whole: what the model learns to write is exactly its think block, its
+tool-call syntax, its answer and its end-of-turn token, and never the tools preamble, a tool result, or the user's
+and system's text.
 """
 
 from __future__ import annotations
@@ -20,13 +21,13 @@ from tuneterm.data.chat import render_for_training
 from tuneterm.data.summary import summarise_source
 from tuneterm.data.template import DEFAULT_CHAT_TEMPLATE, template_traits
 from tuneterm.data.tokenize import encode_batch, trained_segments
-from tuneterm.demo import build_tokenizer
+from tuneterm.demo import TOOLS_TEMPLATE, build_tokenizer
 
 TEMPLATES = Path(__file__).parent.parent / "data" / "chat_templates"
 
 # family: (template file, special tokens, added (non-special) tokens, eos, bos)
 FAMILIES = {
-    "qwen3": ("Qwen-Qwen3-0.6B.jinja", ["<|im_start|>", "<|im_end|>"],
+    "qwen3": (str(TOOLS_TEMPLATE), ["<|im_start|>", "<|im_end|>"],
               ["<think>", "</think>", "<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>"],
               "<|im_end|>", None),
     "llama3.1": ("meta-llama-Llama-3.1-8B-Instruct.jinja",
@@ -276,3 +277,36 @@ def test_training_empty_think_blocks_is_warned_with_the_way_out(tmp_path) -> Non
                  if "empty think" in f.message]
     assert warning.message.startswith("1 examples train an empty think block (<think></think>) into the reply")
     assert "data.reasoning: auto" in warning.message
+
+
+def test_the_tools_demo_data_holds_every_part_and_trains_both_modes(tmp_path) -> None:
+    import random
+
+    from tuneterm.config import load_config
+    from tuneterm.data.prepare import prepare
+    from tuneterm.demo import tool_conversations
+
+    path = write_jsonl(tmp_path / "tools.jsonl", tool_conversations(random.Random(3407)))
+    config = load_config(base={"model": {"path": str(tmp_path)}, "data": {"train": str(path)}})
+    data = prepare(config, tokenizer_for("qwen3"), context_length=4096)
+    source = data.summary.train
+    assert not [f for f in data.view.findings if f.level == "error"], data.view.findings
+    assert not any("empty think" in w or "leaves out" in w for w in data.warnings), data.warnings
+    holding = source.encode.holding
+    assert holding["tool calls"] == holding["tool results"] == holding["tools"] == 70
+    assert source.encode.thinking[True] == holding["reasoning"] == 58 and source.encode.thinking[False] == 48
+    assert data.thinking is True  # some examples were trained thinking: the chat asks in thinking mode
+    assert source.encode.reasoning_tokens > 0
+
+
+def test_the_chat_asks_in_the_mode_the_run_trained(tmp_path) -> None:
+    from tuneterm.engine.after.generate import trained_thinking
+    from tuneterm.engine.events import EVENTS_FILE, EventLog, RunStarted
+
+    assert trained_thinking(tmp_path) is None  # no run there
+    log = EventLog(tmp_path / EVENTS_FILE)
+    for thinking in (True, False):  # a resumed run's start is the one that counts
+        log(RunStarted(run_dir=str(tmp_path), config={}, defaulted=[], notes={}, train_examples=1, eval_examples=0,
+                       steps_per_epoch=1, total_steps=1, trainable_params=1, total_params=1, device="cpu",
+                       thinking=thinking))
+    assert trained_thinking(tmp_path) is False

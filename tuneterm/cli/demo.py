@@ -16,6 +16,8 @@ def add_parser(subcommands: Subcommands) -> None:
                                   description="Build (once) a tiny model and chat dataset and fine-tune a LoRA "
                                               "adapter on them. Works offline and on a CPU.")
     demo.add_argument("--headless", action="store_true", help="train at once, printing progress as text (no app)")
+    demo.add_argument("--tools", action="store_true",
+                      help="train on tool-calling and reasoning conversations (with Qwen3's chat template)")
     demo.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                       help="override one value of the demo config")
     runs_dir_argument(demo)
@@ -29,10 +31,11 @@ def run(args: argparse.Namespace) -> int:
     if not args.headless:
         from tuneterm.ui.app import Opening
 
-        return open_app(args.runs_dir, Opening(demo=True, demo_overrides=tuple(args.overrides)))
+        return open_app(args.runs_dir, Opening(demo=True, demo_overrides=tuple(args.overrides),
+                                               demo_tools=args.tools))
 
     print("Preparing the demo model and data (built once, then cached)...", flush=True)
-    directory = demo_dir()
+    directory = demo_dir(args.tools)
     config = load_config(overrides=args.overrides, base=demo_config(directory), base_source="demo")
     print(f"Demo model and data: {directory}", flush=True)
     return run_headless(StartingRun.new(config, args.runs_dir).plan)

@@ -25,6 +25,8 @@ def add_parser(subcommands: Subcommands) -> None:
     inspect.add_argument("--format", default="auto", help="override the detected format")
     inspect.add_argument("--columns", metavar="YAML", help="map column names, e.g. '{instruction: question}'")
     inspect.add_argument("--train-on", choices=("responses", "all"), default="responses")
+    inspect.add_argument("--reasoning", choices=("auto", "keep", "drop"), default="auto",
+                         help="how reasoning is trained (data.reasoning; default auto)")
     inspect.add_argument("--chat-template", metavar="FILE_OR_TEMPLATE", help="use this chat template instead")
     inspect.add_argument("--memory-limited", action="store_true",
                          help="suggest the 95th percentile instead of the 99th")
@@ -50,7 +52,8 @@ def run(args: argparse.Namespace) -> int:
     config = load_config(base=mapping, base_source="tuneterm inspect")
     tokenizer, template_warnings = load_tokenizer(config)
     report = inspect_data(config.get("data.train"), tokenizer, fmt=args.format, columns=config.get("data.columns"),
-                          train_on=args.train_on, max_length=args.max_length, samples=args.samples,
+                          train_on=args.train_on, reasoning=args.reasoning, max_length=args.max_length,
+                          samples=args.samples,
                           context_length=_context_length_or_none(config), memory_limited=args.memory_limited,
                           template_warnings=template_warnings)
     if args.json:

@@ -32,11 +32,11 @@ class InspectReport:
 
 
 def inspect_data(source: str, tokenizer: Any, *, fmt: str = "auto", columns: dict[str, str] | None = None,
-                 train_on: str = "responses", max_length: int | None = None, samples: int = 3,
+                 train_on: str = "responses", reasoning: str = "auto", max_length: int | None = None, samples: int = 3,
                  context_length: int | None = None, memory_limited: bool = False, work: Work | None = None,
                  template_warnings: list[str] | None = None) -> InspectReport:
-    summary = summarise_source(source, tokenizer, fmt=fmt, columns=columns, train_on=train_on, work=work,
-                               previews=samples)
+    summary = summarise_source(source, tokenizer, fmt=fmt, columns=columns, train_on=train_on, reasoning=reasoning,
+                               work=work, previews=samples)
     view = DataSummary(summary, None, list(template_warnings or [])).view(
         val_size=0, seed=0, max_samples=None, max_length=max_length or "auto", context_length=context_length,
         strict=True, memory_limited=memory_limited)
@@ -62,6 +62,9 @@ def report_to_json(report: InspectReport) -> dict[str, Any]:
         "unusable": _located([*source.encode.template_failures.items, *source.encode.untrained.items]),
         "token_lengths": {**view.lengths, "histogram": view.histogram},
         "trained_tokens": view.trained_tokens,
+        "holding": dict(source.encode.holding),
+        "reasoning_tokens": source.encode.reasoning_tokens,
+        "thinking": {str(mode).lower(): count for mode, count in source.encode.thinking.items()},
         "suggested_max_length": view.suggested_max_length,
         "suggestion_why": view.suggestion_why,
         "max_length": cut.max_length,
@@ -71,7 +74,9 @@ def report_to_json(report: InspectReport) -> dict[str, Any]:
         "blocking": report.blocking,
         "warnings": report.warnings,
         "preview": [{**p.location.to_json(), "trained_segments": p.trained_segments,
-                     "trained_tokens": p.trained_tokens, "total_tokens": p.total_tokens} for p in source.previews],
+                     "trained_tokens": p.trained_tokens, "total_tokens": p.total_tokens,
+                     "parts": [{"part": part, "text": text, "trained": trained}
+                               for text, trained, part in p.segments if part]} for p in source.previews],
     }
 
 
@@ -89,6 +94,9 @@ def format_report(report: InspectReport, color: bool) -> str:
         lines.append(f"  ... and {source.invalid.count - 20:,} more (--json lists the first 1,000)")
     for problem in [*source.encode.template_failures.items, *source.encode.untrained.items][:10]:
         lines.append(f"  unusable {problem}")
+    for label, line in (("Holds", holdings_line(source)), ("Thinking", thinking_line(source))):
+        if line:
+            lines.append(f"{label:<10}{line}")
     t = view.lengths
     lines.append(f"Tokens    p50 {t['p50']:,}  p90 {t['p90']:,}  p95 {t['p95']:,}  p99 {t['p99']:,}  max {t['max']:,}")
     top = max((b["count"] for b in view.histogram), default=1) or 1
@@ -110,10 +118,44 @@ def format_report(report: InspectReport, color: bool) -> str:
     return "\n".join(lines) + "".join(format_preview(p, color) for p in source.previews)
 
 
+_PART_COLOURS = {"": "32", "reasoning": "35", "tool call": "36", "tool result": "33"}
+"""ANSI colours of the parts: answers green, reasoning magenta, tool calls cyan, tool results yellow."""
+
+
 def format_preview(preview: Preview, color: bool) -> str:
+    """Trained text bold (in colour) or ⟪marked⟫; a reasoning, tool-call or tool-result part is coloured, or named
+    where it starts (⟦reasoning⟧...) without colour."""
     header = (f"\n\nExample   {preview.location.where()}: {preview.trained_tokens} of {preview.total_tokens} tokens "
               "trained\n")
-    if not color:
-        return header + "".join(f"⟪{text}⟫" if trained else text for text, trained in preview.segments)
-    return header + "".join(f"\033[1;32m{text}\033[0m" if trained else f"\033[2m{text}\033[0m"
-                            for text, trained in preview.segments)
+    pieces = []
+    for text, trained, part in preview.segments:
+        if color:
+            pieces.append(f"\033[{'1;' if trained else '2;'}{_PART_COLOURS[part]}m{text}\033[0m" if trained or part
+                          else f"\033[2m{text}\033[0m")
+        else:
+            label = f"⟦{part}⟧" if part else ""
+            pieces.append(f"⟪{label}{text}⟫" if trained else label + text)
+    return header + "".join(pieces)
+
+
+def holdings_line(source: SourceSummary) -> str | None:
+    """"tool calls in 120 examples, ...; 4,210 trained tokens are reasoning (31%)", when the data holds any."""
+    holding = source.encode.holding
+    if not holding:
+        return None
+    held = ", ".join(f"{what} in {holding[what]:,} examples" for what in ("tool calls", "tool results", "tools",
+                                                                           "reasoning") if holding[what])
+    trained = int(source.trained.sum())
+    share = f" ({source.encode.reasoning_tokens / trained:.0%})" if trained else ""
+    reasoning = (f"; {source.encode.reasoning_tokens:,} trained tokens are reasoning{share}"
+                 if holding["reasoning"] else "")
+    return held + reasoning
+
+
+def thinking_line(source: SourceSummary) -> str | None:
+    """How a hybrid reasoning template renders the examples under data.reasoning (None for other templates)."""
+    modes = source.encode.thinking
+    if None in modes or not modes:
+        return None
+    return (f"thinking mode (reasoning trained) for {modes[True]:,} examples, no-think (the empty think block is "
+            f"prompt) for {modes[False]:,}")

@@ -43,6 +43,12 @@ class PreparedData:
         return self.view.max_length
 
     @property
+    def thinking(self) -> bool | None:
+        """How the trained model is asked (RunStarted.thinking): in thinking mode when any example was trained so."""
+        modes = self.summary.train.encode.thinking
+        return None if not modes or None in modes else modes[True] > 0
+
+    @property
     def max_length_why(self) -> str:
         return self.view.max_length_why
 

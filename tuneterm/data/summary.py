@@ -46,8 +46,9 @@ class Preview:
     """One example as the model sees it: the rendered text in pieces, each trained or masked."""
 
     location: Location
-    segments: list[tuple[str, bool]]
-    """The rendered text in order, each piece flagged trained (True) or masked."""
+    segments: list[tuple[str, bool, str]]
+    """The rendered text in order: each piece, whether it is trained, and the part it belongs to ("reasoning",
+    "tool call", "tool result", or "" for the rest)."""
     trained_segments: list[str]
     """The decoded text of each run of trained tokens."""
     trained_tokens: int
@@ -234,23 +235,27 @@ def summarise_source(source: str, tokenizer: Any, *, fmt: str = "auto", columns:
 
 
 def preview_of(tokenizer: Any, example: EncodedExample) -> Preview:
-    text = example.rendered.text
+    text, parts = example.rendered.text, example.rendered.parts
     [encoded] = encode_batch(tokenizer, [example.rendered])
-    segments: list[tuple[str, bool]] = []
+    segments: list[tuple[str, bool, str]] = []
+
+    def add(piece: str, is_trained: bool, part: str) -> None:
+        if segments and segments[-1][1:] == (is_trained, part):
+            segments[-1] = (segments[-1][0] + piece, is_trained, part)
+        else:
+            segments.append((piece, is_trained, part))
+
     position = 0
     for (start, end), label in zip(encoded.offsets.tolist(), encoded.labels.tolist()):
-        is_trained = bool(label != IGNORE_INDEX)
         start = max(start, position)
         if start > position:  # characters no token covers (rare) count as masked
-            segments.append((text[position:start], False))
+            add(text[position:start], False, "")
         if end > start:
-            if segments and segments[-1][1] == is_trained:
-                segments[-1] = (segments[-1][0] + text[start:end], is_trained)
-            else:
-                segments.append((text[start:end], is_trained))
+            part = next((kind for kind, low, high in parts if low < end and start < high), "")
+            add(text[start:end], bool(label != IGNORE_INDEX), part)
         position = max(position, end)
     if position < len(text):
-        segments.append((text[position:], False))
+        add(text[position:], False, "")
     decoded = [tokenizer.decode(example.input_ids[s:e].tolist()) for s, e in example.trained_runs]
     return Preview(example.location, segments, decoded, example.trained_tokens, example.length,
                    [int(end) for _, end in encoded.offsets.tolist()])

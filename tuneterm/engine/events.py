@@ -104,6 +104,9 @@ class RunStarted(Event):
     estimated_memory_total: float | None = None
     """What NVML should show for one process, by that estimate: the parts' peak, the allocator's slack and the CUDA
     context."""
+    thinking: bool | None = None
+    """The enable_thinking the trained model is asked with (its chat): True when training rendered examples in a
+    hybrid template's thinking mode, False when all were rendered the no-think way, None for other templates."""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -52,6 +52,8 @@ class Opening:
     """Build (once) and open the demo in the wizard."""
     demo_overrides: tuple[str, ...] = ()
     """--set arguments applied to the demo's config."""
+    demo_tools: bool = False
+    """The demo on tool-calling and reasoning data (tuneterm demo --tools)."""
 
 
 class TuneTermCommands(ActionCommands):
@@ -151,7 +153,7 @@ class TuneTermApp(App[None]):
         if any(worker.group == "demo" and worker.is_running for worker in self.workers):
             self.notify("Still building the demo: the wizard opens when it is ready.", title="Demo")
             return
-        if self.services.built_demo() is None:  # said until the wizard opens: the first build takes a while
+        if self.services.built_demo(self.opening.demo_tools) is None:  # said until the wizard opens
             self.notify("Building the demo's tiny model and chat data, once (then cached): about 20 seconds on a "
                         "quiet CPU. The wizard opens when it is ready.", title="Demo", timeout=3600)
         self.build_demo()
@@ -160,7 +162,7 @@ class TuneTermApp(App[None]):
     def build_demo(self) -> None:
         from tuneterm.demo import demo_config
 
-        directory = self.services.demo_dir()
+        directory = self.services.demo_dir(self.opening.demo_tools)
         self.call_from_thread(self.clear_notifications)
         try:
             config = load_config(base=demo_config(directory), base_source="demo", overrides=self.opening.demo_overrides)

@@ -28,9 +28,9 @@ class Services:
     cached_models: Callable[[], list[ModelEntry]] = cached_models
     model_roots: tuple[Path, ...] = field(default_factory=lambda: (Path.cwd(),))
     """Where local model directories are looked for (two levels deep)."""
-    demo_dir: Callable[[], Path] = demo_dir
+    demo_dir: Callable[[bool], Path] = demo_dir
     """Builds the demo model and data on first use (seconds), then returns where they are."""
-    built_demo: Callable[[], Path | None] = built_demo_dir
+    built_demo: Callable[[bool], Path | None] = built_demo_dir
     """Where the demo is when it has been built already (listing models never builds it)."""
     now: Callable[[], float] = time.time
     over_ssh: bool = field(default_factory=lambda: bool(os.environ.get("SSH_CONNECTION") or os.environ.get("SSH_TTY")))

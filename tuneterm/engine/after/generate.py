@@ -14,6 +14,7 @@ library's traceback after the base model has loaded.
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 from collections.abc import Callable
@@ -22,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from tuneterm.config import RunConfig, load_config
-from tuneterm.data.template import end_of_turn_token
+from tuneterm.data.template import end_of_turn_token, render
+from tuneterm.engine.events import EVENTS_FILE, RunStarted, read_events
 from tuneterm.engine.loading import detect_device, load_model
 from tuneterm.engine.rundir.layout import CONFIG_FILE, last_complete_checkpoint
 from tuneterm.engine.rundir.runs import summarise_run
@@ -221,10 +223,15 @@ class TunedModel:
         save_eval_samples(samples, self.run_dir)
         return samples
 
+    @functools.cached_property
+    def thinking(self) -> bool | None:
+        return trained_thinking(self.run_dir)
+
     def prompt_ids(self, text: str) -> list[int]:
-        """A user message rendered with the run's chat template, ready for the assistant's answer."""
-        rendered = self.tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
-                                                      add_generation_prompt=True)
+        """A user message rendered with the run's chat template, in the thinking mode the run trained, ready for the
+        assistant's answer."""
+        rendered = render(self.tokenizer, [{"role": "user", "content": text}], thinking=self.thinking,
+                          generation_prompt=True)
         return list(self.tokenizer(rendered, add_special_tokens=False)["input_ids"])
 
     def generate(self, prompt_ids: list[int], settings: GenerationSettings, adapter: bool = True,
@@ -259,6 +266,14 @@ class TunedModel:
         return {"template": self.tokenizer.chat_template or "", "stop_tokens": [
             self.tokenizer.convert_ids_to_tokens(i) for i in self.stop_ids], "device": self.device.name,
             "adapter": self.has_adapter}
+
+
+def trained_thinking(run_dir: Path) -> bool | None:
+    """enable_thinking as the run trained (RunStarted.thinking): what its chat asks with; None for a template
+    without the switch, or a run that never started training."""
+    events = run_dir / EVENTS_FILE
+    started = [e for e in read_events(events) if isinstance(e, RunStarted)] if events.is_file() else []
+    return started[-1].thinking if started else None
 
 
 def check_readable(run_dir: Path, weights: Path) -> None:

@@ -257,7 +257,8 @@ class _Run:
             learning_rate=config.get("training.learning_rate"), warmup_steps=plan.warmup_steps,
             eval_steps=plan.eval_steps, early_stopping_patience=config.get("training.early_stopping_patience"),
             effective_batch_size=plan.effective_batch_size,
-            estimated_memory=memory.breakdown, estimated_memory_total=memory.total_bytes))
+            estimated_memory=memory.breakdown, estimated_memory_total=memory.total_bytes,
+            thinking=data.thinking))
         if self.stop_agreed():
             raise _Stopped
         self.emit(PhaseStarted(phase="training"))

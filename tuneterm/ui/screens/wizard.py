@@ -228,9 +228,10 @@ class WizardScreen(Screen[None]):
     @work(thread=True, exclusive=True, group="models", exit_on_error=False)
     def list_models(self) -> None:
         entries = self.services.cached_models() + local_models(self.services.model_roots)
-        demo = self.services.built_demo()
-        if demo is not None:
-            entries.append(ModelEntry("tuneterm demo model", str(demo / "model"), "demo", "LlamaForCausalLM"))
+        for tools, name in ((False, "tuneterm demo model"), (True, "tuneterm tools demo model (Qwen3 template)")):
+            demo = self.services.built_demo(tools)
+            if demo is not None:
+                entries.append(ModelEntry(name, str(demo / "model"), "demo", "LlamaForCausalLM"))
         self.post_message(ModelsListed(entries))
 
     @on(ModelsListed)
@@ -402,7 +403,8 @@ class WizardScreen(Screen[None]):
         self.show_model()
         data_step = self.query_one(DataStep)
         data_step.show_values(draft.get("data.train"), draft.get("data.eval"), draft.get("data.val_size"),
-                              draft.get("data.format") or "auto", draft.get("data.strict") is False)
+                              draft.get("data.format") or "auto", draft.get("data.strict") is False,
+                              draft.get("data.reasoning") or "auto")
         data_step.show_mapper(planning.column_mapper(draft))
         report = planning.data_report()
         if report is not None:

@@ -22,6 +22,7 @@ from textual.widgets import Button, Checkbox, Input, Label, ProgressBar, Select,
 
 from tuneterm.data.columns import FIELD_HELP
 from tuneterm.data.formats import FIELDS, FORMATS, FormatUnknown
+from tuneterm.data.inspect import holdings_line, thinking_line
 from tuneterm.data.summary import DataView, Preview, SourceSummary
 from tuneterm.errors import Problem, TuneTermError
 from tuneterm.ui.state.planning import ColumnMapper
@@ -81,10 +82,13 @@ class PreviewPane(Widget, can_focus=True):
         cut = preview.cut_at(self.max_length) if self.max_length else None
         header = (f"[b]example {self.index + 1} of {len(self.previews)}[/b] ({escape(preview.location.where())}): "
                   f"{preview.trained_tokens} of {preview.total_tokens} tokens trained, [b $success]in bold[/]")
+        shown = dict.fromkeys(part for _, _, part in preview.segments if part)
+        if shown:
+            header += "; " + ", ".join(_style(part, part == "tool result", part) for part in shown)
         if cut is not None:
             header += f"\n[$warning]max length {self.max_length} cuts this example at ✂[/]"
         body, position = [], 0
-        for text, trained in preview.segments:
+        for text, trained, part in preview.segments:
             pieces = [text]
             if cut is not None and position <= cut < position + len(text):
                 pieces = [text[:cut - position], "\0", text[cut - position:]]
@@ -92,9 +96,20 @@ class PreviewPane(Widget, can_focus=True):
                 if piece == "\0":
                     body.append("[$warning]✂[/]")
                 elif piece:
-                    body.append(f"[b $success]{escape(piece)}[/]" if trained else f"[dim]{escape(piece)}[/]")
+                    body.append(_style(escape(piece), not trained, part))
             position += len(text)
         return header + "\n" + "".join(body)
+
+
+_PART_STYLES = {"": "$success", "reasoning": "$accent", "tool call": "$primary", "tool result": "$warning"}
+"""Answers green, reasoning in the accent colour, tool calls in the primary colour, tool results in warning."""
+
+
+def _style(markup: str, masked: bool, part: str) -> str:
+    """Trained text bold in its part's colour; masked text dim (a tool result also italic, in its colour)."""
+    if masked:
+        return f"[dim i {_PART_STYLES[part]}]{markup}[/]" if part else f"[dim]{markup}[/]"
+    return f"[b {_PART_STYLES[part]}]{markup}[/]"
 
 
 HELD_OUT_PLACEHOLDER = "0.1 (default: 10% for the eval loss)"
@@ -128,6 +143,12 @@ class DataStep(VerticalScroll):
             yield Checkbox("skip them, say which", id="leave-out-invalid", compact=True,
                            tooltip="data.strict: false. Train on the valid records and name each one left out, "
                                    "instead of stopping")
+        with Horizontal(classes="setting-row", id="reasoning-row"):
+            yield Label("reasoning", classes="setting-label")
+            yield Select([("auto: as each example holds it", "auto"), ("keep: train every reply thinking", "keep"),
+                          ("drop: train without reasoning", "drop")], value="auto", allow_blank=False,
+                         id="reasoning", compact=True,
+                         tooltip="data.reasoning. The preview below shows what the choice renders")
         with Horizontal(id="reading"):
             yield ProgressBar(id="data-progress", show_eta=False)
             yield Static(id="data-progress-text")
@@ -136,13 +157,12 @@ class DataStep(VerticalScroll):
         with Vertical(id="column-mapper"):
             yield Static("Columns: which of your columns holds what", classes="group-title")
             yield Static(id="mapper-format")
-            for fields in FIELDS.values():
-                for name in fields:
-                    with Horizontal(classes="setting-row mapper-row", id=f"map-row-{name}"):
-                        optional = "" if FIELD_HELP[name][1] else " (optional)"
-                        yield Label(f"{name}{optional}", classes="setting-label")
-                        yield Select([(UNMAPPED, UNMAPPED)], value=UNMAPPED, allow_blank=False, id=f"map-{name}",
-                                     compact=True, classes="column-select", tooltip=FIELD_HELP[name][0])
+            for name in dict.fromkeys(name for fields in FIELDS.values() for name in fields):
+                with Horizontal(classes="setting-row mapper-row", id=f"map-row-{name}"):
+                    optional = "" if FIELD_HELP[name][1] else " (optional)"
+                    yield Label(f"{name}{optional}", classes="setting-label")
+                    yield Select([(UNMAPPED, UNMAPPED)], value=UNMAPPED, allow_blank=False, id=f"map-{name}",
+                                 compact=True, classes="column-select", tooltip=FIELD_HELP[name][0])
             yield Static(id="mapper-result")
         yield Static("Examples as trained (← → when focused)", classes="group-title")
         yield PreviewPane(id="preview")
@@ -153,9 +173,10 @@ class DataStep(VerticalScroll):
     def on_mount(self) -> None:
         self.query_one("#reading").display = False
         self.query_one("#column-mapper").display = False
+        self.query_one("#reasoning-row").display = False
 
     def show_values(self, train: str | None, evaluation: str | None, val_size: Any, fmt: str,
-                    leave_out_invalid: bool) -> None:
+                    leave_out_invalid: bool, reasoning: str) -> None:
         for selector, value in (("#data-path", train), ("#eval-path", evaluation),
                                 ("#val-size", None if val_size is None else str(val_size))):
             field = self.query_one(selector, Input)
@@ -170,6 +191,9 @@ class DataStep(VerticalScroll):
         leave_out = self.query_one("#leave-out-invalid", Checkbox)
         with leave_out.prevent(Checkbox.Changed):
             leave_out.value = leave_out_invalid
+        choice = self.query_one("#reasoning", Select)
+        with choice.prevent(Select.Changed):
+            choice.value = reasoning
 
     def show_progress(self, progress: Progress | None) -> None:
         self.query_one("#reading").display = progress is not None
@@ -236,6 +260,9 @@ class DataStep(VerticalScroll):
                  f"invalid, {train.duplicates.count:,} duplicates"]
         if evaluation is not None:
             lines.append(f"eval file: {evaluation.examples:,} usable of {evaluation.read.records:,} records")
+        held, thinking = holdings_line(train), thinking_line(train)
+        lines += [escape(line) for line in (held, thinking) if line]
+        self.query_one("#reasoning-row").display = bool(thinking or train.encode.holding["reasoning"])
         for problem in findings:
             colour = "$error" if problem.level == "error" else "$warning"
             lines.append(f"[{colour}]{'✗' if problem.level == 'error' else '●'} {escape(str(problem))}[/]")
@@ -282,6 +309,11 @@ class DataStep(VerticalScroll):
     def _leave_out_invalid(self, event: Checkbox.Changed) -> None:
         event.stop()
         self.screen.post_message(DataSettingChanged("data.strict", False if event.value else None))
+
+    @on(Select.Changed, "#reasoning")
+    def _reasoning(self, event: Select.Changed) -> None:
+        event.stop()
+        self.screen.post_message(DataSettingChanged("data.reasoning", None if event.value == "auto" else event.value))
 
     @on(Select.Changed, ".column-select")
     def _column(self, event: Select.Changed) -> None:
