@@ -10,7 +10,7 @@ import yaml
 from textual import events
 from textual.app import App
 from textual.command import CommandList
-from textual.widgets import DataTable, Input
+from textual.widgets import DataTable, Input, Select
 
 from tests.ui.conftest import make_services, screen_of, wait_until
 from tuneterm.config import load_config
@@ -477,7 +477,7 @@ async def test_tool_calls_and_reasoning_are_counted_marked_and_the_reasoning_cho
         assert '[dim i $warning]{"sum": 33}[/]' in tool_example  # the tool's result: shown, never trained
         assert "[b $accent]Adding 14 and 19: the add tool.[/]" in tool_example
 
-        wizard.query_one("#reasoning").value = "drop"
+        wizard.query_one("#reasoning", Select).value = "drop"
         await wait_until(pilot, lambda: wizard.draft.get("data.reasoning") == "drop"
                          and "thinking mode (reasoning trained) for 0 examples" in str(
                              wizard.query_one("#data-report").render()), what="the no-think rendering")
