@@ -139,8 +139,8 @@ def tool_conversations(rng: random.Random) -> list[dict[str, Any]]:
     """Four kinds of records, shuffled: a calculator call with reasoning before it, a capitals lookup, an answer
     reasoned out without a tool, and a plain answer (so that both of a hybrid template's modes are trained)."""
     rows: list[dict[str, Any]] = []
-    for a in range(2, 60, 3):
-        for b in (7, 19):
+    for a in range(2, 60, 2):
+        for b in (3, 7, 12, 19):
             call = {"type": "function", "id": f"call_{a}_{b}",
                     "function": {"name": "add", "arguments": {"a": a, "b": b}}}
             rows.append({"tools": TOOLS, "messages": [

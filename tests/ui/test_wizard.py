@@ -3,6 +3,7 @@ delivers a paste): on the offline tiny model and data."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -455,15 +456,19 @@ async def test_tool_calls_and_reasoning_are_counted_marked_and_the_reasoning_cho
     from tuneterm.demo import TOOLS_TEMPLATE, tool_conversations
     from tuneterm.ui.widgets.data_step import PreviewPane
 
-    data = write_jsonl(tmp_path / "tools.jsonl", tool_conversations(random.Random(3407))[:12])
+    rows = tool_conversations(random.Random(3407))
+    kinds = ("plus", "capital of", "opposite of", "backwards")  # a record of each kind the tools demo has
+    data = write_jsonl(tmp_path / "tools.jsonl", [next(row for row in rows if kind in row["messages"][0]["content"])
+                                                  for kind in kinds])
     draft = Draft.from_config(load_config(base={"model": {"path": str(tiny_model),
                                                           "chat_template": str(TOOLS_TEMPLATE)}}))
     app = make_app(services, Opening("wizard", draft))
     async with app.run_test(size=(100, 30)) as pilot:
         wizard = await choose_model_and_data(pilot, tiny_model, data)
         report = str(wizard.query_one("#data-report").render())
-        assert "tool calls in 6 examples" in report and "trained tokens are reasoning" in report
-        assert "thinking mode (reasoning trained) for 5 examples, no-think" in report
+        assert "tool calls in 2 examples" in report and "trained tokens are reasoning" in report
+        assert "thinking mode (reasoning trained) for 2 examples, no-think (the empty think block is prompt) for 2" \
+            in report
         assert wizard.query_one("#reasoning-row").display
         preview = wizard.query_one(PreviewPane)
         preview.focus()
@@ -472,10 +477,12 @@ async def test_tool_calls_and_reasoning_are_counted_marked_and_the_reasoning_cho
             shown.append(preview.render())
             await pilot.press("right")
         tool_example = next(text for text in shown if "tool call" in text.split("\n")[0])
-        call = '<tool_call>\n{"name": "add", "arguments": {"a": 14, "b": 19}}\n</tool_call>'
+        a, b = (json.loads(data.read_text().splitlines()[0])["messages"][1]["tool_calls"][0]["function"]["arguments"][k]
+                for k in "ab")
+        call = f'<tool_call>\n{{"name": "add", "arguments": {{"a": {a}, "b": {b}}}}}\n</tool_call>'
         assert f"[b $primary]{call}[/]" in tool_example
-        assert '[dim i $warning]{"sum": 33}[/]' in tool_example  # the tool's result: shown, never trained
-        assert "[b $accent]Adding 14 and 19: the add tool.[/]" in tool_example
+        assert f'[dim i $warning]{{"sum": {a + b}}}[/]' in tool_example  # the tool's result: shown, never trained
+        assert f"[b $accent]Adding {a} and {b}: the add tool.[/]" in tool_example
 
         wizard.query_one("#reasoning", Select).value = "drop"
         await wait_until(pilot, lambda: wizard.draft.get("data.reasoning") == "drop"

@@ -293,8 +293,8 @@ def test_the_tools_demo_data_holds_every_part_and_trains_both_modes(tmp_path) ->
     assert not [f for f in data.view.findings if f.level == "error"], data.view.findings
     assert not any("empty think" in w or "leaves out" in w for w in data.warnings), data.warnings
     holding = source.encode.holding
-    assert holding["tool calls"] == holding["tool results"] == holding["tools"] == 70
-    assert source.encode.thinking[True] == holding["reasoning"] == 58 and source.encode.thinking[False] == 48
+    assert holding["tool calls"] == holding["tool results"] == holding["tools"] == 146
+    assert source.encode.thinking[True] == holding["reasoning"] == 134 and source.encode.thinking[False] == 48
     assert data.thinking is True  # some examples were trained thinking: the chat asks in thinking mode
     assert source.encode.reasoning_tokens > 0
 
