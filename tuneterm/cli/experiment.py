@@ -42,7 +42,8 @@ def add_parser(subcommands: Subcommands) -> None:
                                  "'KEY1,KEY2=[[A1,B1],[A2,B2]]' (repeatable)")
     experiment.add_argument("--variation", action="append", default=[], metavar="'KEY=VALUE ...'",
                             help="one variation, as --set words; the base config runs too, to compare (repeatable)")
-    experiment.add_argument("--name", dest="experiment_name", help="the experiment's name (default: from the keys varied)")
+    experiment.add_argument("--name", dest="experiment_name",
+                            help="the experiment's name (default: from the keys varied)")
     experiment.add_argument("--out", type=Path, metavar="DIR",
                             help="the experiment's directory (default: RUNS_DIR/DATE-TIME-NAME); new or empty")
     runs_dir_argument(experiment)
@@ -121,7 +122,7 @@ def _new(args: argparse.Namespace) -> Path | None:
                            measured_rate(config, device_from_survey(planned_on).name, roots))
     print(format_experiment_plan(plan), flush=True)
     if not plan.runnable:
-        raise ConfigError([problem for v in plan.variations for problem in v.problems[:1]],
+        raise ConfigError(list({str(p): p for v in plan.variations for p in v.problems[:1]}.values()),
                           summary="No variation can run:")
     if args.plan:
         return None

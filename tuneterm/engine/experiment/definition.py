@@ -320,11 +320,12 @@ def _child(mapping: yaml.MappingNode, name: str) -> yaml.Node | None:
 
 def spec_of(base: RunConfig, base_source: str, vary: Sequence[str] = (), variations: Sequence[str] = (),
             name: str | None = None, section: Section | None = None, measure_noise: bool = False,
-            gpus: tuple[int, ...] = ()) -> ExperimentSpec:
-    """The experiment a person asked for: the file's section, then what the command line adds to it."""
+            gpus: tuple[int, ...] = (), axes: Sequence[Axis] = ()) -> ExperimentSpec:
+    """The experiment a person asked for: the file's section, then what the command line adds to it (its --vary
+    words, or `axes` made already)."""
     section = section or Section()
     problems: list[Problem] = []
-    axes, listed = list(section.axes), list(section.listed)
+    axes, listed = [*section.axes, *axes], list(section.listed)
     for text in vary:
         try:
             axes.append(parse_vary(text))

@@ -5,8 +5,8 @@ come from the planner's caches, so the variations of one model and one dataset r
 memory against the free memory of the GPU it will train on (every GPU, side by side) or the host's RAM, and its
 time, when a run of the same model and method has trained on this device before (in the runs directory, or an
 earlier variation of an experiment there): planned tokens at the rate that run measured. A variation that cannot
-run is named with why: its config is invalid, the plan finds a problem that would stop `tuneterm train`, it will
-not fit, or it is the same as another.
+run is named with why: its config is invalid, something would stop `tuneterm train` (no data, a missing file, data
+it cannot train on), it will not fit, or it is the same as another.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from tuneterm.engine.rundir.runs import list_runs
 from tuneterm.errors import Location, Problem, TuneTermError
 from tuneterm.hardware import GpuSurvey
 from tuneterm.plan.memory import size
-from tuneterm.plan.planner import Plan
+from tuneterm.plan.planner import Plan, startup_problems
 
 RATE_STATUSES = ("completed", "early_stopped", "stopped")
 """Runs whose time and tokens say how fast this machine trains (a failed run's may stop anywhere)."""
@@ -108,8 +108,11 @@ def plan_experiment(spec: ExperimentSpec, plan_of: Callable[[RunConfig], Plan],
             planned.append(VariationPlan(checked.variation, checked.config, None,
                                          [Problem(exc.summary)] + exc.problems[:3]))
             continue
-        problems = [*plan.blocking, *(Problem(f"will not fit on {t.name}: {t.verdict.why}")
-                                      for t in plan.targets if t.verdict.level == "will not fit")]
+        # (Each variation gets a run directory of its own in the experiment: the base's output_dir is not used.)
+        starting = [p for p in startup_problems(checked.config) if p.location.key != "training.output_dir"]
+        problems = list({str(p): p for p in [*starting, *plan.blocking]}.values())
+        problems += [Problem(f"will not fit on {t.name}: {t.verdict.why}") for t in plan.targets
+                     if t.verdict.level == "will not fit"]
         tokens = planned_tokens(plan)
         seconds = tokens / rate.tokens_per_second if rate is not None and tokens is not None else None
         planned.append(VariationPlan(checked.variation, checked.config, plan, problems, tokens, seconds))
@@ -182,10 +185,13 @@ def format_experiment_plan(plan: ExperimentPlan) -> str:
     lines.append(f"  time at {plan.rate.describe()}" if plan.rate is not None else
                  "  time: no run of this model and method has trained on this device yet; the first variation "
                  "measures the rate the others are estimated at")
-    not_run = [v for v in plan.variations if not v.runnable]
-    if not_run:
+    reasons: dict[str, list[str]] = {}
+    for v in plan.variations:
+        if not v.runnable:
+            reasons.setdefault(v.not_run, []).append(v.variation.name)
+    if reasons:
         lines.append("Not run:")
-        lines += [f"  {v.variation.name}: {v.not_run}" for v in not_run]
+        lines += [f"  {', '.join(names)}: {reason}" for reason, names in reasons.items()]
     return "\n".join(lines)
 
 

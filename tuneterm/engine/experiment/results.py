@@ -101,6 +101,8 @@ class Noise:
     """A difference of best eval losses under this is a tie."""
     how: str
     """How it was measured, in a sentence."""
+    source: str
+    """Where it was measured, in a few words: the runs' own evaluations, a repeat with another seed."""
 
 
 @dataclass
@@ -110,6 +112,8 @@ class ExperimentResults:
     rows: list[Row]
     noise: Noise | None
     findings: list[str]
+    base: dict[str, Any] = field(default_factory=dict)
+    """The base config's values (its model, its data...)."""
 
     @property
     def best(self) -> Row | None:
@@ -135,7 +139,8 @@ def results_of(experiment: Experiment) -> ExperimentResults:
     rows = [_row(experiment, v, base, failures.get(v.name)) for v in experiment.variations]
     noise = eval_noise(rows)
     _mark(rows, noise)
-    return ExperimentResults(experiment, _status(experiment, rows), rows, noise, findings(rows, noise, experiment))
+    return ExperimentResults(experiment, _status(experiment, rows), rows, noise, findings(rows, noise, experiment),
+                             base)
 
 
 def _base_values(experiment: Experiment) -> dict[str, Any]:
@@ -182,13 +187,14 @@ def _report(run_dir: Path) -> tuple[RunReport, list[float]]:
 
 
 def _status(experiment: Experiment, rows: list[Row]) -> Status:
-    if is_live(experiment.directory) or any(row.state == "running" for row in rows):
+    events = [e for e in _experiment_events(experiment) if isinstance(e, (ExperimentStarted, ExperimentEnded))]
+    ended = bool(events) and isinstance(events[-1], ExperimentEnded)  # (said just before its runner lets go)
+    if any(row.state == "running" for row in rows) or is_live(experiment.directory) and not ended:
         return "running"
     if all(row.state in (*ENDED, "not run") for row in rows):
         return "finished"
-    events = [e for e in _experiment_events(experiment) if isinstance(e, (ExperimentStarted, ExperimentEnded))]
-    if events and isinstance(events[-1], ExperimentEnded):
-        return "stopped" if events[-1].status == "stopped" else "incomplete"
+    if ended:
+        return "stopped" if events[-1].status == "stopped" else "incomplete"  # type: ignore[union-attr]
     if events:
         return "interrupted"
     return "incomplete" if any(row.state != "pending" for row in rows if row.state != "not run") else "not started"
@@ -234,7 +240,10 @@ def eval_noise(rows: list[Row]) -> Noise | None:
     margins = [m for m in (spread_margin, seed_margin) if m is not None]
     if not margins:
         return None
-    return Noise(max(margins), "the larger of " + "; and ".join(parts) if len(parts) > 1 else parts[0])
+    sources = [name for name, margin in (("the runs' own evaluations", spread_margin),
+                                         ("a repeat with another seed", seed_margin)) if margin is not None]
+    return Noise(max(margins), "the larger of " + "; and ".join(parts) if len(parts) > 1 else parts[0],
+                 " and ".join(sources))
 
 
 def _mark(rows: list[Row], noise: Noise | None) -> None:
@@ -303,19 +312,20 @@ def _factor_findings(rows: list[Row], noise: Noise | None, experiment: Experimen
     whether changing it lowered the best eval loss beyond the noise. A variation that differs from every other in
     two settings or more is said so: its difference cannot be put on one of them."""
     scored = [row for row in rows if row.best_eval_loss is not None]
-    factors = _factors(rows, experiment.varied)
+    compared = [row for row in rows if not row.variation.repeat_of]  # (a repeat measures the noise: no factor)
+    factors = _factors(compared, [k for k in experiment.varied if len({repr(r.values.get(k)) for r in compared}) > 1])
     found = []
     for keys in factors:
         steps = []
         for a in scored:
             for b in scored:
-                if a is b or [a.values.get(k) for k in keys] == [b.values.get(k) for k in keys]:
+                if a is b or _same(a, b, keys) or a.variation.repeat_of or b.variation.repeat_of:
                     continue
-                same_otherwise = all(a.values.get(k) == b.values.get(k) for k in experiment.varied if k not in keys)
-                if same_otherwise and _order(a, b, keys) and not b.variation.repeat_of and not a.variation.repeat_of:
-                    steps.append(_step_text(a, b, keys, noise))
+                if all(_same(a, b, other) for other in factors if other != keys) and _order(a, b, keys):
+                    steps.append(_step_text(a, b, [f for f in factors if f != keys], noise, keys))
         if steps:
-            found.append(f"{' with '.join(keys)}: " + "; ".join(steps) + ".")
+            together = f" (with {', '.join(keys[1:])})" if len(keys) > 1 else ""
+            found.append(f"{keys[0]}{together}: " + "; ".join(steps) + ".")
     for row in scored:
         if row.variation.repeat_of:
             continue
@@ -350,17 +360,18 @@ def _order(a: Row, b: Row, keys: tuple[str, ...]) -> bool:
         return str(first_a) < str(first_b)
 
 
-def _step_text(a: Row, b: Row, keys: tuple[str, ...], noise: Noise | None) -> str:
+def _step_text(a: Row, b: Row, others: list[tuple[str, ...]], noise: Noise | None, keys: tuple[str, ...]) -> str:
+    """From a's value of the factor to b's: how the best eval loss changed, at what values of the other factors."""
     change = (b.best_eval_loss or 0.0) - (a.best_eval_loss or 0.0)
-    values = " / ".join(value_text(a.values.get(k)) for k in keys) + " → " + \
-        " / ".join(value_text(b.values.get(k)) for k in keys)
     if noise is None:
         verdict = "noise unknown"
     elif abs(change) <= noise.margin:
         verdict = "a tie"
     else:
         verdict = "better" if change < 0 else "worse"
-    return f"{values} {change:+.4f} ({verdict})"
+    at = ", ".join(f"{other[0].split('.')[-1]} {value_text(a.values.get(other[0]))}" for other in others)
+    return (f"{value_text(a.values.get(keys[0]))} → {value_text(b.values.get(keys[0]))} {change:+.4f} ({verdict})"
+            + (f" at {at}" if at else ""))
 
 
 # The files -----------------------------------------------------------------------------------------------------
@@ -406,14 +417,14 @@ def row_cells(row: Row) -> list[str]:
 MARKS = {"best": "★", "tie": "=", "": ""}
 
 
-def headline(results: ExperimentResults) -> str:
-    """Where the experiment is, in one line."""
+def headline(results: ExperimentResults, named: bool = True) -> str:
+    """Where the experiment is, in one line (after its name, unless `named` is False)."""
     best = results.best
     where = {"running": "running", "finished": "finished", "stopped": "stopped",
              "interrupted": "interrupted (its runner ended without a last event)",
              "not started": "not started", "incomplete": "not every variation has ended"}[results.status]
-    return (f"{results.experiment.name}: {where}; {results.done} of {results.to_run} variations done"
-            + (f"; best {best.name} ({loss_text(best.best_eval_loss)})" if best is not None else ""))
+    return ((f"{results.experiment.name}: " if named else "") + f"{where}, {results.done} of {results.to_run} "
+            "variations done" + (f", best {best.name} ({loss_text(best.best_eval_loss)})" if best is not None else ""))
 
 
 def results_markdown(results: ExperimentResults) -> str:

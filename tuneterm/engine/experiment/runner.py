@@ -53,8 +53,9 @@ EXPERIMENT_LOG = "experiment.log"
 """The output of an experiment that runs detached (and of its runs, one after another)."""
 POLL_SECONDS = 1.0
 
-RunTrainer = Callable[[RunPlan, "EventSink | None", RunControl], Event]
-"""Trains one run to its end (the engine's runner; the app's tests replay a recorded run instead)."""
+RunTrainer = Callable[[RunPlan, EventSink, RunControl], Event]
+"""Trains a run to its end, reporting to the sink and listening to the control; returns the last event (RunFinished
+or RunFailed). The engine's runner; the app's tests replay a recorded run instead."""
 
 
 class ExperimentControl(RunControl):
@@ -94,7 +95,7 @@ class ExperimentControl(RunControl):
             self.unwatch(run_dir)
 
 
-def engine_run(plan: RunPlan, sink: EventSink | None, control: RunControl) -> Event:
+def engine_run(plan: RunPlan, sink: EventSink, control: RunControl) -> Event:
     """The engine's runner, imported when the first variation starts."""
     from tuneterm.engine.run.runner import run
 
@@ -102,7 +103,7 @@ def engine_run(plan: RunPlan, sink: EventSink | None, control: RunControl) -> Ev
 
 
 def run_experiment(directory: Path, control: ExperimentControl | None = None, train_run: RunTrainer = engine_run,
-                   run_sink: Callable[[Variation], EventSink | None] = lambda variation: None,
+                   run_sink: Callable[[Variation], EventSink] = lambda variation: lambda event: None,
                    say: Callable[[str], object] = lambda text: None) -> ExperimentEnded:
     """Run what is left of the experiment to its end, or until it is asked to stop; its README.md, curves.png and
     results.json are written again as each variation ends. `run_sink(variation)` watches each run's events, `say`
@@ -123,10 +124,10 @@ def run_experiment(directory: Path, control: ExperimentControl | None = None, tr
             runs.side_by_side(left)
         else:
             runs.one_after_another(left, train_run, run_sink)
-        write_results(results_of(experiment))
         ended = (ExperimentEnded(status="stopped", reason=control.stop_reason) if control.stop_requested
                  else ExperimentEnded(status="finished"))
         emit(ended)
+        write_results(results_of(experiment))
         say(f"Experiment {experiment.name} {ended.status}" + (f" ({ended.reason})" if ended.reason else "")
             + f"; its table: {directory / 'README.md'}")
         return ended
@@ -170,7 +171,7 @@ class _Runs:
             write_results(results_of(self.experiment))
 
     def one_after_another(self, left: list[Variation], train_run: RunTrainer,
-                          run_sink: Callable[[Variation], EventSink | None]) -> None:
+                          run_sink: Callable[[Variation], EventSink]) -> None:
         for variation in left:
             if self.control.stop_requested:
                 return
