@@ -67,6 +67,7 @@ async def test_an_experiment_launched_from_the_review_step_fills_its_table_stops
         await wait_until(pilot, lambda: view.results is not None and view.results.status == "stopped",
                          what="the experiment stopped")
         assert states() == ["completed", "stopped"]
+        assert view.results is not None
         stopped_at = view.results.rows[1].step
         await wait_until(pilot, lambda: view.check_action("resume", ()), what="resume offered")
         await pilot.press("r")
@@ -136,6 +137,7 @@ async def test_the_start_screen_lists_experiments_beside_runs_and_opens_them(tmp
         await wait_until(pilot, lambda: isinstance(app.screen, ExperimentScreen) and app.screen.results is not None,
                          what="the experiment's view")
         view = screen_of(app, ExperimentScreen)
+        assert view.results is not None
         await pilot.press("down", "down", "down", "v")
         await wait_until(pilot, lambda: isinstance(app.screen, SummaryScreen), what="the fourth run's summary")
         assert screen_of(app, SummaryScreen).run_dir == view.results.rows[3].run_dir
