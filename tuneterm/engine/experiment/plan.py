@@ -160,7 +160,7 @@ def format_experiment_plan(plan: ExperimentPlan) -> str:
     spec = plan.spec
     first = next((v.plan for v in plan.variations if v.plan is not None), None)
     where = (f"one per GPU side by side (GPUs {', '.join(map(str, spec.gpus))})" if spec.gpus else
-             f"one after another on {first.targets[0].name}" if first is not None and first.targets else
+             f"one after another on {first.targets[0].name.split(' (')[0]}" if first is not None and first.targets else
              "one after another")
     lines = [f"Experiment {spec.name}: {len(plan.runnable)} of {len(plan.variations)} variations of "
              f"{spec.base_source} run, {where}"]

@@ -59,6 +59,8 @@ LAST_EVALUATIONS = 6
 
 ENDED = ("completed", "early_stopped", "failed")
 """A variation in one of these states is done: an experiment resumed leaves it as it is."""
+TRAINED = ("completed", "early_stopped")
+"""Runs that trained to their end: only they are compared (a stopped run's best is only as far as it got)."""
 RESUMABLE = ("stopped", "interrupted")
 
 State = Literal["pending", "running", "completed", "early_stopped", "stopped", "failed", "interrupted", "not run"]
@@ -93,6 +95,11 @@ class Row:
         """The run's best eval loss, when an evaluation beat the loss before training."""
         report = self.report
         return report.best_eval_loss if report is not None and report.outcome == "improved" else None
+
+    @property
+    def compared(self) -> bool:
+        """Whether it counts in the comparison: trained to its end, and better than before training."""
+        return self.state in TRAINED and self.best_eval_loss is not None
 
 
 @dataclass(frozen=True)
@@ -217,7 +224,7 @@ def run_noise(evals: list[float]) -> float | None:
 def eval_noise(rows: list[Row]) -> Noise | None:
     """The margin under which two variations' best eval losses are a tie (the module's docstring says how it is
     measured), or None when no run has evaluated often enough to tell."""
-    ended = [row for row in rows if row.report is not None]
+    ended = [row for row in rows if row.report is not None and row.state in TRAINED]
     spreads = [s for s in (run_noise(row.evals) for row in ended) if s is not None]
     spread = statistics.median(spreads) if spreads else None
     by_name = {row.name: row for row in ended}
@@ -247,8 +254,9 @@ def eval_noise(rows: list[Row]) -> Noise | None:
 
 
 def _mark(rows: list[Row], noise: Noise | None) -> None:
-    """The best variation by eval loss, and those within the noise of it (ties); running ones wait for their end."""
-    scored = [row for row in rows if row.best_eval_loss is not None]
+    """The best variation by eval loss, and those within the noise of it (ties), among the runs that trained to their
+    end."""
+    scored = [row for row in rows if row.compared]
     if not scored:
         return
     best = min(scored, key=lambda row: row.best_eval_loss or 0.0)
@@ -266,8 +274,8 @@ def findings(rows: list[Row], noise: Noise | None, experiment: Experiment) -> li
     """What the results say, each in a sentence, with the care the noise asks for."""
     found: list[str] = []
     best = next((row for row in rows if row.mark == "best"), None)
-    scored = [row for row in rows if row.best_eval_loss is not None]
-    ended = [row for row in rows if row.report is not None]
+    scored = [row for row in rows if row.compared]
+    ended = [row for row in rows if row.report is not None and row.state in TRAINED]
     if best is not None and best.report is not None:
         found.append(f"Best by eval loss: {best.name}, {loss_text(best.best_eval_loss)} (perplexity "
                      f"{perplexity(best.best_eval_loss)}) at step {best.report.best_step}.")
@@ -311,7 +319,7 @@ def _factor_findings(rows: list[Row], noise: Noise | None, experiment: Experimen
     """For each setting varied, the variations that differ in it alone (keys varied together count as one):
     whether changing it lowered the best eval loss beyond the noise. A variation that differs from every other in
     two settings or more is said so: its difference cannot be put on one of them."""
-    scored = [row for row in rows if row.best_eval_loss is not None]
+    scored = [row for row in rows if row.compared]
     compared = [row for row in rows if not row.variation.repeat_of]  # (a repeat measures the noise: no factor)
     factors = _factors(compared, [k for k in experiment.varied if len({repr(r.values.get(k)) for r in compared}) > 1])
     found = []

@@ -142,6 +142,7 @@ class ExperimentScreen(Screen[None]):
                  [(row.state, row.step, row.mark, row.report is not None) for row in results.rows],
                  [(curve.name, len(curve.train), len(curve.eval)) for curve in message.curves])
         self.results, self.curves = results, message.curves
+        self.refresh_bindings()  # (its lock may have gone since: stop and resume follow it)
         if shown == self._shown:
             return
         self._shown = shown
@@ -150,7 +151,6 @@ class ExperimentScreen(Screen[None]):
         self.fill_table(results)
         self.draw()
         self.show_findings(results)
-        self.refresh_bindings()
 
     # Drawing --------------------------------------------------------------------------------------------------
 

@@ -134,7 +134,7 @@ class WizardScreen(Screen[None]):
                 show=False),  # (the data step's own Browse button says the key)
         Binding("ctrl+s", "save", "Save", id="save", tooltip="Save the config to a file"),
         Binding("ctrl+r", "launch", "Launch", id="launch", tooltip="Start the run (says what is missing)"),
-        Binding("ctrl+e", "experiment", "Experiment", id="experiment",
+        Binding("ctrl+e", "experiment", "Experiment", id="experiment", show=False,  # (the review step's button says it)
                 tooltip="Run variations of this config (rank, learning rate...) and compare them"),
     ]
 
