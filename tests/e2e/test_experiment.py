@@ -53,7 +53,7 @@ def test_a_grid_runs_detached_stops_goes_on_where_it_was_and_compares_its_runs(
         "method": "lora", "model": {"path": str(tiny_model)},
         "data": {"train": str(chat_data["train"]), "eval": str(chat_data["eval"])},
         "lora": {"r": 8, "lora_alpha": 16},
-        "training": {"learning_rate": 3e-3, "max_steps": 12, "eval_steps": 3, "per_device_train_batch_size": 4,
+        "training": {"learning_rate": 3e-3, "max_steps": 8, "eval_steps": 2, "per_device_train_batch_size": 4,
                      "gradient_accumulation_steps": 1, "gradient_checkpointing": False}}))
     runs = tmp_path / "runs"
     assert main(["experiment", str(config), *GRID, "--name", "grid", "--runs-dir", str(runs)]) == 0
@@ -71,7 +71,7 @@ def test_a_grid_runs_detached_stops_goes_on_where_it_was_and_compares_its_runs(
     assert stopped.status == "stopped"
     assert [row.state for row in stopped.rows] == ["stopped", "pending", "pending", "pending"]
     stopped_at = stopped.rows[0].step
-    assert 1 <= stopped_at < 12 and (first / f"checkpoint-{stopped_at}" / MARKER_FILE).is_file()
+    assert 1 <= stopped_at < 8 and (first / f"checkpoint-{stopped_at}" / MARKER_FILE).is_file()
 
     assert main(["experiment", "--resume", str(directory), "--foreground"]) == 1  # a variation failed
     out = capsys.readouterr().out

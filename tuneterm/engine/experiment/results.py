@@ -385,15 +385,16 @@ def _step_text(a: Row, b: Row, others: list[tuple[str, ...]], noise: Noise | Non
 # The files -----------------------------------------------------------------------------------------------------
 
 
-def write_results(results: ExperimentResults) -> list[Path]:
-    """README.md, curves.png (once a run has logged a step) and results.json in the experiment's directory."""
+def write_results(results: ExperimentResults, curves: bool = True) -> list[Path]:
+    """README.md, results.json and, with `curves`, curves.png (once a run has logged a step) in the experiment's
+    directory (an experiment draws its curves at its end; its table is written as each run ends)."""
     directory = results.experiment.directory
     written = []
     runs = [row.run_dir for row in results.rows if (row.run_dir / EVENTS_FILE).is_file()
             and (row.run_dir / CONFIG_FILE).is_file()]
-    curves = [curve for curve in load_curves(runs) if curve.train]
-    if curves:
-        written.append(save_comparison(curves, directory / CURVES_FILE))
+    drawn = [curve for curve in load_curves(runs) if curve.train] if curves else []
+    if drawn:
+        written.append(save_comparison(drawn, directory / CURVES_FILE))
     (directory / RESULTS_FILE).write_text(json.dumps(results_json(results), indent=2, default=str) + "\n",
                                           encoding="utf-8")
     (directory / README_FILE).write_text(results_markdown(results), encoding="utf-8")

@@ -105,9 +105,9 @@ def engine_run(plan: RunPlan, sink: EventSink, control: RunControl) -> Event:
 def run_experiment(directory: Path, control: ExperimentControl | None = None, train_run: RunTrainer = engine_run,
                    run_sink: Callable[[Variation], EventSink] = lambda variation: lambda event: None,
                    say: Callable[[str], object] = lambda text: None) -> ExperimentEnded:
-    """Run what is left of the experiment to its end, or until it is asked to stop; its README.md, curves.png and
-    results.json are written again as each variation ends. `run_sink(variation)` watches each run's events, `say`
-    hears what the experiment does (a line each)."""
+    """Run what is left of the experiment to its end, or until it is asked to stop; its README.md and results.json
+    are written again as each variation ends, with curves.png at the end. `run_sink(variation)` watches each run's
+    events, `say` hears what the experiment does (a line each)."""
     experiment = read_experiment(directory)
     control = control or ExperimentControl()
     # The channel is read from before the lock is taken: whoever sees the experiment live may ask it to stop.
@@ -168,7 +168,7 @@ class _Runs:
                                  run_dir=str(run_dir) if run_dir.is_dir() else None))
         self.say(f"{self.label(variation)}: {status.replace('_', ' ')}" + (f": {reason}" if reason else ""))
         with contextlib.suppress(OSError, TuneTermError):  # the table is written again at the end all the same
-            write_results(results_of(self.experiment))
+            write_results(results_of(self.experiment), curves=False)
 
     def one_after_another(self, left: list[Variation], train_run: RunTrainer,
                           run_sink: Callable[[Variation], EventSink]) -> None:
