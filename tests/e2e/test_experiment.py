@@ -6,12 +6,12 @@ trains in the process of its experiment."""
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pytest
 import yaml
 
+from tests.helpers import wait_for
 from tuneterm.cli import main
 from tuneterm.engine.after.report import loss_text, report_of
 from tuneterm.engine.events import (
@@ -32,13 +32,6 @@ GRID = ["--vary", "lora.target_modules=[all-linear, [q_proj, v_proj]]",
         "--vary", "lora.layers_to_transform=[null, [1]]"]
 """Four variations; PEFT refuses layers_to_transform with a target_modules that is a string (all-linear) when it
 builds the adapter, so the second one fails at run time (nothing before it can tell)."""
-
-
-def wait_for(condition, timeout: float = 180.0, what: str = "") -> None:  # noqa: ANN001
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
 
 
 def trained_a_step(run_dir: Path) -> bool:
