@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 from pathlib import Path
 
@@ -161,9 +162,9 @@ def test_the_plan_names_what_cannot_run_and_why(tiny_model: Path, chat_data: dic
 
 
 def write_run(run_dir: Path, evals: list[float], train_loss: float = 1.0, status: RunStatus = "completed",
-              failed: str = "") -> None:
-    """A run's directory as the engine leaves it: its config, its events (a baseline eval of 3.0, then `evals`,
-    one every 10 steps) and its end."""
+              failed: str = "", baseline: float = 3.0) -> None:
+    """A run's directory as the engine leaves it: its config, its events (the eval loss before training, then
+    `evals`, one every 10 steps) and its end."""
     run_dir.mkdir(parents=True)
     load_config(base=BASE).save(run_dir / CONFIG_FILE)
     now = time.time()
@@ -175,16 +176,16 @@ def write_run(run_dir: Path, evals: list[float], train_loss: float = 1.0, status
             emit(RunFailed(time=now + 1, reason=failed))
             return
         best, best_step = None, None
-        emit(EvalFinished(time=now, step=0, epoch=0.0, eval_loss=3.0, baseline_eval_loss=3.0))
+        emit(EvalFinished(time=now, step=0, epoch=0.0, eval_loss=baseline, baseline_eval_loss=baseline))
         for index, loss in enumerate(evals, start=1):
             emit(StepLogged(time=now + index, step=10 * index, max_steps=10 * len(evals), epoch=index / len(evals),
                             loss=train_loss, learning_rate=1e-4))
-            if loss < 3.0 and (best is None or loss < best):
+            if loss < baseline and (best is None or loss < best):
                 best, best_step = loss, 10 * index
             emit(EvalFinished(time=now + index, step=10 * index, epoch=index / len(evals), eval_loss=loss,
-                              baseline_eval_loss=3.0, best_eval_loss=best, best_step=best_step))
+                              baseline_eval_loss=baseline, best_eval_loss=best, best_step=best_step))
         emit(RunFinished(time=now + len(evals) + 1, status=status, run_dir=str(run_dir), global_step=10 * len(evals),
-                         best_eval_loss=best, baseline_eval_loss=3.0, final_eval_loss=evals[-1],
+                         best_eval_loss=best, baseline_eval_loss=baseline, final_eval_loss=evals[-1],
                          outcome="improved" if best is not None else "worse_than_baseline"))
 
 
@@ -259,7 +260,20 @@ def test_nothing_is_called_best_when_no_training_beat_the_eval_loss_before_it(tm
         write_run(experiment.run_dir(variation), [3.1, 3.2, 3.3, 3.4])
     results = results_of(experiment)
     assert results.best is None and [row.best_eval_loss for row in results.rows] == [None, None]
-    assert results.findings[0] == "No variation's training beat its eval loss before training: nothing is called best."
+    assert results.findings == ["No variation's training beat its eval loss before training: nothing is called best."]
+
+
+def test_runs_whose_eval_losses_before_training_differ_are_said_not_comparable(tmp_path: Path) -> None:
+    experiment = written_experiment(tmp_path, ["training.max_length=64,512"])
+    first, second = (experiment.run_dir(v) for v in experiment.variations)
+    write_run(first, [2.0, 1.6], baseline=3.0)
+    write_run(second, [2.0, 1.5], baseline=3.0004)  # (a mean of batch means moves this little with the eval batch)
+    assert not any("not comparable" in f for f in results_of(experiment).findings)
+    shutil.rmtree(second)
+    write_run(second, [2.0, 1.5], baseline=3.2)
+    assert "The eval losses before training differ (3.0000 to 3.2000): these runs do not measure the same eval data " \
+           "the same way (a different max length or eval set), so their eval losses are not comparable." \
+           in results_of(experiment).findings
 
 
 def test_an_experiment_stopped_part_way_and_one_cut_off(tmp_path: Path) -> None:

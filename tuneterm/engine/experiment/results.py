@@ -62,6 +62,9 @@ ENDED = ("completed", "early_stopped", "failed")
 TRAINED = ("completed", "early_stopped")
 """Runs that trained to their end: only they are compared (a stopped run's best is only as far as it got)."""
 RESUMABLE = ("stopped", "interrupted")
+BASELINES_APART = 1e-3
+"""Eval losses before training further apart than this measure different things. (Closer ones differ by how the
+Trainer averages its batches: another eval batch size moves the mean of batch means a little.)"""
 
 State = Literal["pending", "running", "completed", "early_stopped", "stopped", "failed", "interrupted", "not run"]
 Status = Literal["running", "finished", "stopped", "interrupted", "not started", "incomplete"]
@@ -301,12 +304,12 @@ def findings(rows: list[Row], noise: Noise | None, experiment: Experiment) -> li
     if not_last:
         found.append(f"In {len(not_last)} of {len(scored)} runs the best evaluation was not the last one (the adapter "
                      f"saved is the best's): {', '.join(row.name for row in not_last)}.")
-    baselines = {round(row.report.baseline_eval_loss, 4) for row in ended
-                 if row.report and row.report.baseline_eval_loss is not None}
-    if len(baselines) > 1:
-        found.append(f"The eval losses before training differ ({', '.join(map(str, sorted(baselines)))}): these runs "
-                     "do not measure the same eval data the same way (a different max length or eval set), so their "
-                     "eval losses are not comparable.")
+    baselines = [row.report.baseline_eval_loss for row in ended
+                 if row.report and row.report.baseline_eval_loss is not None]
+    if baselines and max(baselines) - min(baselines) > BASELINES_APART:
+        found.append(f"The eval losses before training differ ({loss_text(min(baselines))} to "
+                     f"{loss_text(max(baselines))}): these runs do not measure the same eval data the same way (a "
+                     "different max length or eval set), so their eval losses are not comparable.")
     for row in rows:
         if row.state == "failed":
             found.append(f"{row.name} failed: {row.reason}")

@@ -102,7 +102,14 @@ class ExperimentScreen(Screen[None]):
     def on_mount(self) -> None:
         self.sub_title = f"experiment {self.directory.name}"  # (its name, once read)
         self.read_results()
-        self.set_interval(REFRESH_SECONDS, self.read_results)
+        self.set_interval(REFRESH_SECONDS, self.refresh_results)
+
+    def refresh_results(self) -> None:
+        """Read again while anything of it runs (the experiment, or a run of it, in whatever process)."""
+        results = self.results
+        if results is None or results.status == "running" or is_live(self.directory) or \
+                any(is_live(row.run_dir) for row in results.rows):
+            self.read_results()
 
     # Reading (in a worker) ------------------------------------------------------------------------------------
 
