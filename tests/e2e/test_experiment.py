@@ -103,3 +103,29 @@ def test_a_grid_runs_detached_stops_goes_on_where_it_was_and_compares_its_runs(
     readme = (directory / README_FILE).read_text()
     assert f"| ★ [{best.name}]({best.name}/)" in readme and "## Noise" in readme
     assert (directory / CURVES_FILE).stat().st_size > 0 and (directory / RESULTS_FILE).is_file()
+
+
+def test_print_commands_writes_the_experiment_for_a_scheduler_and_runs_nothing(
+        tiny_model: Path, chat_data: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tuneterm.config import load_config
+
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({"model": {"path": str(tiny_model)}, "data": {"train": str(chat_data["train"])},
+                                      "experiments": {"grid": {"lora.r": [4, 8]}}}))
+    directory = tmp_path / "shared" / "rank"
+    assert main(["experiment", str(config), "--vary", "training.learning_rate=1e-3,0", "--out", str(directory),
+                 "--print-commands"]) == 0
+    out = capsys.readouterr().out
+    assert ("Not run:\n  02-r4-lr0, 04-r8-lr0: --vary training.learning_rate=1e-3,0: training.learning_rate: 0.0 must "
+            "be greater than 0") in out, "the file's grid, crossed with --vary; the plan first, as always"
+    experiment = read_experiment(directory)
+    commands = [line for line in out.splitlines() if line.startswith("tuneterm train")]
+    assert commands == [f"tuneterm train {directory / 'configs' / name}.yaml" for name in ("01-r4-lr1e-3",
+                                                                                        "03-r8-lr1e-3")]
+    for variation in experiment.runnable:  # each line trains exactly its variation into its run directory here
+        config_of = load_config(experiment.config_path(variation))
+        assert config_of.get("lora.r") == variation.overrides["lora.r"]
+        assert config_of.get("training.output_dir") == str(experiment.run_dir(variation))
+    assert not any(experiment.run_dir(v).exists() for v in experiment.variations) and not is_live(directory)
+    assert main(["experiment", "--results", str(directory)]) == 0
+    assert "not started, 0 of 2 variations done" in capsys.readouterr().out
