@@ -8,6 +8,16 @@ import random
 from pathlib import Path
 
 
+def wait_for(condition, timeout: float = 120.0, what: str = "") -> None:  # noqa: ANN001
+    """Wait (polling) until `condition()` holds: for a process of its own (a detached run, an experiment)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")

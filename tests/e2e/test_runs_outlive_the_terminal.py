@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helpers import Terminal
+from tests.helpers import Terminal, wait_for
 from tuneterm.cli import main
 from tuneterm.engine.after.report import report_of
 from tuneterm.engine.events import RunFinished, StepLogged, read_events
@@ -25,13 +25,6 @@ def write_config(tmp_path: Path, config: dict) -> Path:
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
-
-
-def wait_for(condition, timeout: float = 120.0, what: str = "") -> None:  # noqa: ANN001
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
 
 
 def logged_step(run_dir: Path) -> int:

@@ -180,6 +180,23 @@ def recorded_events(run_dir: Path) -> list[Event]:
     return [event_from_json(line.replace(started.run_dir, moved)) for line in lines]
 
 
+RECORDED_EXPERIMENT = DATA / "recorded-experiment"
+"""A real experiment of the demo, a 2x2 grid of rank (alpha at 2r) and learning rate, 44 steps a run: its directory
+(definition, configs, events), each run's config, events and stop check."""
+
+
+def copy_recorded_experiment(directory: Path) -> Path:
+    """The recorded experiment in `directory`, the paths in its files moved there."""
+    import shutil
+
+    shutil.copytree(RECORDED_EXPERIMENT, directory)
+    for path in directory.rglob("*"):
+        if path.is_file():
+            path.write_text(path.read_text(encoding="utf-8").replace("/runs/recorded-experiment", str(directory)),
+                            encoding="utf-8")
+    return directory
+
+
 def save_placeholder_checkpoint(checkpoint: Path, step: int) -> None:
     """A checkpoint directory with the files resuming asks for, marked complete as the engine marks one."""
     checkpoint.mkdir(parents=True, exist_ok=True)

@@ -13,11 +13,26 @@ import argparse
 import sys
 
 from tuneterm import __version__
-from tuneterm.cli import app, chat, compare, demo, export, inspect, merge, monitor, plan, push, runs, stop, train
+from tuneterm.cli import (
+    app,
+    chat,
+    compare,
+    demo,
+    experiment,
+    export,
+    inspect,
+    merge,
+    monitor,
+    plan,
+    push,
+    runs,
+    stop,
+    train,
+)
 from tuneterm.cli.common import EXIT_FAILED, EXIT_USAGE, Command
 from tuneterm.errors import ConfigError, RunDirError, TuneTermError, listed
 
-COMMANDS = (train, plan, inspect, monitor, runs, stop, chat, merge, export, push, compare, demo)
+COMMANDS = (train, plan, inspect, monitor, runs, stop, chat, merge, export, push, compare, experiment, demo)
 """The command modules, in the order --help lists them."""
 
 

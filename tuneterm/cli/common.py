@@ -9,7 +9,7 @@ import functools
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeAlias
+from typing import TypeAlias, TypeVar
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -34,13 +34,16 @@ def runs_dir_argument(parser: argparse.ArgumentParser) -> None:
                         help="where new run directories are created and runs are listed from (default: ./runs)")
 
 
-def library_output_routed(command: Command) -> Command:
+Result = TypeVar("Result")
+
+
+def library_output_routed(command: Callable[[argparse.Namespace], Result]) -> Callable[[argparse.Namespace], Result]:
     """A command that loads a model or a tokenizer outside a run (plan, inspect, chat, merge), with what the
     libraries print routed as a run routes it (engine/capture.py): each warning a person can act on once, as a
     `warning (library): ...` line on stderr, and their deprecation notices and progress bars not at all."""
 
     @functools.wraps(command)
-    def routed(args: argparse.Namespace) -> int:
+    def routed(args: argparse.Namespace) -> Result:
         from tuneterm.console import ConsoleProgress
         from tuneterm.engine.capture import library_output_as_events
 

@@ -1,5 +1,6 @@
-"""`tuneterm runs`: the runs of a runs directory with their status, step and best eval loss; printed, or in the
-app to open one. A run with damaged files is printed with what is wrong with them, under its line."""
+"""`tuneterm runs`: the runs of a runs directory with their status, step and best eval loss, and its experiments;
+printed, or in the app to open one. A run with damaged files is printed with what is wrong with them, under its
+line."""
 
 from __future__ import annotations
 
@@ -21,11 +22,15 @@ def add_parser(subcommands: Subcommands) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.plain:
+        from tuneterm.engine.experiment.definition import list_experiments
+        from tuneterm.engine.experiment.results import headline, results_of
         from tuneterm.engine.rundir.runs import list_runs
 
-        runs = list_runs(args.runs_dir)
-        if not runs:
+        runs, experiments = list_runs(args.runs_dir), list_experiments(args.runs_dir)
+        if not runs and not experiments:
             print(f"No runs in {args.runs_dir}.", file=sys.stderr)
+        for experiment in experiments:
+            print(f"{'experiment':13s} {headline(results_of(experiment))}  {experiment.directory}")
         for summary in runs:
             best = f"{summary.best_eval_loss:.4f}" if summary.best_eval_loss is not None else "-"
             total = f"/{summary.total_steps}" if summary.total_steps else ""

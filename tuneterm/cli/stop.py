@@ -1,6 +1,7 @@
 """`tuneterm stop RUN_DIR`: ask a run, whoever started it, to finish its current step, save a checkpoint and the
 adapter, and stop; then wait until every process of it has gone, so that a script can resume it next. A run that
-ended some other way (it completed first, failed, was killed) is said as it ended, with a failing exit code."""
+ended some other way (it completed first, failed, was killed) is said as it ended, with a failing exit code.
+`tuneterm stop EXPERIMENT_DIR` stops an experiment the same way: its run in progress, and every one after it."""
 
 from __future__ import annotations
 
@@ -18,9 +19,12 @@ WAIT_POLL_SECONDS = 0.5
 
 
 def add_parser(subcommands: Subcommands) -> None:
-    stop = subcommands.add_parser("stop", help="stop a running run after its current step, with a checkpoint",
+    stop = subcommands.add_parser("stop", help="stop a running run (or experiment) after its current step, with a "
+                                               "checkpoint",
                                   description="Ask a run (whoever started it) to finish the current step, save a "
-                                              "checkpoint and the adapter, and stop; wait until it has.")
+                                              "checkpoint and the adapter, and stop; wait until it has. An "
+                                              "experiment's directory stops the experiment: its run in progress, and "
+                                              "the rest.")
     stop.add_argument("run_dir", type=Path, metavar="RUN_DIR")
     stop.add_argument("--no-wait", action="store_true", help="ask and return at once")
     stop.add_argument("--timeout", type=float, default=600, metavar="SECONDS",
@@ -32,11 +36,14 @@ def run(args: argparse.Namespace) -> int:
     import time
 
     from tuneterm.engine.events import EVENTS_FILE
+    from tuneterm.engine.experiment.definition import is_experiment
     from tuneterm.engine.launch.distributed import processes_left
     from tuneterm.engine.launch.handle import RunHandle
     from tuneterm.engine.rundir.layout import is_live
     from tuneterm.engine.rundir.runs import summarise_run
 
+    if is_experiment(args.run_dir):
+        return _stop_experiment(args)
     summary = summarise_run(args.run_dir)
     if summary is None:
         print(f"tuneterm stop: {args.run_dir} is not a tuneterm run directory", file=sys.stderr)
@@ -65,6 +72,35 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_OK
     print(f"{args.run_dir} {_how_it_ended_instead(summary, _acted_on_since(events, asked_at))}", file=sys.stderr)
     return EXIT_FAILED
+
+
+def _stop_experiment(args: argparse.Namespace) -> int:
+    """The experiment's run in progress stopped after its step, with a checkpoint, and no other started."""
+    import time
+
+    from tuneterm.engine.experiment.definition import read_experiment
+    from tuneterm.engine.experiment.results import headline, results_of
+    from tuneterm.engine.launch.handle import RunHandle
+    from tuneterm.engine.rundir.layout import is_live
+
+    directory = args.run_dir
+    if not is_live(directory):
+        print(f"{directory} is not running ({headline(results_of(read_experiment(directory)))}).", file=sys.stderr)
+        return EXIT_FAILED
+    RunHandle(directory).stop("tuneterm stop")
+    print(f"Asked experiment {directory} to stop: its run in progress stops after its current step with a checkpoint, "
+          "and no other starts.", flush=True)
+    if args.no_wait:
+        return EXIT_OK
+    deadline = time.monotonic() + args.timeout
+    while is_live(directory):
+        if time.monotonic() > deadline:
+            print(f"It is still running after {args.timeout:.0f} s (a long step or save?); it will stop when it "
+                  "can.", file=sys.stderr)
+            return EXIT_FAILED
+        time.sleep(WAIT_POLL_SECONDS)
+    print(f"{headline(results_of(read_experiment(directory)))}. Go on with: tuneterm experiment --resume {directory}")
+    return EXIT_OK
 
 
 ENDED_OTHERWISE = {

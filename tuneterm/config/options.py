@@ -14,6 +14,8 @@ from typing import Any
 from tuneterm.errors import METHODS
 
 SECTIONS = ("model", "data", "lora", "quantization", "training")
+EXPERIMENTS_SECTION = "experiments"
+"""A config file may also hold the variations `tuneterm experiment` runs of it; a run's config ignores them."""
 AUTO = "auto"
 
 # The guides the defaults come from, as they are cited in comments and advice.

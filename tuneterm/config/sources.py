@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from tuneterm.config.options import OPTION_BY_KEY, PATH_KEYS, RENAMED, SECTIONS
+from tuneterm.config.options import EXPERIMENTS_SECTION, OPTION_BY_KEY, PATH_KEYS, RENAMED, SECTIONS
 from tuneterm.config.values import did_you_mean
 from tuneterm.errors import ConfigError, Location, Problem
 from tuneterm.hub import resolve_source
@@ -128,6 +128,8 @@ def _flatten(data: Mapping[str, Any], lines: Mapping[str, Location], origin: Loc
         where = lines.get(str(top), replace(origin, key=str(top)))
         if top == "method":
             flat["method"] = (value, where)
+        elif top == EXPERIMENTS_SECTION:
+            continue  # the experiment's, read by engine/experiment/definition.py
         elif top in SECTIONS:
             if value is None:
                 continue

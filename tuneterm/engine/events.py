@@ -3,6 +3,8 @@
 The engine reports everything through these: the TUI turns them into messages, `tuneterm train` prints them, and
 every run appends them to RUN_DIR/events.jsonl (one JSON object per line, flushed as it happens), so any
 terminal can replay or follow a run while it is live. Names are in the past tense: each says what happened.
+An experiment (engine/experiment/) keeps its own few in EXPERIMENT_DIR/events.jsonl the same way: when its runner
+started and ended, and each variation's end, which a variation that could not even start has nowhere else to say.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from typing import IO, Any, Literal
 import orjson
 
 RunStatus = Literal["completed", "early_stopped", "stopped"]
+ExperimentStatus = Literal["finished", "stopped"]
 Outcome = Literal["improved", "worse_than_baseline", "not_evaluated"]
 
 EVENTS_FILE = "events.jsonl"
@@ -194,9 +197,40 @@ class RunFailed(Event):
     last_good_checkpoint: str | None = None
 
 
+@dataclass(frozen=True, kw_only=True)
+class ExperimentStarted(Event):
+    """An experiment's runner began, or went on after a stop: the variations it is to run, in order."""
+
+    variations: list[str]
+    gpus: list[int] = field(default_factory=list)
+    """The GPUs that train one variation each, side by side; empty: one variation after another, in one process."""
+    resumed: bool = False
+
+
+@dataclass(frozen=True, kw_only=True)
+class VariationEnded(Event):
+    """A variation of an experiment ended: as its run ended (its status), or failed without a run that could say so
+    (it could not start)."""
+
+    variation: str
+    status: str
+    """The run's: completed, early_stopped, stopped, failed or interrupted."""
+    reason: str = ""
+    run_dir: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExperimentEnded(Event):
+    """The runner ended: every variation has run ("finished"), or it was asked to stop ("stopped")."""
+
+    status: ExperimentStatus
+    reason: str = ""
+
+
 EVENT_TYPES: dict[str, type[Event]] = {
     cls.__name__: cls for cls in (PhaseStarted, PhaseProgressed, WarningIssued, RunStarted, StepLogged, EvalFinished,
-                                  PatienceChanged, CheckpointSaved, StopRequested, RunFinished, RunFailed)
+                                  PatienceChanged, CheckpointSaved, StopRequested, RunFinished, RunFailed,
+                                  ExperimentStarted, VariationEnded, ExperimentEnded)
 }
 
 EventSink = Callable[[Event], None]

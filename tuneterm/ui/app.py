@@ -20,19 +20,28 @@ from textual.worker import Worker, WorkerState
 from tuneterm.config import RunConfig, load_config
 from tuneterm.engine.control import RunControl
 from tuneterm.engine.events import EVENTS_FILE, read_events
+from tuneterm.engine.experiment.runner import ExperimentControl
 from tuneterm.engine.launch.command import LaunchSpec
 from tuneterm.engine.run.plans import RunPlan
 from tuneterm.engine.run.start import StartingRun, start_detached_run
 from tuneterm.errors import TuneTermError
 from tuneterm.ui.commands import ActionCommands
-from tuneterm.ui.messages import LeaveRequested, RunChosen, RunViewName, RunViewRequested
+from tuneterm.ui.messages import (
+    ExperimentChosen,
+    ExperimentRequested,
+    LeaveRequested,
+    RunChosen,
+    RunViewName,
+    RunViewRequested,
+)
 from tuneterm.ui.screens.dialogs import Confirm
+from tuneterm.ui.screens.experiment import ExperimentScreen
 from tuneterm.ui.screens.monitor import MonitorScreen, RunEventsPosted
 from tuneterm.ui.screens.start import StartScreen
 from tuneterm.ui.screens.summary import SummaryScreen
 from tuneterm.ui.services import Services
 from tuneterm.ui.state.draft import Draft
-from tuneterm.ui.training import TrainingInApp
+from tuneterm.ui.training import ExperimentInApp, RunInApp, TrainingInApp
 
 KILLED = 128 + signal.SIGTERM
 """The exit status of an app ended by SIGTERM, as the shell reports a process a signal ended."""
@@ -42,12 +51,12 @@ KILLED = 128 + signal.SIGTERM
 class Opening:
     """What the app shows first."""
 
-    screen: Literal["start", "runs", "wizard", "monitor"] = "start"
+    screen: Literal["start", "runs", "wizard", "monitor", "experiment"] = "start"
     """"runs": the start screen with the cursor on the recent runs."""
     draft: Draft | None = None
     step: str = "model"
     run_dir: Path | None = None
-    """The run the monitor opens on."""
+    """The run the monitor opens on (the experiment's directory, for "experiment")."""
     demo: bool = False
     """Build (once) and open the demo in the wizard."""
     demo_overrides: tuple[str, ...] = ()
@@ -89,6 +98,9 @@ class TuneTermApp(App[None]):
             asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, self.terminated)
         if self.opening.screen == "monitor" and self.opening.run_dir is not None:
             self.open_run(self.opening.run_dir)  # the start screen comes when this one is left
+            return
+        if self.opening.screen == "experiment" and self.opening.run_dir is not None:
+            self.open_experiment(self.opening.run_dir)
             return
         self.push_screen(StartScreen(self.services, runs_first=self.opening.screen == "runs"))
         if self.opening.demo:
@@ -175,6 +187,10 @@ class TuneTermApp(App[None]):
     def _run_chosen(self, message: RunChosen) -> None:
         self.open_run(message.run_dir)
 
+    @on(ExperimentChosen)
+    def _experiment_chosen(self, message: ExperimentChosen) -> None:
+        self.open_experiment(message.directory)
+
     # Runs -----------------------------------------------------------------------------------------------------
 
     def leave(self, screen: Screen[Any]) -> None:
@@ -233,9 +249,7 @@ class TuneTermApp(App[None]):
         """Start a run from the wizard: in a thread of this app, or detached in a process of its own (always, on
         chosen GPUs: accelerate starts a process per GPU)."""
         detached = detached or spec is not None
-        if not detached and self.training is not None and self.training.active:
-            self.notify("A run is already training in this app: stop it first, or launch this one detached.",
-                        title="Cannot start the run", severity="warning", timeout=15)
+        if not detached and self.busy_training("launch this one detached"):
             return
         try:
             starting = StartingRun.new(config, self.services.runs_dir, spec)
@@ -255,7 +269,7 @@ class TuneTermApp(App[None]):
             self.notify(f"Running detached: it goes on if this terminal closes. Watch it again with tuneterm "
                         f"monitor {plan.run_dir}", title="Run started", timeout=15)
             return
-        training = TrainingInApp(plan, lambda events: None, self.services.train_run)
+        training = RunInApp(plan, lambda events: None, self.services.train_run)
         screen = self.open_monitor(plan.run_dir, training.control)
         if plan.resume_from is not None:  # the run so far first, then what the resumed run adds
             screen.post_message(RunEventsPosted(read_events(plan.run_dir / EVENTS_FILE)))
@@ -278,9 +292,7 @@ class TuneTermApp(App[None]):
         started anew in a new directory. In this app's thread when it ran here, else detached."""
         from tuneterm.config import yaml_value
 
-        if self.training is not None and self.training.active:
-            self.notify("A run is already training in this app: stop it first.", title="Cannot start the run",
-                        severity="warning", timeout=15)
+        if self.busy_training():
             return
         overrides = [f"{key}={yaml_value(value)}" for key, value in settings.items()]
         in_app = self.training is not None and self.training.run_dir.resolve() == run_dir.resolve()
@@ -291,6 +303,75 @@ class TuneTermApp(App[None]):
             return
         self.monitors.pop(run_dir.resolve(), None)
         self.start(starting.plan, detached=not in_app)
+
+    def busy_training(self, otherwise: str = "") -> bool:
+        """Whether a run or an experiment trains in this app already (said, with what to do)."""
+        if self.training is None or not self.training.active:
+            return False
+        self.notify(f"A{'n' if self.training.what[0] in 'aeiou' else ''} {self.training.what} is already training in "
+                    f"this app: stop it first{', or ' + otherwise if otherwise else ''}.", title="Cannot start",
+                    severity="warning", timeout=15)
+        return True
+
+    # Experiments ----------------------------------------------------------------------------------------------
+
+    def open_experiment(self, directory: Path) -> None:
+        """The experiment's view; with its control when it runs in this app."""
+        directory = directory.resolve()
+        training = self.training if isinstance(self.training, ExperimentInApp) and not self.training.done.is_set() \
+            and self.training.run_dir == directory else None
+        self.push_screen(ExperimentScreen(self.services, directory, training.experiment_control if training else None,
+                                          self.resume_experiment))
+
+    @on(ExperimentRequested)
+    def _experiment_requested(self, message: ExperimentRequested) -> None:
+        """An experiment launched from the wizard: its directory written, then started as a run would be."""
+        from tuneterm.engine.experiment.definition import new_experiment_dir, write_experiment
+        from tuneterm.engine.experiment.plan import with_not_run
+
+        if not message.detached and self.busy_training("launch this one detached"):
+            return
+        try:
+            directory = new_experiment_dir(message.plan.spec, self.services.runs_dir)
+            write_experiment(message.plan.spec, with_not_run(message.plan), directory)
+        except (TuneTermError, OSError) as exc:
+            self.notify(str(exc), title="Cannot start the experiment", severity="error", timeout=20)
+            return
+        self.start_experiment(directory, message.detached)
+        self.open_experiment(directory)
+
+    def start_experiment(self, directory: Path, detached: bool) -> ExperimentControl | None:
+        """In a thread of this app (its runs one after another; its control is returned), or detached in a process
+        of its own."""
+        from tuneterm.engine.experiment.runner import EXPERIMENT_LOG, start_detached_experiment
+
+        if detached:
+            try:
+                start_detached_experiment(directory)
+            except TuneTermError as exc:
+                self.notify(str(exc), title="The experiment did not start", severity="error", timeout=20)
+                return None
+            self.notify(f"Running detached: it goes on if this terminal closes (its output: "
+                        f"{directory / EXPERIMENT_LOG}). Watch it again with tuneterm monitor {directory}",
+                        title="Experiment started", timeout=15)
+            return None
+        training = ExperimentInApp(directory, self.services.train_run)
+        self.training = training
+        training.guard_against_hangup()
+        self.begin_capture_print(self)
+        self.train(training)
+        return training.experiment_control
+
+    def resume_experiment(self, directory: Path) -> None:
+        """An experiment again, where it was: in this app's thread when it ran here, else detached."""
+        directory = directory.resolve()
+        in_app = self.training is not None and self.training.run_dir == directory
+        if self.busy_training():
+            return
+        control = self.start_experiment(directory, detached=not in_app)
+        for screen in self.screen_stack:
+            if isinstance(screen, ExperimentScreen) and screen.directory == directory:
+                screen.control = control
 
     @on(Worker.StateChanged)
     def _worker_changed(self, event: Worker.StateChanged) -> None:
@@ -325,9 +406,9 @@ class TuneTermApp(App[None]):
                         title="Quit", timeout=600)
             self.quit_when_stopped(training)
 
-        question = ("A run is training in this app. Stop it after its current step (its checkpoint and adapter "
-                    "are saved, and it can be resumed) and quit?" if training is not None else
-                    "Quit tuneterm? The settings you entered in the wizard are not saved.")
+        question = (f"A{'n' if training.what[0] in 'aeiou' else ''} {training.what} is training in this app. Stop "
+                    "it after its current step (its checkpoint and adapter are saved, and it can be resumed) and quit?"
+                    if training is not None else "Quit tuneterm? The settings you entered in the wizard are not saved.")
         self.push_screen(Confirm(question, yes="Stop and quit" if training else "Quit"), answered)
 
     def terminated(self) -> None:

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tuneterm.demo import built_demo_dir, demo_dir
+from tuneterm.engine.experiment.runner import RunTrainer, engine_run
 from tuneterm.hardware import GpuSurvey, HostReading, read_gpus, read_host
 from tuneterm.plan.catalog import ModelEntry, cached_models
-from tuneterm.ui.training import RunTrainer, train_with_the_engine
 
 
 @dataclass
@@ -35,5 +35,5 @@ class Services:
     now: Callable[[], float] = time.time
     over_ssh: bool = field(default_factory=lambda: bool(os.environ.get("SSH_CONNECTION") or os.environ.get("SSH_TTY")))
     """Launching detaches by default in an SSH session: a dropped connection must never cost a run."""
-    train_run: RunTrainer = train_with_the_engine
-    """Trains a run started in the app, in the app's worker thread."""
+    train_run: RunTrainer = engine_run
+    """Trains a run started in the app (or each run of an experiment started in it), in the app's worker thread."""

@@ -36,16 +36,22 @@ def start_detached(run_dir: Path, resume: bool = False, wait_seconds: float = 60
     else:
         command = [sys.executable, "-m", "tuneterm.engine.launch.supervisor", str(run_dir.resolve()), "--",
                    *launch.argv]
-    environment = {**os.environ, **(launch.env if launch else {}), "PYTHONUNBUFFERED": "1"}
-    with open(run_dir / LOG_FILE, "ab") as log:
+    return start_in_session(command, run_dir, run_dir / LOG_FILE, launch.env if launch else {}, wait_seconds)
+
+
+def start_in_session(command: list[str], directory: Path, log_path: Path, env: dict[str, str] | None = None,
+                     wait_seconds: float = 60.0, what: str = "the run") -> int:
+    """Start `command` in a session of its own, its output appended to `log_path`, and return its process id once
+    it holds the lock of `directory` (`what`: a run's, or an experiment's), or once `wait_seconds` have passed."""
+    environment = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
+    with open(log_path, "ab") as log:
         process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
                                    env=environment)
     deadline = time.monotonic() + wait_seconds
-    while not is_live(run_dir):
+    while not is_live(directory):
         if process.poll() is not None:
-            raise RunDirError(f"the run stopped as it started (exit code {process.returncode}); see "
-                              f"{run_dir / LOG_FILE}")
+            raise RunDirError(f"{what} stopped as it started (exit code {process.returncode}); see {log_path}")
         if time.monotonic() > deadline:
-            break  # it is slow to import; it is running, the run list will say so once it holds the lock
+            break  # it is slow to import; it is running, a list will say so once it holds the lock
         time.sleep(0.05)
     return process.pid

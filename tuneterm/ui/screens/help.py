@@ -18,7 +18,7 @@ tuneterm fine-tunes a language model with LoRA or QLoRA (transformers, PEFT, TRL
 | key | what it does |
 |---|---|
 | n / o / d | a new run / open a config file / the demo |
-| enter | open the run under the cursor: its monitor while it runs, its summary once it ended |
+| enter | open the run under the cursor: its monitor while it runs, its summary once it ended; an experiment's view |
 | space / C | mark runs / compare the marked runs |
 | r | read the run list again |
 
@@ -47,6 +47,7 @@ runs.
 | ctrl+o | open a file (data file on the data step, a config on the start screen) |
 | ctrl+s | save the config to a file |
 | ctrl+r | launch the run |
+| ctrl+e | on the review step: run as an experiment (variations of the config, each a run, compared at the end) |
 | ctrl+p | command palette: every action by name |
 | ? or F1 | this help |
 | ctrl+q | quit (asks first when there is unsaved work or a running run) |
@@ -84,13 +85,28 @@ the adapter changed, whether its answers end.
 | l | the loss curves (the monitor) |
 | space / C | in the run list: mark runs / compare the marked runs (t: by step or tokens, e: train or eval, o: PNG) |
 
+## Experiments
+
+"Run as an experiment" (ctrl+e on the review step) offers the settings the complete guide compares: the rank (alpha
+following it at 2r), the learning rate around the recommended start, the epochs, the dropout. Every combination of
+those ticked is a run of its own; the plan of each is shown before it starts. Its view (`tuneterm monitor
+EXPERIMENT_DIR`, or the start screen) fills its table as the runs end: the best by eval loss is marked ★, a
+variation within the eval noise of it =.
+
+| key | what it does |
+|---|---|
+| enter / m / v | the run under the cursor: opened / its monitor / its summary |
+| e | the chart: eval or train loss of every run |
+| s / r | stop the experiment (its run in progress after its step, with a checkpoint) / go on where it stopped |
+| C | the runs in the comparison screen |
+
 ## Where the advice comes from
 
 - *The LoRA Hyperparameters No One Explains*: learning rate and alpha/rank, effective batch, warmup and
   schedulers, overfitting and early stopping, response-only training, precision.
 - *Unsloth's LoRA hyperparameters guide*: recommended values, batch and accumulation, rsLoRA, target modules.
 - *Which Rank, Alpha, and Layers Actually Matter*: rank for the size of the data, all-layer targeting.
-- *LoRA Fine-Tuning Complete Guide*: QLoRA, cutoff length, evaluation split, step arithmetic.
+- *LoRA Fine-Tuning Complete Guide*: QLoRA, cutoff length, evaluation split, step arithmetic, experiments.
 
 The memory estimate was measured against real peaks on an H100 (within 10% over 47 configurations).
 """

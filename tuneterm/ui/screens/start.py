@@ -1,9 +1,10 @@
-"""The first screen: start a new run, open a config file, try the demo, or pick one of the recent runs."""
+"""The first screen: start a new run, open a config file, try the demo, or pick one of the recent runs or
+experiments."""
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.text import Text
@@ -16,23 +17,29 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, OptionList, Static
 from textual.widgets.option_list import Option
 
+from tuneterm.engine.experiment.definition import is_experiment, list_experiments
+from tuneterm.engine.experiment.results import ExperimentResults, results_of
 from tuneterm.engine.rundir.runs import RunSummary, list_runs
-from tuneterm.ui.messages import RunChosen
+from tuneterm.errors import TuneTermError
+from tuneterm.ui.messages import ExperimentChosen, RunChosen
 from tuneterm.ui.services import Services
+from tuneterm.ui.widgets.status import STATUS_COLOURS
 
 RUN_COLUMNS = ("run", "status", "method", "model", "step", "best eval", "started")
 MARK = "● "
 """Marks a run for comparing; its column is always wide enough for it."""
 
-STATUS_COLOURS = {"running": "accent", "completed": "success", "early_stopped": "success", "stopped": "warning",
-                  "failed": "error", "interrupted": "error"}
+
+LISTED = 50
+"""Runs and experiments listed, the newest."""
 
 
 @dataclass
 class RunsListed(Message, bubble=False):
-    """The runs in the runs directory, newest first (posted by the worker that lists them)."""
+    """The runs in the runs directory, newest first, and its experiments (posted by the worker that lists them)."""
 
     runs: list[RunSummary]
+    experiments: list[ExperimentResults] = field(default_factory=list)
 
 
 def age(seconds: float, now: float) -> str:
@@ -88,21 +95,38 @@ class StartScreen(Screen[None]):
 
     @work(thread=True, exclusive=True, group="runs", exit_on_error=False)
     def read_runs(self) -> None:
-        self.post_message(RunsListed(list_runs(self.services.runs_dir)))
+        experiments = []
+        for experiment in list_experiments(self.services.runs_dir)[:LISTED]:
+            try:
+                experiments.append(results_of(experiment))
+            except (TuneTermError, OSError):
+                continue  # (its runs are still listed in its own directory)
+        self.post_message(RunsListed(list_runs(self.services.runs_dir), experiments))
 
     @on(RunsListed)
     def _runs(self, message: RunsListed) -> None:
         now = self.services.now()
         colours = self.app.get_css_variables()
-        rows: dict[str, list[Text]] = {}
-        for run in message.runs[:50]:
+        listed: list[tuple[float, str, list[Text]]] = []
+        for run in message.runs[:LISTED]:
             colour = colours.get(STATUS_COLOURS.get(run.status, "foreground"), colours["foreground"])
             step = f"{run.step:,}" + (f"/{run.total_steps:,}" if run.total_steps else "")
             best = f"{run.best_eval_loss:.4f}" if run.best_eval_loss is not None else "-"
             model = Path(run.model).name if run.model else "?"
-            rows[str(run.run_dir)] = [self.name_cell(run.run_dir), Text(run.status.replace("_", " "), style=colour),
-                                      Text(run.method or "?"), Text(model), Text(step), Text(best),
-                                      Text(age(run.started, now))]
+            listed.append((run.started, str(run.run_dir), [
+                self.name_cell(run.run_dir), Text(run.status.replace("_", " "), style=colour), Text(run.method or "?"),
+                Text(model), Text(step), Text(best), Text(age(run.started, now))]))
+        for results in message.experiments:
+            experiment, leader = results.experiment, results.best
+            colour = colours.get(STATUS_COLOURS.get(results.status, "foreground"), colours["foreground"])
+            base_model = results.base.get("model.path")
+            listed.append((experiment.created, str(experiment.directory), [
+                Text(experiment.directory.name), Text(results.status, style=colour), Text("experiment"),
+                Text(Path(base_model).name if base_model else "?"), Text(f"{results.done}/{results.to_run} runs"),
+                Text(f"{leader.best_eval_loss:.4f}" if leader is not None and leader.best_eval_loss is not None
+                     else "-"),
+                Text(age(experiment.created, now))]))
+        rows = {key: cells for _, key, cells in sorted(listed, key=lambda entry: entry[0], reverse=True)[:LISTED]}
         # Each column's width is set before its rows arrive. Left to size itself, the table measures its rows a
         # moment after drawing them, and keeps the first drawing, cut at the headers' widths.
         table = self.query_one("#runs", DataTable)
@@ -112,11 +136,11 @@ class StartScreen(Screen[None]):
             table.add_column(label, width=width + len(MARK) if label == "run" else width, key=label)
         for key, cells in rows.items():
             table.add_row(*cells, key=key)
-        table.display = bool(message.runs)
-        if self.runs_first and message.runs:
+        table.display = bool(rows)
+        if self.runs_first and rows:
             self.runs_first = False
             table.focus()
-        self.show_runs_title(bool(message.runs))
+        self.show_runs_title(bool(rows))
 
     def show_runs_title(self, any_runs: bool) -> None:
         """Where the runs are, and what marking them for comparing is at."""
@@ -151,6 +175,9 @@ class StartScreen(Screen[None]):
             return
         key = table.coordinate_to_cell_key(table.cursor_coordinate).row_key
         run_dir = Path(str(key.value))
+        if is_experiment(run_dir):
+            self.notify("An experiment: its view compares its runs (C there).", title="Mark")
+            return
         self.marked.remove(run_dir) if run_dir in self.marked else self.marked.append(run_dir)
         table.update_cell(key, "run", self.name_cell(run_dir))
         self.refresh_bindings()
@@ -171,5 +198,6 @@ class StartScreen(Screen[None]):
 
     @on(DataTable.RowSelected, "#runs")
     def _run(self, event: DataTable.RowSelected) -> None:
-        if event.row_key.value and Path(event.row_key.value).is_dir():
-            self.post_message(RunChosen(Path(event.row_key.value)))
+        path = Path(event.row_key.value) if event.row_key.value else None
+        if path is not None and path.is_dir():
+            self.post_message(ExperimentChosen(path) if is_experiment(path) else RunChosen(path))

@@ -23,12 +23,14 @@ from textual.widgets import ContentSwitcher, Footer, Header, Static
 
 from tuneterm.config import RunConfig, config_from_mapping
 from tuneterm.data.summary import DataSummary
+from tuneterm.engine.experiment.plan import ExperimentPlan
 from tuneterm.engine.launch.command import LaunchSpec
 from tuneterm.errors import Cancelled, TuneTermError
 from tuneterm.plan.catalog import ModelDescription, ModelEntry, describe_model, local_models
 from tuneterm.plan.model import ModelFacts
-from tuneterm.plan.planner import data_summary, model_facts
+from tuneterm.plan.planner import Plan, data_key, data_summary, model_facts, plan_run
 from tuneterm.ui.commands import ActionCommands
+from tuneterm.ui.messages import ExperimentRequested
 from tuneterm.ui.screens.dialogs import AskPath, Confirm
 from tuneterm.ui.services import Services
 from tuneterm.ui.state.draft import Draft
@@ -38,7 +40,7 @@ from tuneterm.ui.widgets.fields import FieldEdited
 from tuneterm.ui.widgets.model_step import ModelPicked, ModelStep, RemoteCodeAllowed
 from tuneterm.ui.widgets.paths import data_file_picker
 from tuneterm.ui.widgets.plan_panel import PlanPanel
-from tuneterm.ui.widgets.review_step import LaunchRequested, ReviewStep, SaveRequested
+from tuneterm.ui.widgets.review_step import ExperimentSetupRequested, LaunchRequested, ReviewStep, SaveRequested
 from tuneterm.ui.widgets.settings_step import LaunchChanged, PresetChosen, SettingsStep
 from tuneterm.work import Progress
 
@@ -115,7 +117,8 @@ class WizardCommands(ActionCommands):
                                                                    "max length"),
                 ("Browse for the data file", "screen.browse", ""),
                 ("Save the config", "screen.save", "To a YAML file (never replaced without asking)"),
-                ("Launch the run", "screen.launch", "Says what is missing when it cannot"))
+                ("Launch the run", "screen.launch", "Says what is missing when it cannot"),
+                ("Run as an experiment", "screen.experiment", "Variations of this config, each a run, compared"))
 
 
 class WizardScreen(Screen[None]):
@@ -131,6 +134,8 @@ class WizardScreen(Screen[None]):
                 show=False),  # (the data step's own Browse button says the key)
         Binding("ctrl+s", "save", "Save", id="save", tooltip="Save the config to a file"),
         Binding("ctrl+r", "launch", "Launch", id="launch", tooltip="Start the run (says what is missing)"),
+        Binding("ctrl+e", "experiment", "Experiment", id="experiment", show=False,  # (the review step's button says it)
+                tooltip="Run variations of this config (rank, learning rate...) and compare them"),
     ]
 
     def __init__(self, services: Services, draft: Draft, launcher: Launcher, step: str = "model"):
@@ -200,6 +205,8 @@ class WizardScreen(Screen[None]):
             return True if self.suggestion() else None
         if action == "browse":
             return self.step == "data"
+        if action == "experiment":
+            return self.step == "review"
         return True
 
     def action_next(self) -> None:
@@ -442,3 +449,36 @@ class WizardScreen(Screen[None]):
             self.notify(f"Not ready: {missing}", title="Cannot launch yet", severity="warning")
             return
         self.launcher(config, self.query_one(ReviewStep).detached, self.draft.launch_spec())
+
+    @on(ExperimentSetupRequested)
+    def action_experiment(self) -> None:
+        """Variations of this config, chosen and planned in a dialog (with the model and data read here), launched
+        as an experiment: detached as the review step says, and always with GPUs chosen (one variation per GPU)."""
+        from tuneterm.hardware import device_from_survey
+        from tuneterm.plan.ranges import experiment_ranges
+        from tuneterm.ui.screens.experiment_setup import ExperimentSetup
+        from tuneterm.ui.state.experiment_choice import ExperimentChoice
+
+        planning = self.planning
+        missing, config, facts = planning.why_not_ready(), planning.config, planning.facts
+        if missing or config is None or facts is None:
+            self.notify(f"Not ready: {missing}", title="Cannot run an experiment yet", severity="warning")
+            return
+        side_by_side = self.draft.gpus
+        survey = planning.gpus
+        gpus = survey.only(side_by_side) if side_by_side else survey.only([survey.gpus[0].index]) if survey.gpus \
+            else survey
+        host, summary, read_for = self.services.read_host(), planning.summary, planning.summary_key
+
+        def plan_of(variation: RunConfig) -> Plan:
+            return plan_run(variation, facts, summary if data_key(variation) == read_for else None, gpus, host=host)
+
+        source = str(self.draft.source) if self.draft.source is not None and not self.draft.dirty else "the wizard"
+        choice = ExperimentChoice.of(config, source, experiment_ranges(config, facts), side_by_side)
+
+        def chosen(plan: ExperimentPlan | None) -> None:
+            if plan is not None:
+                self.post_message(ExperimentRequested(plan, self.query_one(ReviewStep).detached or bool(side_by_side)))
+
+        self.app.push_screen(ExperimentSetup(choice, plan_of, device_from_survey(gpus).name, self.services.runs_dir),
+                             chosen)

@@ -1,6 +1,6 @@
 """Wizard step 4: the run as it will start. The resolved config as YAML (what the person set plain, tuneterm's
 defaults and what the data decided marked), the `tuneterm train` command that starts the same run, what is
-still missing, and the actions: save the config, launch."""
+still missing, and the actions: save the config, launch, or run it as an experiment (variations compared)."""
 
 from __future__ import annotations
 
@@ -25,6 +25,11 @@ class SaveRequested(Message, bubble=False):
 @dataclass
 class LaunchRequested(Message, bubble=False):
     """The person asked to start the run."""
+
+
+@dataclass
+class ExperimentSetupRequested(Message, bubble=False):
+    """The person asked to run variations of the config as an experiment."""
 
 
 def marked_yaml(config: RunConfig) -> str:
@@ -59,6 +64,8 @@ class ReviewStep(VerticalScroll):
         with Horizontal(id="review-actions"):
             yield Button("Save config (ctrl+s)", id="save", compact=True)
             yield Button("Launch (ctrl+r)", id="launch", variant="primary", compact=True)
+        yield Button("Run as an experiment (ctrl+e)", id="experiment", compact=True,
+                     tooltip="Variations of this config (rank, learning rate...), each a run, compared at the end")
         yield Checkbox("Run detached (outlives this terminal)", self.detached_by_default, id="detached",
                        compact=True, tooltip="The run gets its own process: closing this terminal or losing the SSH "
                                              "connection does not stop it. Watch it again with tuneterm monitor.")
@@ -78,6 +85,7 @@ class ReviewStep(VerticalScroll):
             saved = f" (saved as {escape(source)})" if source else ""
             status.update(f"[$success][b]Ready to launch.[/b][/]{saved}")
         self.query_one("#launch", Button).disabled = bool(blocking)
+        self.query_one("#experiment", Button).disabled = bool(blocking)
         self.command, self.launch = command, launch
         self.show_command()
         self.query_one("#review-yaml", Static).update(marked_yaml(config) if config is not None else "")
@@ -105,3 +113,8 @@ class ReviewStep(VerticalScroll):
     def _launch(self, event: Button.Pressed) -> None:
         event.stop()
         self.screen.post_message(LaunchRequested())
+
+    @on(Button.Pressed, "#experiment")
+    def _experiment(self, event: Button.Pressed) -> None:
+        event.stop()
+        self.screen.post_message(ExperimentSetupRequested())
