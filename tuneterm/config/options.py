@@ -258,6 +258,9 @@ OPTIONS: tuple[Option, ...] = (
            why="Liger's Triton kernels (RMSNorm, RoPE, SwiGLU) save activation memory on a CUDA GPU; its fused "
                "cross-entropy, where most of its published saving came from, is what TRL's own fused LM head does "
                "already. Needs the liger-kernel package."),
+    Option("training.liger_kernel_config", (dict,), nullable=True,
+           why="Which Liger kernels to apply (rms_norm, rope, swiglu ...); all by default. TRL keeps its own fused "
+               "LM head, so fused_linear_cross_entropy cannot be turned on."),
     Option("training.activation_offloading", (bool,), False,
            why="Moves the activations backward needs to host memory while the forward pass runs and brings them "
                "back for backward: GPU memory for PCIe traffic, for sequences too long to fit otherwise."),

@@ -25,8 +25,9 @@ head never materialises the full logits), term by term:
   cuda context  the CUDA runtime and kernels, outside PyTorch's allocator
 
 With activation offloading (TRL's activation_offloading) the activations backward needs go to host memory during
-the forward pass and come back layer by layer: the GPU keeps about two layers' worth (the one in backward and the
-next, prefetched); the rest is counted as host memory (`offloaded_bytes`), not GPU memory. Packing does not change
+the forward pass and come back layer by layer: the GPU keeps the layer in backward (recomputed, under gradient
+checkpointing) and the next layer's saved tensors, prefetched; the rest is counted as host memory
+(`offloaded_bytes`), not GPU memory. Packing does not change
 the activations' size at the peak: the estimate is for the longest batch, micro-batch x max_length tokens, which
 a packed micro-batch fills.
 
@@ -156,8 +157,10 @@ def estimate_memory(facts: ModelFacts, setup: MemorySetup) -> MemoryEstimate:
     else:
         activations = tokens * facts.layers * per_layer
     offloaded = 0.0
-    if setup.activation_offloading:
-        on_gpu = min(activations, tokens * OFFLOADED_LAYERS_ON_GPU * per_layer)
+    if setup.activation_offloading:  # the layer in backward and the next one's saved tensors, prefetched
+        kept = (facts.hidden_size * CHECKPOINT_BYTES * activation_scale if setup.gradient_checkpointing
+                else per_layer)
+        on_gpu = min(activations, tokens * (per_layer + (OFFLOADED_LAYERS_ON_GPU - 1) * kept))
         activations, offloaded = on_gpu, activations - on_gpu
     if setup.bnb_saves_inputs and setup.method == "qlora":
         kept_layers = 1 if setup.gradient_checkpointing else facts.layers
