@@ -64,8 +64,9 @@ _SHARING = {"single": "a full replica each", "ddp": "a full replica each",
             "deepspeed-zero3": "weights, gradients and optimizer state sharded"}
 
 
-def tokens_line(plan: Plan) -> str:
-    """What the data gives a step under the packing settings: the speed that packing buys is read here."""
+def tokens_line(plan: Plan, brief: bool = False) -> str:
+    """What the data gives a step under the packing settings: the speed that packing buys is read here. `brief`:
+    without the reasons and the FLOPs, for a narrow panel."""
     t, config = plan.tokens, plan.config
     if t is None:
         return ""
@@ -75,6 +76,8 @@ def tokens_line(plan: Plan) -> str:
     else:
         packed = "not packed" + (", padding-free" if t.padding_free else "")
     padding = "no padding" if t.padding_free or not t.padding_share else f"{t.padding_share:.0%} of it padding"
+    if brief:
+        return f"{t.real_per_step:,.0f} real tokens per step, {padding}; {packed}"
     why = config.why("training.packing")
     return (f"{t.real_per_step:,.0f} real tokens per optimizer step, {padding}; {packed}"
             + (f" ({why})" if "training.packing" in config.notes else "")

@@ -130,4 +130,4 @@ class PlanPanel(VerticalScroll):
                 f"[b]{s.steps_per_epoch:,}[/b] steps per epoch, [b]{s.total_steps:,}[/b] in total\n"
                 f"warmup [b]{s.warmup_steps}[/b] steps, {evaluation}\n"
                 f"{s.train_examples:,} train / {s.eval_examples:,} eval examples\n"
-                f"[$text-muted]{escape(tokens_line(plan))}[/]")
+                f"[$text-muted]{escape(tokens_line(plan, brief=True))}[/]")
