@@ -67,9 +67,9 @@ class Acceptance:
         self.rows: list[dict[str, Any]] = []
         self.done: dict[str, dict[str, Any]] = {}
         """A dry run's runs by their settings: one tiny run serves every part that asks for the same."""
-        self.sizes = ({"steps": 3, "examples": 32, "words": (6, 60), "rounds": 1, "batch": 4, "timed_from": 1}
-                      if dry_run else
-                      {"steps": 40, "examples": 1200, "words": (40, 700), "rounds": 2, "batch": 8, "timed_from": 8})
+        self.sizes: dict[str, Any] = (
+            {"steps": 3, "examples": 32, "words": (6, 60), "rounds": 1, "batch": 4, "timed_from": 1} if dry_run else
+            {"steps": 40, "examples": 1200, "words": (40, 700), "rounds": 2, "batch": 8, "timed_from": 8})
 
     # Building blocks ----------------------------------------------------------------------------------------
 
@@ -195,7 +195,7 @@ class Acceptance:
              ("qwen3-0.6b", "lora", 2048, 4, {"gradient_checkpointing": False}),
              ("qwen3-0.6b", "lora", 2048, 4, {"gradient_checkpointing": False, "activation_offloading": True}),
              ("llama-3.2-3b", "lora", 2048, 2, {}), ("llama-3.2-3b", "qlora", 2048, 4, {})])
-        rows = []
+        rows: list[dict[str, Any]] = []
         for name, method, length, batch, extra in points:
             if self.budget.left() < 60 and rows:
                 rows.append({"what": f"{name} {method} {length}x{batch} {extra}", "result": "skipped (time)"})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -108,7 +109,7 @@ def test_a_model_whose_packed_rows_mix_is_refused() -> None:
     from tuneterm.engine.run.packed import refuse_mixing_rows, rows_mix
     from tuneterm.errors import ConfigError
 
-    small = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "vocab_size": 64}
+    small: dict[str, Any] = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "vocab_size": 64}
     opt = AutoModelForCausalLM.from_config(OPTConfig(**small, ffn_dim=64, word_embed_proj_dim=32),
                                            attn_implementation="sdpa")
     llama = AutoModelForCausalLM.from_config(LlamaConfig(**small, intermediate_size=64), attn_implementation="sdpa")

@@ -294,7 +294,7 @@ def _patience(c: Context) -> Advice | None:
 PACKING_CPU_RATIO = "TBD"
 PADDING_WORTH_PACKING = 0.15
 """Padding share of a step above which packing is suggested."""
-PACKING_SOURCE = "bench/packing_cpu.py (the demo's chat data); TRL's packing documentation"
+PACKING_SOURCE = "bench/packing_cpu.py on the demo's chat data; TRL's packing documentation"
 
 
 def _packing(c: Context) -> Advice | None:
