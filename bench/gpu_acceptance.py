@@ -295,7 +295,8 @@ class Acceptance:
         arguments = SFTConfig(
             output_dir=str(self.work / "bare"), per_device_train_batch_size=training["per_device_train_batch_size"],
             gradient_accumulation_steps=1, learning_rate=training["learning_rate"], max_steps=training["max_steps"],
-            lr_scheduler_type="cosine", warmup_steps=0.1, weight_decay=0.01, logging_steps=1, save_strategy="no",
+            lr_scheduler_type="cosine", warmup_steps=0.1, weight_decay=0.01, optim="adamw_torch", logging_steps=1,
+            save_strategy="no",
             report_to="none", use_cpu=not self.cuda, bf16=self.cuda, fp16=False, disable_tqdm=True,
             activation_checkpointing=training["gradient_checkpointing"], seed=3407,
             max_length=training["max_length"])
