@@ -53,7 +53,7 @@ def resolve(config: RunConfig, device: Device, train_examples: int | None = None
         sequences = tokens_of(config.resolved(changes), train_lengths).sequences
         changes.update(_intervals(config, sequences, world_size))
     elif train_examples is not None:
-        if config.get("training.packing") is True:
+        if config.resolved(changes).get("training.packing") is True:
             raise ValueError("packing: the intervals need the examples' lengths (train_lengths)")
         changes.update(_intervals(config, train_examples, world_size))
     if world_size > 1:

@@ -243,7 +243,10 @@ class _Run:
 
         self.phase("loading model", f"{config.get('model.path')} ({config.method}, {device.name})")
         model = load_model(config, config.get("training.precision"), device, strategy)
-        if flattens_rows(config):
+        if flattens_rows(config) and strategy in SHARDED_WEIGHTS:
+            self.warn([f"{strategy} shards the weights before they can compute, so whether the examples of a "
+                       "padding-free row stay apart was not checked on this model (a run on one GPU checks it)"])
+        elif flattens_rows(config):
             refuse_mixing_rows(model, config)
         self.phase("building trainer")
         trainer, callback = self.trainer_with_callbacks(config, model, tokenizer, data, device)
