@@ -204,3 +204,19 @@ def test_advice_on_padding_and_on_packing_with_a_dense_mask() -> None:
     found = {a.field: a for a in advise(Context(packed, memory=memory))}
     assert found["training.packing"].message == "packing with sdpa: one row of 8 x max_length tokens per " \
                                                 "micro-batch, with a 805 MB mask"
+
+
+def test_a_run_started_before_the_levers_existed_resumes(tmp_path) -> None:
+    import json
+
+    from tuneterm.engine.rundir import fingerprint
+
+    started = config()
+    fingerprint.record(started, tmp_path)
+    recorded = json.loads((tmp_path / fingerprint.FINGERPRINT_FILE).read_text())
+    for key in ("training.packing", "training.packing_strategy", "training.use_liger_kernel"):
+        del recorded["config"][key]  # as a fingerprint written before these options were
+    (tmp_path / fingerprint.FINGERPRINT_FILE).write_text(json.dumps(recorded))
+    assert fingerprint.changes(started, tmp_path) == []
+    assert fingerprint.changes(config(training={"packing": True}), tmp_path) == [
+        "training.packing was None and is now True in config.yaml"]
