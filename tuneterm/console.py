@@ -88,7 +88,9 @@ class ConsoleProgress:
             threads = event.config.get("training", {}).get("cpu_threads")
             cpu = f"\nCPU threads: {threads} ({event.notes['training.cpu_threads']})" \
                 if "training.cpu_threads" in event.notes else ""
-            return (f"Training on {event.train_examples:,} examples (eval {event.eval_examples:,}) for "
+            packed = f" packed into {event.train_sequences:,} rows" \
+                if event.train_sequences is not None and event.train_sequences != event.train_examples else ""
+            return (f"Training on {event.train_examples:,} examples{packed} (eval {event.eval_examples:,}) for "
                     f"{event.total_steps:,} steps ({event.steps_per_epoch:,} per epoch) on {event.device}; "
                     f"{event.trainable_params:,} of {event.total_params:,} parameters trainable ({share:.2%})"
                     f"{resumed}{cpu}")
@@ -120,6 +122,8 @@ class ConsoleProgress:
         self._last_step_print = now
         grad = f"  grad {event.grad_norm:.3f}" if event.grad_norm is not None else ""
         speed = f"  {event.tokens_per_second:,.0f} tok/s" if event.tokens_per_second else ""
+        if event.padding_share is not None:
+            speed += f"  padding {event.padding_share:.0%}"
         return (f"step  {event.step:>6,}/{event.max_steps:,}  epoch {event.epoch:.2f}  loss {event.loss:.4f}  "
                 f"lr {event.learning_rate:.2e}{grad}{speed}")
 

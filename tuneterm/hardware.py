@@ -239,3 +239,30 @@ def choose_cpu_threads(setting: int | str, sample_seconds: float = 0.3, processe
         return threads, f"auto: one per core ({len(usable)} cores, none busy when the run started)"
     return threads, (f"auto: {len(busy)} of {len(usable)} cores were busy with other work when the run started "
                      f"(over {BUSY_CORE_PERCENT:.0f}%), and threads that share a busy core slow every step")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# What a GPU can compute, for MFU
+
+# Dense (not 2:4 sparse) 16-bit tensor-core peaks in TFLOP/s from NVIDIA's datasheets, bf16 and fp16 alike, by a
+# piece of the name NVML and torch give the GPU; the more specific names first. None: no published figure (AWS's A10G
+# is a variant of the A10 whose peak NVIDIA does not publish).
+_PEAK_TFLOPS_16BIT: tuple[tuple[str, float | None], ...] = (
+    ("H200 NVL", 835.0), ("H200", 989.0), ("GH200", 989.0), ("H100 NVL", 835.0), ("H100 PCIe", 756.0),
+    ("H100", 989.0), ("B200", 2250.0), ("A100", 312.0), ("L40S", 362.0), ("L40", 181.0), ("L4", 121.0),
+    ("A40", 150.0), ("A30", 165.0), ("A10G", None), ("A10", 125.0), ("V100", 125.0), ("T4", 65.0))
+
+
+def peak_flops(device: Device, precision: str) -> tuple[float | None, str]:
+    """The device's dense tensor peak in FLOP/s for training in `precision`, or None with the reason (the
+    denominator of MFU, which is then not shown rather than guessed)."""
+    if device.kind != "cuda":
+        return None, f"n/a on {device.name}"
+    if precision not in ("bf16", "fp16"):
+        return None, f"n/a in {precision} (the peaks are 16-bit tensor-core peaks)"
+    for piece, tflops in _PEAK_TFLOPS_16BIT:
+        if piece.lower() in device.name.lower():
+            if tflops is None:
+                break
+            return tflops * 1e12, f"{device.name}: {tflops:g} TFLOP/s dense {precision} (NVIDIA's datasheet)"
+    return None, f"n/a: the peak of {device.name} is not known to tuneterm"

@@ -23,12 +23,14 @@ check a key it does not know itself.
 
 from tuneterm.config.loading import config_from_mapping, load_config
 from tuneterm.config.options import (
+    ATTENTION_NAMES,
     AUTO,
     EXPERIMENTS_SECTION,
     GUIDE_COMPLETE,
     GUIDE_HYPERPARAMS,
     GUIDE_RANK,
     GUIDE_UNSLOTH,
+    KERNELS_HUB_FLASH,
     OPTIMIZER_NAMES,
     OPTION_BY_KEY,
     OPTIONS,
@@ -43,8 +45,9 @@ from tuneterm.config.values import check_value, output_dir_problem
 from tuneterm.errors import METHODS
 
 __all__ = [
-    "AUTO", "EXPERIMENTS_SECTION", "GUIDE_COMPLETE", "GUIDE_HYPERPARAMS", "GUIDE_RANK", "GUIDE_UNSLOTH", "METHODS",
-    "OPTIMIZER_NAMES", "OPTIONS", "OPTION_BY_KEY", "PRESETS_DIR", "RENAMED", "SCHEDULER_NAMES", "SECTIONS", "Option",
-    "RunConfig", "check_value", "config_from_mapping", "load_config", "nested_of", "output_dir_problem",
-    "parse_override", "preset_names", "preset_path", "set_argument", "yaml_value",
+    "ATTENTION_NAMES", "AUTO", "EXPERIMENTS_SECTION", "GUIDE_COMPLETE", "GUIDE_HYPERPARAMS", "GUIDE_RANK",
+    "GUIDE_UNSLOTH", "KERNELS_HUB_FLASH", "METHODS", "OPTIMIZER_NAMES", "OPTIONS", "OPTION_BY_KEY", "PRESETS_DIR",
+    "RENAMED", "SCHEDULER_NAMES", "SECTIONS", "Option", "RunConfig", "check_value", "config_from_mapping",
+    "load_config", "nested_of", "output_dir_problem", "parse_override", "preset_names", "preset_path",
+    "set_argument", "yaml_value",
 ]

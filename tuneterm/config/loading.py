@@ -8,6 +8,7 @@ it. Validation reports every problem at once, each with its place, instead of st
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -138,4 +139,45 @@ def _check_combinations(values: dict[str, Any], given: Given, problems: list[Pro
         problems.append(Problem(f"{save_steps} must be a multiple of eval_steps ({eval_steps}) when "
                                 "load_best_model_at_end is true, so that the best evaluated step has a checkpoint",
                                 origin("training.save_steps")))
+    problems += [Problem(message, origin(key)) for key, message in _impossible_levers(values)]
     return notes
+
+
+# What TRL's loss does, as the refusals below say it.
+_FUSED_HEAD = ("TRL computes the loss through a fused LM head that multiplies by lm_head.weight directly, in chunks, "
+               "never building the full logits (its nll loss; chunked_nll is the former name of the same)")
+
+
+def _impossible_levers(values: dict[str, Any]) -> list[tuple[str, str]]:
+    """Speed levers that cannot go together, as (key, why): refused before anything loads, where TRL would refuse
+    them only once the model is loaded, or train something else than asked."""
+    found = []
+    if _selects_lm_head(values.get("lora.target_modules")):
+        found.append(("lora.target_modules",
+                      f"lm_head cannot carry a LoRA adapter: {_FUSED_HEAD}, so an adapter on it would never train "
+                      "and TRL refuses it. Leave lm_head out (all-linear never includes it)"))
+    liger = values.get("training.liger_kernel_config")
+    if isinstance(liger, dict) and liger.get("fused_linear_cross_entropy"):
+        found.append(("training.liger_kernel_config",
+                      f"Liger's fused linear cross-entropy cannot be used: {_FUSED_HEAD}, and Liger's would replace "
+                      "the model's forward that carries it, so TRL refuses the pair. Leave "
+                      "fused_linear_cross_entropy out: the fused LM head saves the same logits memory"))
+    if values.get("training.packing") is True and values.get("training.packing_strategy") == "wrapped" \
+            and values.get("training.padding_free"):
+        found.append(("training.padding_free",
+                      "padding-free rows need whole examples (positions restart at each one), and wrapped packing "
+                      "cuts examples mid-way: use packing_strategy: bfd, which is padding-free already"))
+    return found
+
+
+def _selects_lm_head(targets: Any) -> bool:
+    """Whether target_modules selects the output layer as PEFT matches it: a list by name (or a name's last part),
+    a string as a regular expression over the module's name (all-linear never includes the output layer)."""
+    if isinstance(targets, list):
+        return any(str(name) == "lm_head" or str(name).endswith(".lm_head") for name in targets)
+    if not isinstance(targets, str) or targets == "all-linear":
+        return False
+    try:
+        return re.fullmatch(targets, "lm_head") is not None
+    except re.error:
+        return False

@@ -7,7 +7,9 @@ listed with what to write instead, so that a config written for another trainer 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import difflib
+import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,6 +77,33 @@ def _interval(value: float) -> str | None:
     return None if 0 < value <= 1 else "is a fraction of an epoch: above 0 and at most 1"
 
 
+def did_you_mean(name: str, candidates: Iterable[str]) -> str:
+    """The end of a problem that names the candidate closest to a misspelled name, or "" when none is close."""
+    match = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
+    return f"; did you mean {match[0]}?" if match else ""
+
+
+ATTENTION_NAMES = ("sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention")
+KERNELS_HUB_FLASH = ("kernels-community/flash-attn2", "kernels-community/vllm-flash-attn3")
+"""The kernels-hub builds of flash attention transformers loads for flash_attention_2 / _3 without flash-attn."""
+_KERNEL_ID = re.compile(r"^[^/:@\s]+/[^/:@\s]+(?:@[^/:\s]+)?(?::[^/:\s]+)?$")
+
+
+def _attention(value: str) -> str | None:
+    """transformers' own names, or a kernel on the Hugging Face hub (org/repo, @revision and :kernel optional)."""
+    if value in ATTENTION_NAMES or _KERNEL_ID.match(value):
+        return None
+    return (f"is not one of {', '.join(ATTENTION_NAMES)}, nor a kernels-hub id such as {KERNELS_HUB_FLASH[0]}"
+            f"{did_you_mean(value, ATTENTION_NAMES)}")
+
+
+def _loss_type(value: str) -> str | None:
+    if value == "chunked_nll":
+        return ("is TRL's former name for nll, which computes the loss the same way (through the fused LM head, in "
+                "chunks, never building the full logits): write nll")
+    return None if value in ("nll", "dft") else f"is not one of nll, dft{did_you_mean(value, ('nll', 'dft'))}"
+
+
 @dataclass(frozen=True)
 class Option:
     """One key tuneterm knows, with its type, its default and the reason for that default."""
@@ -110,10 +139,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("model.revision", (str,), nullable=True, why="The hub's default branch unless you pin one."),
     Option("model.trust_remote_code", (bool,), False,
            why="Running code from a model repository is opt-in."),
-    Option("model.attn_implementation", (str,), "sdpa",
-           choices=("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention"),
+    Option("model.attn_implementation", (str,), "sdpa", check=_attention,
            why="SDPA never materialises the seq x seq attention scores that make long sequences run out of "
-               f"memory ({GUIDE_HYPERPARAMS}, chapter 2), and needs no extra package."),
+               f"memory ({GUIDE_HYPERPARAMS}, chapter 2), and needs no extra package. flash_attention_2/3 (the "
+               "flash-attn package, or the kernels-hub builds transformers fetches without it, such as "
+               f"{KERNELS_HUB_FLASH[0]}) and flex_attention also run packed rows without padding or a dense mask."),
     Option("model.chat_template", (str,), nullable=True,
            why="The tokenizer's own chat template; set a .jinja file or a template string to replace it."),
     # data --------------------------------------------------------------------------------------------------
@@ -215,6 +245,35 @@ OPTIONS: tuple[Option, ...] = (
            why="Training on a CPU uses one thread per core that is free when the run starts: with another process "
                "busy on one of two cores, PyTorch's default of one thread per core trained 3x slower than one "
                "thread (bench/cpu_threads.py: 5,500 against 16,700 tokens/s on the demo model)."),
+    Option("training.packing", (bool,), AUTO,
+           why="Packing fills each row with whole examples, so no step computes padding. auto packs where the "
+               "attention implementation runs packed rows as separate sequences (flash attention, flex_attention); "
+               "SDPA keeps them apart through a dense mask over each micro-batch, and on the demo's data packing "
+               "with it trained 0.91x the real tokens per CPU-second of no packing (bench/packing_cpu.py)."),
+    Option("training.packing_strategy", (str,), "bfd", choices=("bfd", "bfd_split", "wrapped"),
+           why="Best-fit decreasing keeps every example whole and apart from the others in its row (TRL flattens "
+               "the rows padding-free, positions restarting at each example); wrapped cuts examples mid-way and lets "
+               "each attend to the one before it."),
+    Option("training.padding_free", (bool,), False,
+           why="Without packing, padding-free flattens each micro-batch into one row with no padding (packing with "
+               "bfd is padding-free already)."),
+    Option("training.use_liger_kernel", (bool,), False,
+           why="Liger's Triton kernels (RMSNorm, RoPE, SwiGLU) save activation memory on a CUDA GPU; its fused "
+               "cross-entropy, where most of its published saving came from, is what TRL's own fused LM head does "
+               "already. Needs the liger-kernel package."),
+    Option("training.liger_kernel_config", (dict,), nullable=True,
+           why="Which Liger kernels to apply (rms_norm, rope, swiglu ...); all by default. TRL keeps its own fused "
+               "LM head, so fused_linear_cross_entropy cannot be turned on."),
+    Option("training.activation_offloading", (bool,), False,
+           why="Moves the activations backward needs to host memory while the forward pass runs and brings them "
+               "back for backward: GPU memory for PCIe traffic, for sequences too long to fit otherwise."),
+    Option("training.torch_compile", (bool,), False,
+           why="Opt-in: compiling costs minutes before the first step and again for every new batch shape (padded "
+               "and padding-free batches change length every step); worth it for long runs of fixed shapes."),
+    Option("training.loss_type", (str,), "nll", check=_loss_type,
+           why="The negative log-likelihood of the trained tokens, computed by TRL through a fused LM head in "
+               "chunks, so the batch x length x vocabulary logits are never built; dft weights each token by its "
+               "probability (Dynamic Fine-Tuning)."),
     Option("training.max_length", (int,), AUTO, check=_auto_or(_positive),
            why="The 99th percentile of the data's token lengths rounded up to a multiple of 64: longer wastes "
                f"memory on padding, shorter truncates ({GUIDE_HYPERPARAMS}, chapter 2)."),

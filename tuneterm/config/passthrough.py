@@ -10,9 +10,9 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from tuneterm.config.options import OPTIONS
+from tuneterm.config.options import OPTIONS, did_you_mean
 from tuneterm.config.sources import Given
-from tuneterm.config.values import coerced, did_you_mean, type_name
+from tuneterm.config.values import coerced, type_name
 from tuneterm.errors import Problem
 
 _PASS_THROUGH_CLASSES = {

@@ -14,8 +14,7 @@ from typing import Any
 
 import yaml
 
-from tuneterm.config.options import EXPERIMENTS_SECTION, OPTION_BY_KEY, PATH_KEYS, RENAMED, SECTIONS
-from tuneterm.config.values import did_you_mean
+from tuneterm.config.options import EXPERIMENTS_SECTION, OPTION_BY_KEY, PATH_KEYS, RENAMED, SECTIONS, did_you_mean
 from tuneterm.errors import ConfigError, Location, Problem
 from tuneterm.hub import resolve_source
 

@@ -6,13 +6,11 @@ the wizard accepts is one the run accepts. A problem names the likely intended w
 
 from __future__ import annotations
 
-import difflib
 import math
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from tuneterm.config.options import AUTO, OPTION_BY_KEY, Option
+from tuneterm.config.options import AUTO, OPTION_BY_KEY, Option, did_you_mean
 from tuneterm.errors import Location, Problem
 
 LISTED_CHOICES = 12
@@ -78,12 +76,6 @@ def type_name(t: type) -> str:
     """A type as a problem names it: "an integer", "true/false"."""
     return {bool: "true/false", int: "an integer", float: "a number", str: "a string", list: "a list",
             dict: "a mapping"}.get(t, t.__name__)
-
-
-def did_you_mean(name: str, candidates: Iterable[str]) -> str:
-    """The end of a problem that names the candidate closest to a misspelled name, or "" when none is close."""
-    match = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
-    return f"; did you mean {match[0]}?" if match else ""
 
 
 def output_dir_problem(output: str) -> Problem | None:

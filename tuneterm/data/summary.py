@@ -300,6 +300,9 @@ class DataView:
     truncation: Truncation
     eval_truncation: Truncation | None
     findings: list[Problem] = field(default_factory=list)
+    train_lengths: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int32))
+    """Token length of every training example as it is trained (cut to max_length; those that lose their whole
+    response left out), in file order: what packing and the padding a batch carries follow from."""
 
 
 @dataclass
@@ -365,6 +368,7 @@ def _view(summary: DataSummary, val_size: float | int, seed: int, max_samples: i
     chosen, chosen_why = ((suggested, suggestion_why) if max_length == "auto"
                           else (int(max_length), "set in the config"))
     cut = train.truncation(chosen, split.train_indices)
+    kept = split.train_indices[train.lost_at(chosen)[split.train_indices] < train.trained[split.train_indices]]
     eval_cut = (summary.eval.truncation(chosen) if summary.eval is not None
                 else train.truncation(chosen, held_idx) if held_idx is not None and len(held_idx) else None)
     eval_total = summary.eval.examples if summary.eval is not None else len(held_idx) if held_idx is not None else 0
@@ -381,7 +385,8 @@ def _view(summary: DataSummary, val_size: float | int, seed: int, max_samples: i
         eval_examples=eval_total - (eval_cut.fully_truncated if eval_cut else 0),
         lengths=split.length_stats, histogram=split.histogram, trained_tokens=split.trained_stats,
         max_length=chosen, max_length_why=chosen_why, suggested_max_length=suggested,
-        suggestion_why=suggestion_why, truncation=cut, eval_truncation=eval_cut, findings=findings)
+        suggestion_why=suggestion_why, truncation=cut, eval_truncation=eval_cut, findings=findings,
+        train_lengths=np.minimum(train.lengths[kept], chosen))
 
 
 def _length_findings(name: str, cut: Truncation, examples: int, lengths: np.ndarray) -> list[Problem]:

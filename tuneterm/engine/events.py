@@ -110,6 +110,18 @@ class RunStarted(Event):
     thinking: bool | None = None
     """The enable_thinking the trained model is asked with (its chat): True when training rendered examples in a
     hybrid template's thinking mode, False when all were rendered the no-think way, None for other templates."""
+    train_sequences: int | None = None
+    """What the Trainer iterates in an epoch: packed rows when packing, else the training examples."""
+    tokens_per_step: float | None = None
+    """Real (non-padding) tokens of one optimizer step, over all processes, on average over the data."""
+    padding_share: float | None = None
+    """The share of the tokens a step computes that the data leaves as padding, expected from its lengths."""
+    flops_per_token: float | None = None
+    """Model FLOPs of training on one real token (forward and backward, without recomputation): plan/flops.py."""
+    peak_flops: float | None = None
+    """The device's dense tensor peak in FLOP/s at the run's precision, per process; None where unknown or on a CPU
+    (then there is no MFU to show, and `peak_flops_why` says why)."""
+    peak_flops_why: str = ""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -123,6 +135,9 @@ class StepLogged(Event):
     learning_rate: float
     grad_norm: float | None = None
     tokens_per_second: float | None = None
+    """Real (non-padding) tokens per second since the last log, over all processes."""
+    padding_share: float | None = None
+    """The share of the tokens computed since the last log that were padding."""
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -12,11 +12,24 @@ head never materialises the full logits), term by term:
   activations   what backward needs, per token: with gradient checkpointing every layer's input plus one layer
                 recomputed, without it every layer's tensors; LoRA adds the inputs of the adapted layers
   attention     eager attention's seq x seq probabilities (SDPA and flash attention never store them)
-  logits        batch x seq x vocab, only where the LM head is not fused (plain transformers training)
+  mask          the dense mask SDPA and eager attention need to keep padding-free rows apart: packing with bfd (or
+                padding_free) flattens each micro-batch into one row of micro-batch x max_length tokens, whose
+                N x N boolean mask SDPA turns into one of the compute dtype (flash attention's variable-length kernel
+                and flex_attention's block mask need none)
+  logits        batch x seq x vocab, only where the LM head is not fused: plain transformers training, or TRL with
+                label smoothing (its loss then needs the full logits). TRL's default loss (nll, formerly
+                chunked_nll) scores through the fused LM head in chunks, as Liger's fused cross-entropy would
   gathered      sharded weights brought together to compute with (FSDP, ZeRO-3): see "Several GPUs" below
   evaluation    the eval step (no gradients, no stored activations) when it peaks above training
   slack         what the caching allocator reserves beyond what is allocated
   cuda context  the CUDA runtime and kernels, outside PyTorch's allocator
+
+With activation offloading (TRL's activation_offloading) the activations backward needs go to host memory during
+the forward pass and come back layer by layer: the GPU keeps the layer in backward (recomputed, under gradient
+checkpointing) and the next layer's saved tensors, prefetched; the rest is counted as host memory
+(`offloaded_bytes`), not GPU memory. Packing does not change
+the activations' size at the peak: the estimate is for the longest batch, micro-batch x max_length tokens, which
+a packed micro-batch fills.
 
 The per-token activation coefficients were fitted to real peaks measured on an H100 over 47 configurations
 (bench/vram_calibration.py; results in docs/vram_calibration.md), where the estimate of peak allocated memory
@@ -38,6 +51,7 @@ from dataclasses import dataclass, field, replace
 from typing import Literal
 
 from tuneterm.plan.model import LinearModule, LoraShape, ModelFacts, trainable_params
+from tuneterm.plan.packing import attention_is_varlen
 
 GB = 1e9
 
@@ -55,6 +69,7 @@ CHECKPOINT_BYTES = 2.51                 # x hidden per layer: the layer inputs k
 EAGER_STORED_BYTES = 6.05               # x batch x heads x seq^2 per layer, eager attention without checkpointing
 EAGER_TRANSIENT_BYTES = 12.8            # the same for the one layer being computed
 UNFUSED_LOGITS_BYTES = 12.0             # bf16 logits, their fp32 upcast and its gradient, per token x vocab
+OFFLOADED_LAYERS_ON_GPU = 2             # activation offloading: the layer in backward and the next, prefetched
 ALLOCATOR_SLACK = 0.10                  # reserved / allocated - 1: 1-30% measured, 10% typical
 CUDA_CONTEXT = 0.8 * GB                 # NVML minus reserved, constant over the grid (H100, CUDA 13)
 
@@ -99,6 +114,10 @@ class MemorySetup:
     """TRL scores tokens through the LM head in chunks; plain transformers training materialises all logits."""
     bnb_saves_inputs: bool = False
     """bitsandbytes before 0.43.2 kept every 4-bit layer's input for backward."""
+    padding_free: bool = False
+    """Each micro-batch is flattened into one row (packing with bfd, or padding_free)."""
+    activation_offloading: bool = False
+    """TRL's activation offloading: saved activations live in host memory between forward and backward."""
 
 
 @dataclass(frozen=True)
@@ -114,6 +133,8 @@ class MemoryEstimate:
     paged_optimizer_bytes: float
     """Optimizer states in pageable memory: resident on the GPU while there is room, not counted above."""
     trainable_params: int
+    offloaded_bytes: float = 0.0
+    """Activations kept in host memory by activation offloading, not counted above."""
 
 
 def estimate_memory(facts: ModelFacts, setup: MemorySetup) -> MemoryEstimate:
@@ -135,12 +156,19 @@ def estimate_memory(facts: ModelFacts, setup: MemorySetup) -> MemoryEstimate:
         activations = tokens * (facts.layers * CHECKPOINT_BYTES * facts.hidden_size * activation_scale + per_layer)
     else:
         activations = tokens * facts.layers * per_layer
+    offloaded = 0.0
+    if setup.activation_offloading:  # the layer in backward and the next one's saved tensors, prefetched
+        kept = (facts.hidden_size * CHECKPOINT_BYTES * activation_scale if setup.gradient_checkpointing
+                else per_layer)
+        on_gpu = min(activations, tokens * (per_layer + (OFFLOADED_LAYERS_ON_GPU - 1) * kept))
+        activations, offloaded = on_gpu, activations - on_gpu
     if setup.bnb_saves_inputs and setup.method == "qlora":
         kept_layers = 1 if setup.gradient_checkpointing else facts.layers
         activations += tokens * kept_layers * _inputs_per_layer(facts, facts.linear) * 2
     attention = _eager_scores(facts, setup, setup.micro_batch, training=True)
+    mask = _dense_mask(setup, activation_scale)
     logits = 0.0 if setup.fused_lm_head else tokens * facts.vocab_size * UNFUSED_LOGITS_BYTES
-    training_peak = static + activations + attention + logits
+    training_peak = static + activations + attention + mask + logits
 
     eval_batch = setup.eval_batch or setup.micro_batch
     eval_tokens = eval_batch * setup.seq_len
@@ -154,10 +182,11 @@ def estimate_memory(facts: ModelFacts, setup: MemorySetup) -> MemoryEstimate:
     breakdown = {
         "weights": weights, "adapters": adapters, "gradients": gradients, "gradient_buckets": buckets,
         "optimizer": optimizer, "gathered_weights": gathered, "activations": activations,
-        "attention_scores": attention, "logits": logits,
+        "attention_scores": attention, "attention_mask": mask, "logits": logits,
         "evaluation": max(0.0, evaluation_peak - training_peak), "allocator_slack": slack, "cuda_context": context,
     }
-    return MemoryEstimate(breakdown, allocated, allocated + slack, allocated + slack + context, paged, trainable)
+    return MemoryEstimate(breakdown, allocated, allocated + slack, allocated + slack + context, paged, trainable,
+                          offloaded)
 
 
 def _shards(setup: MemorySetup) -> tuple[int, int]:
@@ -231,10 +260,18 @@ def _layer_bytes(facts: ModelFacts, setup: MemorySetup) -> float:
     return base + per_input * width
 
 
+def _dense_mask(setup: MemorySetup, activation_scale: int) -> float:
+    """The N x N mask of a flattened micro-batch, boolean and in the compute dtype, where the attention needs one."""
+    if not setup.padding_free or attention_is_varlen(setup.attn_implementation):
+        return 0.0
+    return float((setup.micro_batch * setup.seq_len) ** 2) * (1 + 2 * activation_scale)
+
+
 def _eager_scores(facts: ModelFacts, setup: MemorySetup, batch: int, training: bool) -> float:
     if setup.attn_implementation != "eager":
         return 0.0
-    scores = batch * facts.heads * setup.seq_len ** 2
+    rows, length = (1, batch * setup.seq_len) if setup.padding_free and training else (batch, setup.seq_len)
+    scores = rows * facts.heads * length ** 2
     stored_layers = facts.layers if training and not setup.gradient_checkpointing else 0
     return scores * (EAGER_STORED_BYTES * stored_layers + EAGER_TRANSIENT_BYTES)
 

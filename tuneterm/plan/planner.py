@@ -29,6 +29,7 @@ from tuneterm.errors import ConfigError, DataError, LoadError, Location, Problem
 from tuneterm.hardware import GpuSurvey, HostReading, device_from_survey, read_gpus, read_host
 from tuneterm.hub import looks_like_hub_id
 from tuneterm.plan.advice import Advice, Context, LengthStats, advise
+from tuneterm.plan.flops import mean_context, training_flops_per_token
 from tuneterm.plan.memory import (
     BatchAdvice,
     MemoryEstimate,
@@ -40,7 +41,8 @@ from tuneterm.plan.memory import (
     verdict,
 )
 from tuneterm.plan.model import LoraShape, ModelFacts, load_model_facts, peft_total_params, trainable_params
-from tuneterm.plan.resolve import resolve, schedule_of
+from tuneterm.plan.packing import Tokens
+from tuneterm.plan.resolve import flattens_rows, resolve, schedule_of, tokens_of
 from tuneterm.plan.schedule import Schedule
 from tuneterm.work import Work
 
@@ -79,6 +81,10 @@ class Plan:
     """Errors (a run could not start), warnings and notes, each with the key it concerns."""
     length_why: str = "max_length"
     """Why the memory is planned at its sequence length (planned_length)."""
+    tokens: Tokens | None = None
+    """Rows, real tokens per step and padding under the packing settings; None without data."""
+    flops_per_token: float = 0.0
+    """Model FLOPs of training one real token (plan/flops.py), for the MFU a run can reach."""
 
     @property
     def blocking(self) -> list[Problem]:
@@ -175,10 +181,11 @@ def plan_run(config: RunConfig, facts: ModelFacts, summary: DataSummary | None, 
     the work by `strategy`), the memory is per GPU and `gpus` are those the run is to use (GpuSurvey.only)."""
     device = device_from_survey(gpus)
     view = view_of(summary, config, facts.context_length) if summary is not None else None
-    resolved = resolve(config, device, train_examples=view.train_examples if view else None,
-                       data_max_length=(view.max_length, view.max_length_why) if view else None,
-                       world_size=world_size, strategy=strategy)
-    schedule = schedule_of(resolved, view.train_examples, view.eval_examples, world_size) if view else None
+    resolved = resolve(config, device, data_max_length=(view.max_length, view.max_length_why) if view else None,
+                       world_size=world_size, strategy=strategy, train_lengths=view.train_lengths if view else None)
+    tokens = tokens_of(resolved, view.train_lengths) if view else None
+    schedule = schedule_of(resolved, view.train_examples, view.eval_examples, world_size,
+                           tokens.sequences) if view and tokens else None
     setup = memory_setup(resolved, facts.context_length, world_size, "cuda" if gpus.gpus else "cpu", strategy)
     problems = list(view.findings) if view else []
     if resolved.get("training.max_length") == AUTO:
@@ -193,11 +200,13 @@ def plan_run(config: RunConfig, facts: ModelFacts, summary: DataSummary | None, 
         targets.append(MemoryTarget(f"CPU RAM (no GPU: {gpus.reason})", available, verdict(estimate, available),
                                     largest_micro_batch(facts, setup, available, effective_batch)))
     lengths = LengthStats(view.lengths["p95"], view.lengths["p99"], view.train_examples) if view else None
-    advice = advise(Context(resolved, schedule, facts, lengths, device, world_size))
+    advice = advise(Context(resolved, schedule, facts, lengths, device, world_size, tokens, estimate))
     shape = lora_shape(resolved)
+    context = mean_context(view.train_lengths) if view else (setup.seq_len + 1) / 2
     return Plan(resolved, facts, trainable_params(facts, resolved.method, shape),
                 peft_total_params(facts, resolved.method, shape), estimate, setup, targets, gpus, advice, schedule,
-                view, summary, problems, planned_length(resolved, facts.context_length)[1])
+                view, summary, problems, planned_length(resolved, facts.context_length)[1], tokens,
+                training_flops_per_token(facts, resolved.method, shape, context))
 
 
 def make_plan(config: RunConfig, world_size: int = 1, gpus: GpuSurvey | None = None, work: Work | None = None,
@@ -256,4 +265,7 @@ def memory_setup(config: RunConfig, context_length: int | None, world_size: int 
         world_size=world_size,
         strategy=strategy,
         device=device,
+        fused_lm_head=not config.get("training.label_smoothing_factor"),
+        padding_free=flattens_rows(config),
+        activation_offloading=bool(config.get("training.activation_offloading")),
     )

@@ -24,11 +24,14 @@ def plan_to_json(plan: Plan) -> dict[str, Any]:
                   "base_params": plan.facts.total_params, "trainable_params": plan.trainable_params},
         "data": _data_json(plan),
         "schedule": asdict(plan.schedule) if plan.schedule else None,
+        "tokens": asdict(plan.tokens) if plan.tokens else None,
+        "flops_per_token": plan.flops_per_token,
         "memory": {
             "total_bytes": plan.memory.total_bytes,
             "peak_allocated_bytes": plan.memory.peak_allocated,
             "peak_reserved_bytes": plan.memory.peak_reserved,
             "paged_optimizer_bytes": plan.memory.paged_optimizer_bytes,
+            "offloaded_activation_bytes": plan.memory.offloaded_bytes,
             "breakdown": plan.memory.breakdown,
             "setup": asdict(plan.memory_setup),
             "verdict": {"level": first.verdict.level, "why": first.verdict.why, "device": first.name},
@@ -59,6 +62,26 @@ _SHARING = {"single": "a full replica each", "ddp": "a full replica each",
             "fsdp": "weights, gradients and optimizer state sharded",
             "deepspeed-zero2": "gradients and optimizer state sharded",
             "deepspeed-zero3": "weights, gradients and optimizer state sharded"}
+
+
+def tokens_line(plan: Plan, brief: bool = False) -> str:
+    """What the data gives a step under the packing settings: the speed that packing buys is read here. `brief`:
+    without the reasons and the FLOPs, for a narrow panel."""
+    t, config = plan.tokens, plan.config
+    if t is None:
+        return ""
+    if config.get("training.packing") is True:
+        packed = (f"packed ({config.get('training.packing_strategy')}) into "
+                  f"{t.sequences:,} rows of {config.get('training.max_length')}")
+    else:
+        packed = "not packed" + (", padding-free" if t.padding_free else "")
+    padding = "no padding" if t.padding_free or not t.padding_share else f"{t.padding_share:.0%} of it padding"
+    if brief:
+        return f"{t.real_per_step:,.0f} real tokens per step, {padding}; {packed}"
+    why = config.why("training.packing")
+    return (f"{t.real_per_step:,.0f} real tokens per optimizer step, {padding}; {packed}"
+            + (f" ({why})" if "training.packing" in config.notes else "")
+            + f"; {plan.flops_per_token / 1e9:,.3g} GFLOP of training per real token")
 
 
 def format_plan(plan: Plan) -> str:
@@ -94,6 +117,8 @@ def format_plan(plan: Plan) -> str:
                      f"{plan.config.get('training.gradient_accumulation_steps')} x {gpus}); "
                      f"{sc.steps_per_epoch:,} steps per epoch, {sc.total_steps:,} in total; warmup {sc.warmup_steps} "
                      f"steps; {evaluation}checkpoint every {sc.save_steps}")
+    if plan.tokens:
+        lines.append(f"Tokens    {tokens_line(plan)}")
     per = "GPU" if s.device == "cuda" else "process"
     if s.world_size > 1:
         per += f" of {s.world_size} ({s.strategy}: {_SHARING[s.strategy]})"
@@ -105,6 +130,8 @@ def format_plan(plan: Plan) -> str:
         lines.append("            " + "   ".join(f"{name} {written}" for name, written in parts[start:start + 4]))
     paged = f"; paged optimizer states {size(plan.memory.paged_optimizer_bytes)} can move to host RAM" \
         if plan.memory.paged_optimizer_bytes else ""
+    if plan.memory.offloaded_bytes:
+        paged += f"; activations offloaded to host RAM {size(plan.memory.offloaded_bytes)}"
     counted = "as nvidia-smi counts it" if s.device == "cuda" else "of RAM"
     lines.append(f"          about {size(plan.memory.total_bytes)} {counted} (peak allocated "
                  f"{size(plan.memory.peak_allocated)}){paged}")

@@ -7,12 +7,17 @@ the data's length statistics, the device) as arguments.
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Any
 
+import numpy as np
+
 from tuneterm.config import AUTO, RunConfig
+from tuneterm.errors import ConfigError, Location, Problem
 from tuneterm.hardware import Device, resolve_precision
 from tuneterm.plan import schedule
 from tuneterm.plan.memory import PAGED_OPTIMIZERS, SHARDED_STATES, SHARDED_WEIGHTS, Strategy
+from tuneterm.plan.packing import PADDING_FREE_STRATEGIES, Tokens, attention_is_varlen, tokens_per_step
 from tuneterm.plan.schedule import Schedule
 
 _DTYPE_NAMES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
@@ -20,9 +25,13 @@ _DTYPE_NAMES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 
 def resolve(config: RunConfig, device: Device, train_examples: int | None = None,
             data_max_length: tuple[int, str] | None = None, world_size: int = 1,
-            strategy: Strategy = "ddp") -> RunConfig:
-    """Fill what can be filled: precision from the device, lengths and intervals from the data when known, and
-    what sharding across processes needs (`strategy`, see plan/memory.py)."""
+            strategy: Strategy = "ddp", train_lengths: np.ndarray | None = None) -> RunConfig:
+    """Fill what can be filled: precision from the device, packing from the attention implementation, lengths and
+    intervals from the data when known, and what sharding across processes needs (`strategy`, see
+    plan/memory.py). The intervals count what the Trainer iterates: the training examples (`train_examples`), or
+    when packing, the rows their token lengths (`train_lengths`, as trained) pack into. Raises ConfigError for
+    settings this device cannot run."""
+    _refuse_for_device(config, device)
     changes: dict[str, tuple[Any, str]] = {}
     precision = config.get("training.precision")
     if precision == AUTO:
@@ -38,11 +47,64 @@ def resolve(config: RunConfig, device: Device, train_examples: int | None = None
         changes["training.per_device_eval_batch_size"] = (micro_batch, "the training micro-batch")
     if config.get("training.max_length") == AUTO and data_max_length is not None:
         changes["training.max_length"] = data_max_length
-    if train_examples is not None:
+    if config.get("training.packing") == AUTO:
+        changes["training.packing"] = packing_by_attention(config.get("model.attn_implementation"))
+    if train_lengths is not None:
+        sequences = tokens_of(config.resolved(changes), train_lengths).sequences
+        changes.update(_intervals(config, sequences, world_size))
+    elif train_examples is not None:
+        if config.resolved(changes).get("training.packing") is True:
+            raise ValueError("packing: the intervals need the examples' lengths (train_lengths)")
         changes.update(_intervals(config, train_examples, world_size))
     if world_size > 1:
         changes.update(_for_sharding(config, precision, strategy))
     return config.resolved(changes)
+
+
+def packing_by_attention(attn_implementation: str) -> tuple[bool, str]:
+    """What packing "auto" becomes, and why."""
+    if attention_is_varlen(attn_implementation):
+        return True, (f"auto: {attn_implementation} runs a packed micro-batch as separate sequences without padding "
+                      "or a dense mask")
+    return False, (f"auto: {attn_implementation} would keep packed sequences apart only through a dense mask over "
+                   "each whole micro-batch, without its fastest kernel; packing: true packs all the same, and "
+                   "flash_attention_2/3, a kernels-hub flash build or flex_attention pack without that cost")
+
+
+def _refuse_for_device(config: RunConfig, device: Device) -> None:
+    """Levers that need what this device lacks, refused before anything loads."""
+    problems = []
+    if config.get("training.activation_offloading") and device.kind != "cuda":
+        problems.append(Problem(f"activation offloading moves activations from a CUDA GPU to host memory; "
+                                f"{device.name} trains in host memory already: set it to false",
+                                Location(key="training.activation_offloading")))
+    if config.get("training.use_liger_kernel"):
+        if importlib.util.find_spec("liger_kernel") is None:
+            problems.append(Problem("the Liger kernels need the liger-kernel package: pip install liger-kernel, or "
+                                    "set use_liger_kernel: false", Location(key="training.use_liger_kernel")))
+        elif device.kind != "cuda":
+            problems.append(Problem(f"the Liger kernels are Triton kernels for a CUDA GPU, and this run trains on "
+                                    f"{device.name}: set use_liger_kernel: false",
+                                    Location(key="training.use_liger_kernel")))
+    if problems:
+        raise ConfigError(problems)
+
+
+def flattens_rows(config: RunConfig) -> bool:
+    """Whether TRL will flatten each micro-batch into one padding-free row: packing with bfd, or padding_free."""
+    strategy = config.get("training.packing_strategy")
+    return config.get("training.packing") is True and strategy in PADDING_FREE_STRATEGIES \
+        or bool(config.get("training.padding_free"))
+
+
+def tokens_of(config: RunConfig, train_lengths: np.ndarray) -> Tokens:
+    """What the data gives each step under a resolved config: rows, real tokens, padding (plan/packing.py)."""
+    processes = config.get("training.dataset_num_proc")
+    return tokens_per_step(train_lengths, config.get("training.max_length"),
+                           config.get("training.per_device_train_batch_size"),
+                           config.get("training.gradient_accumulation_steps"), bool(config.get("training.packing")),
+                           config.get("training.packing_strategy"), bool(config.get("training.padding_free")),
+                           processes if isinstance(processes, int) else None)
 
 
 def _for_sharding(config: RunConfig, precision: str, strategy: Strategy) -> dict[str, tuple[Any, str]]:
@@ -62,8 +124,8 @@ def _for_sharding(config: RunConfig, precision: str, strategy: Strategy) -> dict
     return changes
 
 
-def _intervals(config: RunConfig, train_examples: int, world_size: int) -> dict[str, tuple[Any, str]]:
-    epoch_steps = schedule.steps_per_epoch(train_examples, config.get("training.per_device_train_batch_size"),
+def _intervals(config: RunConfig, train_sequences: int, world_size: int) -> dict[str, tuple[Any, str]]:
+    epoch_steps = schedule.steps_per_epoch(train_sequences, config.get("training.per_device_train_batch_size"),
                                            config.get("training.gradient_accumulation_steps"), world_size)
     fraction = config.get("training.eval_interval_epochs")
     interval = schedule.interval_steps(epoch_steps, fraction)
@@ -79,8 +141,9 @@ def _intervals(config: RunConfig, train_examples: int, world_size: int) -> dict[
     return changes
 
 
-def schedule_of(config: RunConfig, train_examples: int, eval_examples: int, world_size: int = 1) -> Schedule:
-    """The schedule of a config resolved with resolve(..., train_examples=...)."""
+def schedule_of(config: RunConfig, train_examples: int, eval_examples: int, world_size: int = 1,
+                train_sequences: int | None = None) -> Schedule:
+    """The schedule of a config resolved with resolve(...); `train_sequences`: the packed rows when packing."""
     eval_steps = config.get("training.eval_steps")
     return schedule.schedule_for(
         micro_batch=config.get("training.per_device_train_batch_size"),
@@ -90,4 +153,5 @@ def schedule_of(config: RunConfig, train_examples: int, eval_examples: int, worl
         warmup=config.get("training.warmup_steps"),
         eval_steps=eval_steps if isinstance(eval_steps, int) else None,
         save_steps=config.get("training.save_steps"),
-        train_examples=train_examples, eval_examples=eval_examples, world_size=world_size)
+        train_examples=train_examples, eval_examples=eval_examples, world_size=world_size,
+        train_sequences=train_sequences)

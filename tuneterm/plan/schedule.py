@@ -43,18 +43,22 @@ class Schedule:
     eval_steps: int | None
     """None when there is no eval split."""
     save_steps: int
+    train_sequences: int = 0
+    """What the Trainer iterates in an epoch: the packed rows when packing (plan/packing.py), else the examples."""
 
 
 def schedule_for(micro_batch: int, accumulation: int, epochs: float, max_steps: int, warmup: float | int,
                  eval_steps: int | None, save_steps: int, train_examples: int, eval_examples: int,
-                 world_size: int = 1) -> Schedule:
-    """The whole schedule of a resolved run; max_steps above 0 overrides epochs, as in TrainingArguments."""
-    per_epoch = steps_per_epoch(train_examples, micro_batch, accumulation, world_size)
+                 world_size: int = 1, train_sequences: int | None = None) -> Schedule:
+    """The whole schedule of a resolved run; max_steps above 0 overrides epochs, as in TrainingArguments. The steps
+    follow from `train_sequences` (packed rows) when given, else from the examples."""
+    sequences = train_examples if train_sequences is None else train_sequences
+    per_epoch = steps_per_epoch(sequences, micro_batch, accumulation, world_size)
     total = max_steps if max_steps and max_steps > 0 else total_steps(per_epoch, epochs)
     return Schedule(effective_batch_size=micro_batch * accumulation * world_size, train_examples=train_examples,
                     eval_examples=eval_examples, steps_per_epoch=per_epoch, total_steps=total,
                     warmup_steps=warmup_steps(total, warmup), eval_steps=eval_steps if eval_examples else None,
-                    save_steps=save_steps)
+                    save_steps=save_steps, train_sequences=sequences)
 
 
 # The learning-rate schedules of transformers.optimization, as multipliers of the base rate at a step.

@@ -78,6 +78,7 @@ class EventCallback(TrainerCallback):
         self.trainer: Any = None
         """The Trainer, set once it is built: an evaluation asked for by hand runs through it."""
         self._last_log: tuple[float, int] | None = None
+        self.tokens = TokenCounter()
 
     # The eval history -----------------------------------------------------------------------------------------
 
@@ -105,6 +106,8 @@ class EventCallback(TrainerCallback):
         if state.best_model_checkpoint and Path(state.best_model_checkpoint).parent != Path(args.output_dir):
             state.best_model_checkpoint = str(Path(args.output_dir) / Path(state.best_model_checkpoint).name)
         self._last_log = (time.perf_counter(), state.num_input_tokens_seen or 0)
+        if kwargs.get("model") is not None:
+            self.tokens.watch(kwargs["model"])
         self.run_control.training_from(state.global_step)
         if state.global_step >= state.max_steps or self.early_stopped:
             raise NothingLeftToTrain(f"checkpoint-{state.global_step} is the end of the run")
@@ -168,7 +171,7 @@ class EventCallback(TrainerCallback):
         self._last_log = (now, tokens)
         self.sink(StepLogged(step=state.global_step, max_steps=state.max_steps, epoch=state.epoch or 0.0,
                              loss=loss, learning_rate=float(logs.get("learning_rate", 0.0)), grad_norm=grad_norm,
-                             tokens_per_second=tokens_per_second))
+                             tokens_per_second=tokens_per_second, padding_share=self.tokens.padding_share()))
         if not math.isfinite(loss):
             self._stop_nonfinite(state, control, "the loss")
         elif not _finite(grad_norm) and self.precision != "fp16":  # fp16's loss scaler skips such steps itself
@@ -196,6 +199,9 @@ class EventCallback(TrainerCallback):
         # Evaluation time is not training time: restart the throughput clock.
         self._last_log = (time.perf_counter(), state.num_input_tokens_seen or 0)
 
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.tokens.stop()
+
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         distributed.barrier()  # every process has written its part (its RNG state, its optimizer shard)
         path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
@@ -207,6 +213,45 @@ class EventCallback(TrainerCallback):
     def early_stopped(self) -> bool:
         return bool(self.early_stopping and
                     self.early_stopping.early_stopping_patience_counter >= self.early_stopping.early_stopping_patience)
+
+
+class TokenCounter:
+    """Counts, as the model trains, the tokens each forward pass computes and how many of them are real, to report
+    the share that was padding. The real count stays on the device until it is read once per log: counting costs
+    no synchronisation of its own."""
+
+    def __init__(self) -> None:
+        self._handle: Any = None
+        self._computed = 0
+        self._real: Any = 0
+        """A tensor on the model's device once the first batch is counted."""
+
+    def watch(self, model: Any) -> None:
+        self.stop()
+        self._handle = model.register_forward_pre_hook(self._count, with_kwargs=True)
+
+    def stop(self) -> None:
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+
+    def _count(self, module: Any, args: Any, kwargs: dict[str, Any]) -> None:
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        if not module.training or ids is None:
+            return  # evaluation and generation are not training's padding
+        mask = kwargs.get("attention_mask")
+        self._computed += ids.numel()
+        # A padding-free row has no mask and no padding: position ids restart at each example instead.
+        self._real = self._real + (mask.sum() if mask is not None else ids.numel())
+
+    def padding_share(self) -> float | None:
+        """The share of the tokens computed since the last call that were padding; None before any."""
+        if not self._computed:
+            return None
+        real = float(self._real)
+        share = max(0.0, 1 - real / self._computed)
+        self._computed, self._real = 0, 0
+        return share
 
 
 def evaluations_without_improvement(log_history: list[dict[str, Any]], threshold: float) -> int:

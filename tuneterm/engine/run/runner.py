@@ -20,6 +20,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from tuneterm.config import RunConfig
 from tuneterm.data.prepare import PreparedData, prepare
 from tuneterm.data.tokenizer import load_tokenizer
@@ -45,16 +47,18 @@ from tuneterm.engine.launch import distributed
 from tuneterm.engine.launch.channel import ChannelListener
 from tuneterm.engine.loading import detect_device, load_model
 from tuneterm.engine.run import failures
+from tuneterm.engine.run.packed import refuse_mixing_rows
 from tuneterm.engine.run.plans import RunPlan, run_config
 from tuneterm.engine.run.trainer import build_trainer, parameter_counts, save_adapter
 from tuneterm.engine.run.verify import compare_saved, fingerprint_trainable
 from tuneterm.engine.rundir import fingerprint
 from tuneterm.engine.rundir.layout import CONFIG_FILE, holding_run_lock
 from tuneterm.errors import Cancelled, TuneTermError, first_sentence
-from tuneterm.hardware import CPU, Device, choose_cpu_threads
+from tuneterm.hardware import CPU, Device, choose_cpu_threads, peak_flops
+from tuneterm.plan.flops import mean_context, training_flops_per_token
 from tuneterm.plan.memory import SHARDED_WEIGHTS, estimate_memory
-from tuneterm.plan.planner import memory_setup, model_facts
-from tuneterm.plan.resolve import resolve, schedule_of
+from tuneterm.plan.planner import lora_shape, memory_setup, model_facts
+from tuneterm.plan.resolve import flattens_rows, resolve, schedule_of, tokens_of
 from tuneterm.work import Progress, Work, import_training_libraries
 
 ADAPTER_CHECK_FILE = "adapter_check.json"
@@ -222,8 +226,9 @@ class _Run:
         data = prepare(config, tokenizer, model_facts(config).context_length, work)
         self.warn(data.warnings)
         device = CPU if config.get("training.use_cpu") else detect_device()
-        config = resolve(config, device, train_examples=len(data.train.examples),
-                         data_max_length=(data.max_length, data.max_length_why), world_size=world, strategy=strategy)
+        lengths = np.array([len(example.input_ids) for example in data.train.examples], dtype=np.int64)
+        config = resolve(config, device, data_max_length=(data.max_length, data.max_length_why), world_size=world,
+                         strategy=strategy, train_lengths=lengths)
         _check_same_everywhere(config, data)
         if device.kind == "cpu":
             config = self.set_cpu_threads(config)
@@ -238,14 +243,22 @@ class _Run:
 
         self.phase("loading model", f"{config.get('model.path')} ({config.method}, {device.name})")
         model = load_model(config, config.get("training.precision"), device, strategy)
+        if flattens_rows(config) and strategy in SHARDED_WEIGHTS:
+            self.warn([f"{strategy} shards the weights before they can compute, so whether the examples of a "
+                       "padding-free row stay apart was not checked on this model (a run on one GPU checks it)"])
+        elif flattens_rows(config):
+            refuse_mixing_rows(model, config)
         self.phase("building trainer")
         trainer, callback = self.trainer_with_callbacks(config, model, tokenizer, data, device)
         before = fingerprint_trainable(trainer.model) if main else {}
         total, trainable = parameter_counts(trainer.model)
-        plan = schedule_of(config, len(data.train.examples), len(data.eval.examples) if data.eval else 0, world)
+        tokens = tokens_of(config, lengths)
+        plan = schedule_of(config, len(data.train.examples), len(data.eval.examples) if data.eval else 0, world,
+                           tokens.sequences)
         facts = model_facts(config)
         memory = estimate_memory(facts, memory_setup(config, facts.context_length, world,
                                                      "cuda" if device.kind == "cuda" else "cpu", strategy))
+        peak, peak_why = peak_flops(device, config.get("training.precision"))
         self.emit(RunStarted(
             run_dir=str(self.run_dir), config=config.to_nested(), defaulted=sorted(config.defaulted),
             notes=config.notes, train_examples=plan.train_examples, eval_examples=plan.eval_examples,
@@ -258,7 +271,11 @@ class _Run:
             eval_steps=plan.eval_steps, early_stopping_patience=config.get("training.early_stopping_patience"),
             effective_batch_size=plan.effective_batch_size,
             estimated_memory=memory.breakdown, estimated_memory_total=memory.total_bytes,
-            thinking=data.thinking))
+            thinking=data.thinking,
+            train_sequences=tokens.sequences, tokens_per_step=tokens.real_per_step * world,
+            padding_share=tokens.padding_share,
+            flops_per_token=training_flops_per_token(facts, config.method, lora_shape(config), mean_context(lengths)),
+            peak_flops=peak, peak_flops_why=peak_why))
         if self.stop_agreed():
             raise _Stopped
         self.emit(PhaseStarted(phase="training"))

@@ -44,7 +44,11 @@ def build_trainer(config: RunConfig, model: Any, tokenizer: Any, train_dataset: 
         # last complete checkpoint is never deleted.
         save_total_limit=max(training["save_total_limit"], 2) if has_eval else training["save_total_limit"],
         include_num_input_tokens_seen="non_padding",
+        packing=training.get("packing") is True,  # "auto" is resolved before a run; an unresolved one does not pack
     )
+    if arguments.get("padding_free") and not arguments["packing"]:
+        # TRL truncates to max_length only while it packs; the examples are cut to it already (data/prepare.py).
+        arguments["max_length"] = None
     # Every trainable parameter takes part in every step: DDP need not search the graph for unused ones.
     arguments.setdefault("ddp_find_unused_parameters", False)
     trainer = SFTTrainer(model=model, args=SFTConfig(**arguments), train_dataset=train_dataset,

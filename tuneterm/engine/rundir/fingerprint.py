@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tuneterm.config import RunConfig
+from tuneterm.config import OPTION_BY_KEY, RunConfig
 
 FINGERPRINT_FILE = "fingerprint.json"
 CHANGEABLE_ON_RESUME = frozenset({
@@ -78,6 +78,9 @@ def changes(config: RunConfig, run_dir: Path) -> list[str]:
     found = []
     for key in sorted(set(before["config"]) | set(now["config"])):
         old, new = before["config"].get(key), now["config"].get(key)
+        option = OPTION_BY_KEY.get(key)
+        if key not in before["config"] and option is not None and new == option.default_for(config.method):
+            continue  # an option tuneterm gained after the run started, left at its default
         if old != new:
             found.append(f"{key} was {old!r} and is now {new!r} in config.yaml")
     for key in ("data.train", "data.eval"):

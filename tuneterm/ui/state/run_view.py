@@ -41,6 +41,8 @@ LOG_LINES = 2000
 MEMORISING_LOSS = 0.2
 SPIKE_FACTOR = 5.0
 SPIKE_WINDOW = 50
+PACE_POINTS = 20
+"""The latest logged steps a pace (tokens per second, padding, MFU) is averaged over."""
 
 State = Literal["starting", "running", "completed", "early_stopped", "stopped", "failed", "interrupted"]
 
@@ -105,6 +107,8 @@ class RunView:
         self.rates = array.array("d")
         self.grad_norms = array.array("d")
         self.throughput = array.array("d")
+        self.padding = array.array("d")
+        """The share of the computed tokens that was padding, per logged step (NaN where the run did not say)."""
         self.step_times = array.array("d")
         self.evals: list[EvalFinished] = []
         self.checkpoints: list[CheckpointSaved] = []
@@ -191,7 +195,7 @@ class RunView:
         if self.steps and event.step <= self.steps[-1]:  # a resumed run logs these steps again
             keep = bisect_left(self.steps, event.step)
             for values in (self.steps, self.losses, self.smoothed, self.rates, self.grad_norms, self.throughput,
-                           self.step_times):
+                           self.padding, self.step_times):
                 del values[keep:]
             self._smoother = Smoother()
             for loss in self.losses:
@@ -204,6 +208,7 @@ class RunView:
         self.rates.append(event.learning_rate)
         self.grad_norms.append(event.grad_norm if event.grad_norm is not None else math.nan)
         self.throughput.append(event.tokens_per_second or math.nan)
+        self.padding.append(event.padding_share if event.padding_share is not None else math.nan)
         self.step_times.append(event.time)
         if not math.isfinite(event.loss) or event.grad_norm is not None and not math.isfinite(event.grad_norm):
             self.nonfinite_step = self.nonfinite_step or event.step
@@ -276,6 +281,31 @@ class RunView:
         steps = self.steps[-1] - self.steps[-1 - window]
         batch = self.started.effective_batch_size or self.started.train_examples / max(self.started.steps_per_epoch, 1)
         return steps * batch / seconds if seconds > 0 else None
+
+    def tokens_per_second(self) -> float | None:
+        """Real (non-padding) tokens per second over the latest 20 logged steps, all processes together."""
+        recent = [x for x in self.throughput[-PACE_POINTS:] if math.isfinite(x)]
+        return statistics.fmean(recent) if recent else None
+
+    def padding_share(self) -> float | None:
+        """The share of the computed tokens that was padding over the latest 20 logged steps; None for a run that
+        did not count it (recorded before it did)."""
+        recent = [x for x in self.padding[-PACE_POINTS:] if math.isfinite(x)]
+        return statistics.fmean(recent) if recent else None
+
+    def mfu(self) -> tuple[float | None, str]:
+        """Model FLOPs utilisation over the latest 20 logged steps: real tokens per second x the model's FLOPs per
+        token, over the peak of the run's devices together; None with why it is not known ("" for a run recorded
+        before its start said)."""
+        started, pace = self.started, self.tokens_per_second()
+        if started is None or started.flops_per_token is None:
+            return None, ""
+        if started.peak_flops is None:
+            return None, started.peak_flops_why
+        if pace is None:
+            return None, "waiting for steps"
+        return pace * started.flops_per_token / (started.peak_flops * max(started.world_size, 1)), \
+            started.peak_flops_why
 
     def planned_rates(self, points: int = 400) -> list[tuple[int, float]] | None:
         """The learning rate the run's schedule sets at each step (plan/schedule.py), about `points` of them; None

@@ -88,11 +88,24 @@ class StatusPane(TextPane):
                 if progress else ""
             return f"{escape(view.phase)}{done}"
         epoch = f"epoch {view.started and view.step / max(view.started.steps_per_epoch, 1):.2f}"
-        throughput = [x for x in view.throughput[-20:] if math.isfinite(x)]
-        tokens = f"{sum(throughput) / len(throughput):,.0f} tok/s" if throughput else "- tok/s"
+        pace = view.tokens_per_second()
+        tokens = f"{pace:,.0f} tok/s" if pace is not None else "- tok/s"
         samples = view.samples_per_second()
         return (f"step [b]{view.step:,}[/b]/{view.total_steps or '?':,}  {epoch}  elapsed {clock(view.elapsed())}  "
-                f"ETA {clock(view.eta())}  {tokens}  {f'{samples:.1f}' if samples else '-'} samples/s")
+                f"ETA {clock(view.eta())}  {tokens}  {f'{samples:.1f}' if samples else '-'} samples/s"
+                f"{speed_text(view)}")
+
+
+def speed_text(view: RunView) -> str:
+    """What the run gets of the device, where the run says it: the padding share of what it computes, and MFU (or
+    why there is none: on a CPU, a GPU whose peak is unknown). Empty for a run recorded before it counted them."""
+    padding, (mfu, why) = view.padding_share(), view.mfu()
+    parts = [f"padding {padding:.0%}"] if padding is not None else []
+    if mfu is not None:
+        parts.append(f"MFU [b]{mfu:.0%}[/b]")
+    elif why.startswith("n/a"):
+        parts.append(f"MFU {escape(why)}")
+    return "  " + "  ".join(parts) if parts else ""
 
 
 def result_text(result: RunFinished) -> str:

@@ -16,6 +16,7 @@ from textual.widgets import Static
 
 from tuneterm.plan.memory import parts_adding_up, size
 from tuneterm.plan.planner import Plan
+from tuneterm.plan.report import tokens_line
 from tuneterm.plan.schedule import learning_rates
 from tuneterm.ui.widgets.chart import LineChart
 
@@ -128,4 +129,5 @@ class PlanPanel(VerticalScroll):
         return (f"effective batch [b]{s.effective_batch_size}[/b] ({micro} x {accumulation})\n"
                 f"[b]{s.steps_per_epoch:,}[/b] steps per epoch, [b]{s.total_steps:,}[/b] in total\n"
                 f"warmup [b]{s.warmup_steps}[/b] steps, {evaluation}\n"
-                f"{s.train_examples:,} train / {s.eval_examples:,} eval examples")
+                f"{s.train_examples:,} train / {s.eval_examples:,} eval examples\n"
+                f"[$text-muted]{escape(tokens_line(plan, brief=True))}[/]")

@@ -2,7 +2,8 @@
 
 On a machine with several GPUs, first which of them to train on and how they share the work (DDP, FSDP,
 DeepSpeed ZeRO-2/3): the plan's memory is then per GPU for that strategy. Method (LoRA / QLoRA / full and the
-adapter's shape), batch, schedule, evaluation and the rest. A preset fills the values under what the person sets.
+adapter's shape), batch, schedule, evaluation, the speed levers (attention, packing, padding-free, Liger, activation
+offloading, torch.compile) and the rest. A preset fills the values under what the person sets.
 The focused field's reason for its default (with the guide it comes from) is shown at the bottom; ctrl+t applies
 the advice of the focused field.
 """
@@ -21,7 +22,7 @@ from textual.markup import escape
 from textual.message import Message
 from textual.widgets import Label, Select, SelectionList, Static
 
-from tuneterm.config import METHODS, OPTION_BY_KEY, RunConfig, preset_names
+from tuneterm.config import ATTENTION_NAMES, AUTO, KERNELS_HUB_FLASH, METHODS, OPTION_BY_KEY, RunConfig, preset_names
 from tuneterm.errors import Problem
 from tuneterm.hardware import GpuSurvey
 from tuneterm.plan.advice import Advice
@@ -61,6 +62,15 @@ GROUPS: tuple[tuple[str, tuple[FieldSpec, ...]], ...] = (
         FieldSpec("training.eval_interval_epochs", "eval every (epochs)"),
         FieldSpec("training.early_stopping_patience", "patience"),
         FieldSpec("training.load_best_model_at_end", "load best at end", boolean=True),
+    )),
+    ("Speed", (
+        FieldSpec("model.attn_implementation", "attention", (*ATTENTION_NAMES, *KERNELS_HUB_FLASH)),
+        FieldSpec("training.packing", "packing", (AUTO, True, False)),
+        FieldSpec("training.packing_strategy", "packing strategy", OPTION_BY_KEY["training.packing_strategy"].choices),
+        FieldSpec("training.padding_free", "padding-free", boolean=True),
+        FieldSpec("training.use_liger_kernel", "Liger kernels", boolean=True),
+        FieldSpec("training.activation_offloading", "offload activations", boolean=True),
+        FieldSpec("training.torch_compile", "torch.compile", boolean=True),
     )),
     ("Other", (
         FieldSpec("training.precision", "precision", OPTION_BY_KEY["training.precision"].choices),
