@@ -24,8 +24,9 @@ from tuneterm.engine.events import (
     VariationEnded,
     read_events,
 )
-from tuneterm.engine.experiment.definition import read_experiment
-from tuneterm.engine.experiment.results import CURVES_FILE, README_FILE, RESULTS_FILE, results_of
+from tuneterm.engine.experiment.directory import read_experiment
+from tuneterm.engine.experiment.results import results_of
+from tuneterm.engine.experiment.tables import CURVES_FILE, README_FILE, RESULTS_FILE
 from tuneterm.engine.rundir.layout import MARKER_FILE, is_live
 
 GRID = ["--vary", "lora.target_modules=[all-linear, [q_proj, v_proj]]",

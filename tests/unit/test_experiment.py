@@ -28,23 +28,11 @@ from tuneterm.engine.events import (
     StepLogged,
     VariationEnded,
 )
-from tuneterm.engine.experiment.definition import (
-    ExperimentSpec,
-    check_variations,
-    parse_vary,
-    read_experiment,
-    read_section,
-    spec_of,
-    write_experiment,
-)
+from tuneterm.engine.experiment.definition import ExperimentSpec, check_variations, parse_vary, read_section, spec_of
+from tuneterm.engine.experiment.directory import read_experiment, write_experiment
 from tuneterm.engine.experiment.plan import format_experiment_plan, plan_experiment, with_not_run
-from tuneterm.engine.experiment.results import (
-    README_FILE,
-    results_markdown,
-    results_of,
-    run_noise,
-    write_results,
-)
+from tuneterm.engine.experiment.results import results_of, run_noise
+from tuneterm.engine.experiment.tables import README_FILE, results_markdown, write_results
 from tuneterm.engine.rundir.layout import CONFIG_FILE
 from tuneterm.errors import ConfigError
 

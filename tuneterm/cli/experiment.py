@@ -85,13 +85,8 @@ def run(args: argparse.Namespace) -> int:
 def _new(args: argparse.Namespace) -> Path | None:
     """The experiment planned and printed; its directory written, unless only the plan was asked for. ConfigError
     when no variation can run."""
-    from tuneterm.engine.experiment.definition import (
-        list_experiments,
-        new_experiment_dir,
-        read_section,
-        spec_of,
-        write_experiment,
-    )
+    from tuneterm.engine.experiment.definition import read_section, spec_of
+    from tuneterm.engine.experiment.directory import list_experiments, new_experiment_dir, write_experiment
     from tuneterm.engine.experiment.plan import (
         format_experiment_plan,
         measured_rate,
@@ -150,9 +145,10 @@ def _detach(directory: Path) -> int:
 
 
 def _resume(directory: Path, foreground: bool) -> int:
-    from tuneterm.engine.experiment.definition import read_experiment
-    from tuneterm.engine.experiment.results import format_results, results_of
+    from tuneterm.engine.experiment.directory import read_experiment
+    from tuneterm.engine.experiment.results import results_of
     from tuneterm.engine.experiment.runner import resumable
+    from tuneterm.engine.experiment.tables import format_results
     from tuneterm.engine.rundir.layout import is_live
 
     experiment = read_experiment(directory)
@@ -167,8 +163,9 @@ def _resume(directory: Path, foreground: bool) -> int:
 
 
 def _results(directory: Path) -> int:
-    from tuneterm.engine.experiment.definition import read_experiment
-    from tuneterm.engine.experiment.results import format_results, results_of, write_results
+    from tuneterm.engine.experiment.directory import read_experiment
+    from tuneterm.engine.experiment.results import results_of
+    from tuneterm.engine.experiment.tables import format_results, write_results
     from tuneterm.engine.rundir.layout import is_live
 
     results = results_of(read_experiment(directory))
@@ -182,9 +179,10 @@ def run_here(directory: Path) -> int:
     """The experiment in this process, to its end or a stop (ctrl+c, SIGTERM, a closed terminal; again: at
     once), printing each run's progress and, at the end, the table."""
     from tuneterm.console import ConsoleProgress, write_line
-    from tuneterm.engine.experiment.definition import read_experiment
-    from tuneterm.engine.experiment.results import format_results, results_of
+    from tuneterm.engine.experiment.directory import read_experiment
+    from tuneterm.engine.experiment.results import results_of
     from tuneterm.engine.experiment.runner import ExperimentControl, run_experiment
+    from tuneterm.engine.experiment.tables import format_results
     from tuneterm.engine.launch.signals import StopOnSignals
 
     control = ExperimentControl()

@@ -21,7 +21,7 @@ def add_parser(subcommands: Subcommands) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from tuneterm.engine.experiment.definition import is_experiment
+    from tuneterm.engine.experiment.directory import is_experiment
     from tuneterm.engine.rundir.layout import CONFIG_FILE
     from tuneterm.ui.app import Opening
 

@@ -22,8 +22,9 @@ def add_parser(subcommands: Subcommands) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.plain:
-        from tuneterm.engine.experiment.definition import list_experiments
-        from tuneterm.engine.experiment.results import headline, results_of
+        from tuneterm.engine.experiment.directory import list_experiments
+        from tuneterm.engine.experiment.results import results_of
+        from tuneterm.engine.experiment.tables import headline
         from tuneterm.engine.rundir.runs import list_runs
 
         runs, experiments = list_runs(args.runs_dir), list_experiments(args.runs_dir)

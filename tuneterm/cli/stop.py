@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     import time
 
     from tuneterm.engine.events import EVENTS_FILE
-    from tuneterm.engine.experiment.definition import is_experiment
+    from tuneterm.engine.experiment.directory import is_experiment
     from tuneterm.engine.launch.distributed import processes_left
     from tuneterm.engine.launch.handle import RunHandle
     from tuneterm.engine.rundir.layout import is_live
@@ -78,8 +78,9 @@ def _stop_experiment(args: argparse.Namespace) -> int:
     """The experiment's run in progress stopped after its step, with a checkpoint, and no other started."""
     import time
 
-    from tuneterm.engine.experiment.definition import read_experiment
-    from tuneterm.engine.experiment.results import headline, results_of
+    from tuneterm.engine.experiment.directory import read_experiment
+    from tuneterm.engine.experiment.results import results_of
+    from tuneterm.engine.experiment.tables import headline
     from tuneterm.engine.launch.handle import RunHandle
     from tuneterm.engine.rundir.layout import is_live
 

@@ -326,7 +326,7 @@ class TuneTermApp(App[None]):
     @on(ExperimentRequested)
     def _experiment_requested(self, message: ExperimentRequested) -> None:
         """An experiment launched from the wizard: its directory written, then started as a run would be."""
-        from tuneterm.engine.experiment.definition import new_experiment_dir, write_experiment
+        from tuneterm.engine.experiment.directory import new_experiment_dir, write_experiment
         from tuneterm.engine.experiment.plan import with_not_run
 
         if not message.detached and self.busy_training("launch this one detached"):

@@ -7,11 +7,14 @@ everything that works on a run (monitor, stop, resume, summary, chat, export) wo
 variation is a `tuneterm train` of its own config file, which a cluster scheduler can run as well as this machine.
 
 The stage sits above run/: it starts runs as `tuneterm train` does and reads them as the summary does.
-- definition.py: the variations (a grid, a list, or both), checked, named, and written into the directory.
+- definition.py: the variations (a grid, a list, or both), checked and named.
+- directory.py: the experiment's directory, written and read back.
 - plan.py: each variation's plan before anything runs (steps, memory against the free memory, time from a
   measured rate), and those that cannot run, with why.
 - runner.py: running the variations, one after another in one process or one per GPU side by side; stopping and
   going on where it stopped.
 - results.py: the table of results, the best variation by eval loss, the eval noise that makes a difference a tie,
-  the findings, and the README.md and PNG of the experiment.
+  the findings.
+- tables.py: the results as text for the app and the command line, and as the README.md, PNG and JSON of the
+  experiment's directory.
 """

@@ -37,8 +37,10 @@ from tuneterm.engine.events import (
     VariationEnded,
     read_events,
 )
-from tuneterm.engine.experiment.definition import Experiment, Variation, read_experiment
-from tuneterm.engine.experiment.results import ENDED, RESUMABLE, results_of, write_results
+from tuneterm.engine.experiment.definition import Variation
+from tuneterm.engine.experiment.directory import Experiment, read_experiment
+from tuneterm.engine.experiment.results import ENDED, RESUMABLE, results_of
+from tuneterm.engine.experiment.tables import write_results
 from tuneterm.engine.launch.channel import ChannelListener
 from tuneterm.engine.launch.command import LaunchSpec, build_launch, write_launch
 from tuneterm.engine.launch.detach import start_detached, start_in_session

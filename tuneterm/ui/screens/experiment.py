@@ -26,9 +26,11 @@ from textual.widgets import DataTable, Footer, Header, Static
 
 from tuneterm.engine.after.compare import RunCurves, colours_for, load_curves
 from tuneterm.engine.events import EVENTS_FILE
-from tuneterm.engine.experiment.definition import read_experiment, value_text
-from tuneterm.engine.experiment.results import COLUMNS, MARKS, ExperimentResults, headline, results_of, row_cells
+from tuneterm.engine.experiment.definition import value_text
+from tuneterm.engine.experiment.directory import read_experiment
+from tuneterm.engine.experiment.results import ExperimentResults, results_of
 from tuneterm.engine.experiment.runner import ExperimentControl, resumable
+from tuneterm.engine.experiment.tables import COLUMNS, MARKS, headline, row_cells
 from tuneterm.engine.launch.handle import RunHandle
 from tuneterm.engine.rundir.layout import CONFIG_FILE, is_live
 from tuneterm.errors import TuneTermError

@@ -22,7 +22,7 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, Checkbox, Input, Label, Static
 
 from tuneterm.config import RunConfig
-from tuneterm.engine.experiment.definition import list_experiments
+from tuneterm.engine.experiment.directory import list_experiments
 from tuneterm.engine.experiment.plan import (
     ExperimentPlan,
     MeasuredRate,

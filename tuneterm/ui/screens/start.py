@@ -17,7 +17,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, OptionList, Static
 from textual.widgets.option_list import Option
 
-from tuneterm.engine.experiment.definition import is_experiment, list_experiments
+from tuneterm.engine.experiment.directory import is_experiment, list_experiments
 from tuneterm.engine.experiment.results import ExperimentResults, results_of
 from tuneterm.engine.rundir.runs import RunSummary, list_runs
 from tuneterm.errors import TuneTermError

@@ -28,7 +28,7 @@ from tuneterm.engine.launch.command import LaunchSpec
 from tuneterm.errors import Cancelled, TuneTermError
 from tuneterm.plan.catalog import ModelDescription, ModelEntry, describe_model, local_models
 from tuneterm.plan.model import ModelFacts
-from tuneterm.plan.planner import Plan, data_key, data_summary, model_facts, plan_run
+from tuneterm.plan.planner import data_summary, model_facts
 from tuneterm.ui.commands import ActionCommands
 from tuneterm.ui.messages import ExperimentRequested
 from tuneterm.ui.screens.dialogs import AskPath, Confirm
@@ -454,31 +454,18 @@ class WizardScreen(Screen[None]):
     def action_experiment(self) -> None:
         """Variations of this config, chosen and planned in a dialog (with the model and data read here), launched
         as an experiment: detached as the review step says, and always with GPUs chosen (one variation per GPU)."""
-        from tuneterm.hardware import device_from_survey
-        from tuneterm.plan.ranges import experiment_ranges
         from tuneterm.ui.screens.experiment_setup import ExperimentSetup
-        from tuneterm.ui.state.experiment_choice import ExperimentChoice
 
-        planning = self.planning
-        missing, config, facts = planning.why_not_ready(), planning.config, planning.facts
-        if missing or config is None or facts is None:
-            self.notify(f"Not ready: {missing}", title="Cannot run an experiment yet", severity="warning")
+        start = self.planning.experiment_start(self.draft, self.services.read_host())
+        if start is None:
+            self.notify(f"Not ready: {self.planning.why_not_ready()}", title="Cannot run an experiment yet",
+                        severity="warning")
             return
-        side_by_side = self.draft.gpus
-        survey = planning.gpus
-        gpus = survey.only(side_by_side) if side_by_side else survey.only([survey.gpus[0].index]) if survey.gpus \
-            else survey
-        host, summary, read_for = self.services.read_host(), planning.summary, planning.summary_key
 
-        def plan_of(variation: RunConfig) -> Plan:
-            return plan_run(variation, facts, summary if data_key(variation) == read_for else None, gpus, host=host)
-
-        source = str(self.draft.source) if self.draft.source is not None and not self.draft.dirty else "the wizard"
-        choice = ExperimentChoice.of(config, source, experiment_ranges(config, facts), side_by_side)
+        detached = self.query_one(ReviewStep).detached or bool(self.draft.gpus)
 
         def chosen(plan: ExperimentPlan | None) -> None:
             if plan is not None:
-                self.post_message(ExperimentRequested(plan, self.query_one(ReviewStep).detached or bool(side_by_side)))
+                self.post_message(ExperimentRequested(plan, detached))
 
-        self.app.push_screen(ExperimentSetup(choice, plan_of, device_from_survey(gpus).name, self.services.runs_dir),
-                             chosen)
+        self.app.push_screen(ExperimentSetup(start.choice, start.plan_of, start.device, self.services.runs_dir), chosen)

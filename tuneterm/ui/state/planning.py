@@ -21,13 +21,15 @@ from tuneterm.data.prepare import view_of
 from tuneterm.data.summary import DataSummary, DataView
 from tuneterm.engine.launch.command import build_launch, launch_problems
 from tuneterm.errors import ConfigError, Location, Problem, TuneTermError
-from tuneterm.hardware import GpuSurvey, HostReading
+from tuneterm.hardware import GpuSurvey, HostReading, device_from_survey
 from tuneterm.plan.advice import Advice
 from tuneterm.plan.catalog import ModelDescription
 from tuneterm.plan.memory import Strategy
 from tuneterm.plan.model import ModelFacts
 from tuneterm.plan.planner import Plan, data_key, plan_run
+from tuneterm.plan.ranges import experiment_ranges
 from tuneterm.ui.state.draft import NEEDED_TO_LAUNCH, Draft
+from tuneterm.ui.state.experiment_choice import ExperimentChoice
 from tuneterm.work import Progress, Work
 
 DataKey = tuple[Any, ...]
@@ -86,6 +88,15 @@ class ColumnMapper:
     """`data.format: alpaca, data.columns: {...}`."""
     command: str
     """The `tuneterm inspect` line that reads the data the same way."""
+
+
+@dataclass(frozen=True)
+class ExperimentStart:
+    """What the experiment dialog starts from: the variations offered, how each is planned and the device named."""
+
+    choice: ExperimentChoice
+    plan_of: Callable[[RunConfig], Plan]
+    device: str
 
 
 @dataclass
@@ -350,6 +361,23 @@ class WizardPlanning:
         if blocking or self.config is None or self.plan is None:
             return "; ".join(str(p) for p in blocking[:3]) or "wait until the model and the data are read"
         return ""
+
+    def experiment_start(self, draft: Draft, host: HostReading) -> ExperimentStart | None:
+        """Variations of this config (the guides' ranges), each planned with the model and data read here, on the
+        GPUs chosen (one variation per GPU) or else the first; None while the run cannot launch."""
+        config, facts, survey = self.config, self.facts, self.gpus
+        if self.why_not_ready() or config is None or facts is None:
+            return None
+        gpus = survey.only(draft.gpus) if draft.gpus else survey.only([survey.gpus[0].index]) if survey.gpus \
+            else survey
+        summary, read_for = self.summary, self.summary_key
+
+        def plan_of(variation: RunConfig) -> Plan:
+            return plan_run(variation, facts, summary if data_key(variation) == read_for else None, gpus, host=host)
+
+        source = str(draft.source) if draft.source is not None and not draft.dirty else "the wizard"
+        choice = ExperimentChoice.of(config, source, experiment_ranges(config, facts), draft.gpus)
+        return ExperimentStart(choice, plan_of, device_from_survey(gpus).name)
 
     def save(self, draft: Draft, path: Path) -> str:
         """Write the config to `path` (the draft is then saved there); "" when written, else why it was not."""
