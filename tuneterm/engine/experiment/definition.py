@@ -334,8 +334,7 @@ def spec_of(base: RunConfig, base_source: str, vary: Sequence[str] = (), variati
     if problems:
         raise ConfigError(problems)
     spec = ExperimentSpec("", base, base_source, axes, listed, measure_noise or section.measure_noise, gpus)
-    spec.name = _slug(name or section.name or "-".join(SHORT_NAMES.get(k, k.split(".")[-1]) or k.split(".")[-1]
-                                                        for k in spec.varied[:3]) or "experiment")
+    spec.name = _slug(name or section.name or "-".join(short_name(k) for k in spec.varied[:3]) or "experiment")
     return spec
 
 
@@ -345,6 +344,11 @@ def _key_counts(axes: list[Axis]) -> dict[str, int]:
         for key in axis.keys:
             counts[key] = counts.get(key, 0) + 1
     return counts
+
+
+def short_name(key: str) -> str:
+    """A key as tables head its column and an experiment's name writes it: r, alpha, lr, epochs."""
+    return SHORT_NAMES.get(key) or key.split(".")[-1]
 
 
 def name_of(overrides: dict[str, Any]) -> str:

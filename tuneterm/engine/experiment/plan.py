@@ -21,7 +21,7 @@ import numpy as np
 from tuneterm.config import RunConfig
 from tuneterm.engine.after.report import clock, tokens_seen, training_seconds
 from tuneterm.engine.events import EVENTS_FILE, RunStarted, read_events
-from tuneterm.engine.experiment.definition import ExperimentSpec, Variation, check_variations, value_text
+from tuneterm.engine.experiment.definition import ExperimentSpec, Variation, check_variations, short_name, value_text
 from tuneterm.engine.rundir.runs import list_runs
 from tuneterm.errors import Location, Problem, TuneTermError
 from tuneterm.hardware import GpuSurvey
@@ -165,7 +165,7 @@ def format_experiment_plan(plan: ExperimentPlan) -> str:
     lines = [f"Experiment {spec.name}: {len(plan.runnable)} of {len(plan.variations)} variations of "
              f"{spec.base_source} run, {where}"]
     keys = spec.varied
-    header = ["variation", *(_short(key) for key in keys), "steps", "memory", "", "time"]
+    header = ["variation", *(short_name(key) for key in keys), "steps", "memory", "", "time"]
     rows = [header]
     for v in plan.variations:
         values = [value_text(v.variation.overrides.get(key, spec.base.get(key))) for key in keys]
@@ -193,10 +193,6 @@ def format_experiment_plan(plan: ExperimentPlan) -> str:
         lines.append("Not run:")
         lines += [f"  {', '.join(names)}: {reason}" for reason, names in reasons.items()]
     return "\n".join(lines)
-
-
-def _short(key: str) -> str:
-    return key.split(".")[-1]
 
 
 def with_not_run(plan: ExperimentPlan) -> list[tuple[Variation, RunConfig | None]]:

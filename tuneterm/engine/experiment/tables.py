@@ -15,7 +15,7 @@ from typing import Any
 from tuneterm.engine.after.compare import load_curves, save_comparison
 from tuneterm.engine.after.report import clock, loss_text, perplexity
 from tuneterm.engine.events import EVENTS_FILE
-from tuneterm.engine.experiment.definition import value_text
+from tuneterm.engine.experiment.definition import short_name, value_text
 from tuneterm.engine.experiment.directory import BASE_FILE, CONFIGS_DIR
 from tuneterm.engine.experiment.results import ExperimentResults, Row
 from tuneterm.engine.rundir.layout import CONFIG_FILE
@@ -123,7 +123,7 @@ def results_json(results: ExperimentResults) -> dict[str, Any]:
 def format_results(results: ExperimentResults) -> str:
     """The table as text, for `tuneterm experiment --results`."""
     keys = results.experiment.varied
-    rows = [["", "variation", *(k.split(".")[-1] for k in keys), *COLUMNS]]
+    rows = [["", "variation", *(short_name(k) for k in keys), *COLUMNS]]
     for row in results.rows:
         rows.append([MARKS[row.mark], row.name, *(value_text(row.values.get(k)) for k in keys), *row_cells(row)])
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]

@@ -26,7 +26,7 @@ from textual.widgets import DataTable, Footer, Header, Static
 
 from tuneterm.engine.after.compare import RunCurves, colours_for, load_curves
 from tuneterm.engine.events import EVENTS_FILE
-from tuneterm.engine.experiment.definition import value_text
+from tuneterm.engine.experiment.definition import short_name, value_text
 from tuneterm.engine.experiment.directory import read_experiment
 from tuneterm.engine.experiment.results import ExperimentResults, results_of
 from tuneterm.engine.experiment.runner import ExperimentControl, resumable
@@ -179,7 +179,7 @@ class ExperimentScreen(Screen[None]):
         table.add_column("", key="mark")
         table.add_column("variation", key="variation")
         for key in keys:
-            table.add_column(key.split(".")[-1], key=key)
+            table.add_column(short_name(key), key=key)
         for column in COLUMNS:
             table.add_column(column, key=column)
         for row in results.rows:
