@@ -89,7 +89,7 @@ async def test_an_experiment_launched_from_the_review_step_fills_its_table_stops
         await wait_until(pilot, lambda: app.screen is view, what="back to the experiment")
 
 
-async def test_the_experiment_dialog_plans_a_two_setting_grid_a_line_a_variation_at_80x24(
+async def test_the_experiment_dialogs_plan_keeps_a_line_a_variation_and_scrolls_sideways_at_80x24(
         tiny_model: Path, chat_data: dict, tmp_path: Path) -> None:
     config = {"model": {"path": str(tiny_model)}, "data": {"train": str(chat_data["train"])}}
     app = make_app(make_services(tmp_path / "runs"), Opening("wizard", Draft.from_mapping(config), "review"))
@@ -100,13 +100,16 @@ async def test_the_experiment_dialog_plans_a_two_setting_grid_a_line_a_variation
         await pilot.press("ctrl+e")
         await wait_until(pilot, lambda: isinstance(app.screen, ExperimentSetup), what="the experiment's dialog")
         setup = screen_of(app, ExperimentSetup)
-        await wait_until(pilot, lambda: "9 of 9 variations" in text_of(setup, "#experiment-plan"), what="the plan")
+        setup.query_one("#vary-2", Checkbox).value = True
+        await wait_until(pilot, lambda: "27 of 27 variations" in text_of(setup, "#experiment-plan"), what="the plan")
         await wait_until_drawn(pilot)
-        lines = text_of(setup, "#experiment-plan").splitlines()
-        table = lines[1:lines.index(next(line for line in lines if line.lstrip().startswith("total"))) + 1]
-        assert table[0].split() == ["variation", "r", "alpha", "lr", "steps", "memory", "time"]
-        width = setup.query_one("#experiment-plan").content_region.width
-        assert max(len(row) for row in table) <= width, "every variation's row fits the dialog: no row wraps"
+        rows = text_of(setup, "#experiment-plan-table").splitlines()
+        assert rows[0].split() == ["variation", "r", "alpha", "lr", "epochs", "steps", "memory", "time"]
+        assert len(rows) == 1 + 27 + 1, "the header, the variations and the total"
+        table = setup.query_one("#experiment-plan-table")
+        assert max(len(row) for row in rows) > setup.query_one("#experiment-plan").size.width, "wider than the dialog"
+        assert table.size.height == len(rows), "a line a variation: no row wraps"
+        assert table.size.width >= max(len(row) for row in rows), "no row is cut: the table scrolls sideways"
 
 
 async def test_a_recorded_experiment_at_100x30(tmp_path: Path) -> None:

@@ -157,13 +157,20 @@ def side_by_side_problems(gpus: tuple[int, ...], survey: GpuSurvey) -> list[Prob
 
 def format_experiment_plan(plan: ExperimentPlan) -> str:
     """The plan as `tuneterm experiment` prints it: a line per variation, the total, and what does not run."""
+    heading, table, notes = plan_parts(plan)
+    return "\n".join([heading, *table, *notes])
+
+
+def plan_parts(plan: ExperimentPlan) -> tuple[str, list[str], list[str]]:
+    """The plan's heading, its table (a line per variation, then the total; never to be wrapped) and its notes (the
+    time's source, what does not run and why)."""
     spec = plan.spec
     first = next((v.plan for v in plan.variations if v.plan is not None), None)
     where = (f"one per GPU side by side (GPUs {', '.join(map(str, spec.gpus))})" if spec.gpus else
              f"one after another on {first.targets[0].name.split(' (')[0]}" if first is not None and first.targets else
              "one after another")
-    lines = [f"Experiment {spec.name}: {len(plan.runnable)} of {len(plan.variations)} variations of "
-             f"{spec.base_source} run, {where}"]
+    heading = (f"Experiment {spec.name}: {len(plan.runnable)} of {len(plan.variations)} variations of "
+               f"{spec.base_source} run, {where}")
     keys = spec.varied
     header = ["variation", *(short_name(key) for key in keys), "steps", "memory", "", "time"]
     rows = [header]
@@ -179,20 +186,19 @@ def format_experiment_plan(plan: ExperimentPlan) -> str:
     rows.append(["total", *([""] * len(keys)), f"{plan.total_steps:,}", "", "",
                  clock(total) if total is not None else "?"])
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
-    for row in rows:
-        lines.append("  " + "  ".join(cell.ljust(width) if i == 0 or i > len(keys) + 2 else cell.rjust(width)
-                                      for i, (cell, width) in enumerate(zip(row, widths))).rstrip())
-    lines.append(f"  time at {plan.rate.describe()}" if plan.rate is not None else
-                 "  time: no run of this model and method has trained on this device yet; the first variation "
-                 "measures the rate the others are estimated at")
+    table = ["  " + "  ".join(cell.ljust(width) if i == 0 or i > len(keys) + 2 else cell.rjust(width)
+                              for i, (cell, width) in enumerate(zip(row, widths))).rstrip() for row in rows]
+    notes = [f"  time at {plan.rate.describe()}" if plan.rate is not None else
+             "  time: no run of this model and method has trained on this device yet; the first variation "
+             "measures the rate the others are estimated at"]
     reasons: dict[str, list[str]] = {}
     for v in plan.variations:
         if not v.runnable:
             reasons.setdefault(v.not_run, []).append(v.variation.name)
     if reasons:
-        lines.append("Not run:")
-        lines += [f"  {', '.join(names)}: {reason}" for reason, names in reasons.items()]
-    return "\n".join(lines)
+        notes.append("Not run:")
+        notes += [f"  {', '.join(names)}: {reason}" for reason, names in reasons.items()]
+    return heading, table, notes
 
 
 def with_not_run(plan: ExperimentPlan) -> list[tuple[Variation, RunConfig | None]]:

@@ -15,7 +15,7 @@ from pathlib import Path
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, VerticalScroll
+from textual.containers import Horizontal, HorizontalScroll, Vertical, VerticalScroll
 from textual.markup import escape
 from textual.message import Message
 from textual.screen import ModalScreen
@@ -26,8 +26,8 @@ from tuneterm.engine.experiment.directory import list_experiments
 from tuneterm.engine.experiment.plan import (
     ExperimentPlan,
     MeasuredRate,
-    format_experiment_plan,
     measured_rate,
+    plan_parts,
 )
 from tuneterm.plan.planner import Plan
 from tuneterm.ui.state.experiment_choice import ExperimentChoice
@@ -65,7 +65,11 @@ class ExperimentSetup(ModalScreen["ExperimentPlan | None"]):
                                    classes="experiment-vary", tooltip=f"Why these values: {choice.range.source}")
                     yield Input(choice.text, id=f"values-{index}", compact=True)
                 yield Static(f"[$text-muted]{escape(choice.range.why)}[/]", classes="experiment-why")
-            yield Static(id="experiment-plan")
+            with Vertical(id="experiment-plan"):
+                yield Static(id="experiment-plan-heading")
+                with HorizontalScroll(id="experiment-plan-scroll"):
+                    yield Static(id="experiment-plan-table")
+                yield Static(id="experiment-plan-notes")
             with Horizontal(classes="dialog-buttons"):
                 yield Button("Launch (ctrl+r)", id="launch", variant="primary", compact=True)
                 yield Button("Cancel", id="cancel", compact=True)
@@ -101,11 +105,16 @@ class ExperimentSetup(ModalScreen["ExperimentPlan | None"]):
     def replan(self) -> None:
         """Every variation planned again (the per-keystroke stage each: well under a millisecond)."""
         self.plan = self.choice.plan(self.plan_of, self.rate)
-        shown = self.query_one("#experiment-plan", Static)
         if self.plan is None:
-            shown.update("\n".join(f"[$error]✗ {escape(str(problem))}[/]" for problem in self.choice.problems))
+            heading = "\n".join(f"[$error]✗ {escape(str(problem))}[/]" for problem in self.choice.problems)
+            table: list[str] = []
+            notes: list[str] = []
         else:
-            shown.update(escape(format_experiment_plan(self.plan)))
+            text, table, notes = plan_parts(self.plan)
+            heading = escape(text)
+        self.query_one("#experiment-plan-heading", Static).update(heading)
+        self.query_one("#experiment-plan-table", Static).update(escape("\n".join(table)))
+        self.query_one("#experiment-plan-notes", Static).update(escape("\n".join(notes)))
         self.query_one("#launch", Button).disabled = self.plan is None or not self.plan.runnable
 
     def action_cancel(self) -> None:
