@@ -23,6 +23,7 @@ templates that read that field, so that they render it as they render their own.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -34,6 +35,7 @@ from tuneterm.data.template import (
     render,
     special_after,
     special_tokens,
+    template_key,
     template_traits,
 )
 
@@ -260,8 +262,7 @@ def _piece_spans(tokenizer: Any, messages: Conversation, tools: Tools | None, th
             if isinstance(message.get(key), str) and message[key]:
                 originals[piece], copy[key] = message[key], _MARK.format(piece)
         marked.append(copy)
-    skeleton = render(tokenizer, marked, tools=tools, thinking=thinking)
-    spans = _align(skeleton, text, originals)
+    spans = _align(_skeleton(tokenizer, marked, tools, thinking), text, originals)
     plain = not any(m.get("tool_calls") or m.get("reasoning_content") for m in messages)
     if spans is None and plain:
         spans = _search(text, messages)
@@ -269,6 +270,30 @@ def _piece_spans(tokenizer: Any, messages: Conversation, tools: Tools | None, th
         raise TemplateError("cannot find the messages in the rendered chat template: the template changes its "
                             "text depending on the content; set model.chat_template to a simpler template")
     return spans
+
+
+SKELETONS_KEPT = 4096
+_SKELETONS: dict[tuple[Any, ...], str] = {}
+
+
+def _skeleton(tokenizer: Any, marked: Conversation, tools: Tools | None, thinking: bool | None) -> str:
+    """The marked rendering. A template given the same input writes the same text, and the marked conversations of
+    a dataset come in few shapes (roles, which pieces hold text, thinking mode; tool calls and tools as they are),
+    so each shape is rendered once. A template that writes the time of day (strftime_now) is rendered each time."""
+    template = template_key(tokenizer)
+    if "strftime_now" in template[0]:
+        return render(tokenizer, marked, tools=tools, thinking=thinking)
+    try:
+        key = (template, json.dumps(marked), json.dumps(tools), thinking)
+    except (TypeError, ValueError):  # values JSON cannot write (a date from Parquet): rendered as they are
+        return render(tokenizer, marked, tools=tools, thinking=thinking)
+    skeleton = _SKELETONS.get(key)
+    if skeleton is None:
+        skeleton = render(tokenizer, marked, tools=tools, thinking=thinking)
+        if len(_SKELETONS) >= SKELETONS_KEPT:
+            _SKELETONS.clear()
+        _SKELETONS[key] = skeleton
+    return skeleton
 
 
 def _align(skeleton: str, text: str, originals: dict[int, str]) -> dict[int, tuple[int, int]] | None:
