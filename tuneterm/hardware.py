@@ -217,6 +217,11 @@ def resolve_precision(setting: str, device: Device) -> tuple[str, str]:
 BUSY_CORE_PERCENT = 50.0
 
 
+def usable_cores() -> list[int]:
+    """The cores this process may run on (its affinity, where the system has one)."""
+    return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+
+
 def choose_cpu_threads(setting: int | str, sample_seconds: float = 0.3, processes: int = 1) -> tuple[int, str]:
     """Threads for training on the CPU, and why: a number given in the config, or one per core that is free now;
     with several processes of one run on this machine, an equal share of the cores each.
@@ -228,7 +233,7 @@ def choose_cpu_threads(setting: int | str, sample_seconds: float = 0.3, processe
 
     if setting != "auto":
         return int(setting), "set in the config"
-    usable = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+    usable = usable_cores()
     if processes > 1:  # the other processes are busy starting too: their cores are not someone else's work
         share = max(1, len(usable) // processes)
         return share, f"auto: {len(usable)} cores shared by the {processes} processes of this run on this machine"
