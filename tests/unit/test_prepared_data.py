@@ -9,6 +9,8 @@ import multiprocessing
 import os
 import shutil
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections import OrderedDict
@@ -18,6 +20,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from tests.helpers import ROOT, doubled, doubled_slowly, forever, no_setup
 from tests.unit.test_tool_and_reasoning_data import ANSWER, QUESTION, SYSTEM, TOOL_CONVERSATION, TOOLS, tokenizer_for
 from tuneterm.data.parallel import WorkerDied, Workers, in_order
 from tuneterm.errors import Cancelled
@@ -152,26 +155,8 @@ def test_prepared_examples_are_those_of_the_pass_and_a_changed_setting_prepares_
 # Worker processes
 
 
-def _nothing() -> None:
-    return None
-
-
-def _doubled(state: None, item: int) -> tuple[int, int]:
-    return item * 2, os.getpid()
-
-
-def _forever(state: None, item: int) -> int:
-    while True:
-        time.sleep(0.01)
-
-
-def _slow_here(item: int) -> tuple[int, int]:
-    time.sleep(0.02)
-    return item * 2, os.getpid()
-
-
 def test_results_come_in_order_from_the_workers_and_this_process() -> None:
-    results = list(in_order(range(400), _slow_here, Workers(2, _nothing, (), _doubled), Work()))
+    results = list(in_order(range(400), doubled_slowly, Workers(2, no_setup, (), doubled), Work()))
     assert [value for value, _ in results] == [2 * i for i in range(400)]
     assert len({pid for _, pid in results} - {os.getpid()}) >= 1, "the workers took some of the items"
     assert not multiprocessing.active_children()
@@ -184,7 +169,7 @@ class _Endless:
     def __init__(self, work: Work, workers: int):
         self.work, self.taken, self.here = work, 0, 0
         self.outcome: dict[str, Any] = {}
-        self.thread = threading.Thread(target=self.consume, args=(Workers(workers, _nothing, (), _forever),))
+        self.thread = threading.Thread(target=self.consume, args=(Workers(workers, no_setup, (), forever),))
         self.thread.start()
 
     def items(self) -> Any:
@@ -195,7 +180,7 @@ class _Endless:
     def run_here(self, item: int) -> tuple[int, int]:
         self.work.check()
         self.here += 1
-        return _slow_here(item)
+        return doubled_slowly(item)
 
     def consume(self, workers: Workers[Any, Any]) -> None:
         try:
@@ -211,6 +196,24 @@ class _Endless:
             assert time.monotonic() < deadline, "the workers never took an item"
             time.sleep(0.05)
         return multiprocessing.active_children()
+
+
+def test_workers_start_where_stderr_has_no_file_descriptor() -> None:
+    """As in the app: Textual captures sys.stderr, and its fileno() is -1."""
+    script = ("import sys\n"
+              "class Captured:\n"
+              "    def write(self, text): pass\n"
+              "    def flush(self): pass\n"
+              "    def fileno(self): return -1\n"
+              "if __name__ == '__main__':\n"
+              "    sys.stderr = Captured()\n"
+              "    from tests.helpers import doubled, doubled_slowly, no_setup\n"
+              "    from tuneterm.data.parallel import Workers, in_order\n"
+              "    from tuneterm.work import Work\n"
+              "    results = list(in_order(range(300), doubled_slowly, Workers(1, no_setup, (), doubled), Work()))\n"
+              "    print(len({pid for _, pid in results}), [v for v, _ in results] == list(range(0, 600, 2)))\n")
+    output = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert output.stdout.split() == ["2", "True"], output.stderr
 
 
 def test_a_cancel_ends_every_worker_within_a_second() -> None:

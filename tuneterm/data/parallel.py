@@ -16,6 +16,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import queue
+import sys
 import traceback
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -74,6 +75,7 @@ class _Team:
     """The worker processes of one `in_order`, what is sent to them and what came back."""
 
     def __init__(self, workers: Workers[Any, Any], work: Work):
+        _start_resource_tracker()
         context = multiprocessing.get_context("spawn")
         self.work = work
         self.tasks: multiprocessing.Queue[Any] = context.Queue()
@@ -163,6 +165,26 @@ class _Team:
         for channel in (self.tasks, self.done, *self.setups):
             channel.cancel_join_thread()
             channel.close()
+
+
+def _start_resource_tracker() -> None:
+    """Start multiprocessing's resource tracker, the helper process every spawned process is given, if it is not
+    running: it inherits the file descriptor of sys.stderr, and starting it fails ("bad value(s) in fds_to_keep")
+    where sys.stderr has none, as in a Textual app, which captures it (fileno() -1). It is given /dev/null then."""
+    from multiprocessing import resource_tracker
+
+    try:
+        if sys.stderr.fileno() >= 0:
+            return
+    except (AttributeError, OSError, ValueError):  # None, or a stream that has no descriptor at all
+        pass
+    captured = sys.stderr
+    with open(os.devnull, "w") as silent:
+        sys.stderr = silent
+        try:
+            resource_tracker.ensure_running()
+        finally:
+            sys.stderr = captured
 
 
 def _serve(start: Callable[..., Any], run: Callable[[Any, Any], Any], setup: multiprocessing.Queue[Any],

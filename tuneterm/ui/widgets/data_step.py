@@ -161,10 +161,11 @@ class DataStep(VerticalScroll):
                           ("drop: train without reasoning", "drop")], value="auto", allow_blank=False,
                          id="reasoning", compact=True,
                          tooltip="data.reasoning. The preview below shows what the choice renders")
-        with Horizontal(id="reading"):
-            yield ProgressBar(id="data-progress", show_eta=False)
+        with Vertical(id="reading"):
+            with Horizontal(id="reading-bar"):
+                yield ProgressBar(id="data-progress", show_eta=False)
+                yield Button("Cancel", id="cancel-data", compact=True)
             yield Static(id="data-progress-text")
-            yield Button("Cancel", id="cancel-data", compact=True)
         yield Static(id="data-report")
         with Vertical(id="column-mapper"):
             yield Static("Columns: which of your columns holds what", classes="group-title")
@@ -214,7 +215,7 @@ class DataStep(VerticalScroll):
         bar = self.query_one("#data-progress", ProgressBar)
         share = progress.share
         bar.update(total=100 if share is not None else None, progress=round(100 * share) if share else 0)
-        self.query_one("#data-progress-text", Static).update(" " + progress_text(progress))
+        self.query_one("#data-progress-text", Static).update(progress_text(progress))
 
     def show_mapper(self, mapper: ColumnMapper | None) -> None:
         """The column mapper, while the data's format is not told by its column names: a column for each field of
