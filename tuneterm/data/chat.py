@@ -25,17 +25,17 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from tuneterm.data.formats import Conversation, Message, Tools
 from tuneterm.data.template import (
     TemplateError,
+    TemplateKey,
     TemplateTraits,
     render,
     special_after,
-    special_tokens,
-    template_key,
     template_traits,
 )
 
@@ -119,8 +119,8 @@ def render_for_training(tokenizer: Any, conversation: Conversation, train_on: st
         text = render(tokenizer, messages, tools=tools, thinking=thinking)
     if train_on == "all":
         return RenderedConversation(text, [(0, len(text))], True, (), folded, thinking=thinking)
-    pieces = _piece_spans(tokenizer, messages, tools, thinking, text)
-    special = special_tokens(tokenizer)
+    pieces = _piece_spans(tokenizer, traits.key, messages, tools, thinking, text)
+    special = traits.special
     regions: dict[int, tuple[int, int]] = {}
     parts: list[tuple[str, int, int]] = []
     all_ended = True
@@ -168,7 +168,7 @@ def render_for_training(tokenizer: Any, conversation: Conversation, train_on: st
 
 
 def _body_start(text: str, cursor: int, first: int | None, traits: TemplateTraits, thinking: bool | None,
-                limit: int, special: list[str]) -> int | None:
+                limit: int, special: Sequence[str]) -> int | None:
     """Where an assistant turn's own text starts, after the end of the message before it (`cursor`): after the
     generation prompt the template writes for it (the one for this conversation's thinking mode first); else at
     its first piece of text; else, for a turn with no text of its own (a tool call) in a template that writes no
@@ -251,8 +251,8 @@ def _generation_spans(tokenizer: Any, messages: Conversation, tools: Tools | Non
     return [(int(start), int(end)) for start, end in masks[0]] if rendered[0] == text else []
 
 
-def _piece_spans(tokenizer: Any, messages: Conversation, tools: Tools | None, thinking: bool | None,
-                 text: str) -> dict[int, tuple[int, int]]:
+def _piece_spans(tokenizer: Any, template: TemplateKey, messages: Conversation, tools: Tools | None,
+                 thinking: bool | None, text: str) -> dict[int, tuple[int, int]]:
     """Piece -> (start, end) in `text`: piece 2i is message i's content, 2i + 1 its reasoning."""
     marked: Conversation = []
     originals: dict[int, str] = {}
@@ -262,7 +262,7 @@ def _piece_spans(tokenizer: Any, messages: Conversation, tools: Tools | None, th
             if isinstance(message.get(key), str) and message[key]:
                 originals[piece], copy[key] = message[key], _MARK.format(piece)
         marked.append(copy)
-    spans = _align(_skeleton(tokenizer, marked, tools, thinking), text, originals)
+    spans = _align(_skeleton(tokenizer, template, marked, tools, thinking), text, originals)
     plain = not any(m.get("tool_calls") or m.get("reasoning_content") for m in messages)
     if spans is None and plain:
         spans = _search(text, messages)
@@ -276,11 +276,11 @@ SKELETONS_KEPT = 4096
 _SKELETONS: dict[tuple[Any, ...], str] = {}
 
 
-def _skeleton(tokenizer: Any, marked: Conversation, tools: Tools | None, thinking: bool | None) -> str:
+def _skeleton(tokenizer: Any, template: TemplateKey, marked: Conversation, tools: Tools | None,
+              thinking: bool | None) -> str:
     """The marked rendering. A template given the same input writes the same text, and the marked conversations of
     a dataset come in few shapes (roles, which pieces hold text, thinking mode; tool calls and tools as they are),
     so each shape is rendered once. A template that writes the time of day (strftime_now) is rendered each time."""
-    template = template_key(tokenizer)
     if "strftime_now" in template[0]:
         return render(tokenizer, marked, tools=tools, thinking=thinking)
     try:
@@ -340,5 +340,5 @@ def _search(text: str, messages: Conversation) -> dict[int, tuple[int, int]] | N
     return spans
 
 
-def _ends_with_special(text: str, end: int, special: list[str]) -> bool:
+def _ends_with_special(text: str, end: int, special: Sequence[str]) -> bool:
     return any(text.startswith(token, end - len(token)) for token in special if end >= len(token))

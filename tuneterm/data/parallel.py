@@ -63,8 +63,9 @@ def in_order(items: Iterable[Item], here: Callable[[Item], Result], workers: Wor
     if workers is None or workers.count == 0:
         yield from (here(item) for item in items)
         return
-    team = _Team(workers, work)
+    team = _Team(workers.count, work)
     try:
+        team.start(workers)
         yield from team.results(items, here)
     finally:
         team.stop()
@@ -74,24 +75,28 @@ def in_order(items: Iterable[Item], here: Callable[[Item], Result], workers: Wor
 class _Team:
     """The worker processes of one `in_order`, what is sent to them and what came back."""
 
-    def __init__(self, workers: Workers[Any, Any], work: Work):
+    def __init__(self, count: int, work: Work):
         _start_resource_tracker()
-        context = multiprocessing.get_context("spawn")
+        self.context = multiprocessing.get_context("spawn")
         self.work = work
-        self.tasks: multiprocessing.Queue[Any] = context.Queue()
-        self.done: multiprocessing.Queue[Any] = context.Queue()
-        self.capacity = 2 * workers.count
-        # Sent to each worker by a background thread, so that a large tokenizer never blocks this one; the queues
-        # are kept until the workers end (a queue collected too soon takes its semaphores with it).
-        self.setups = [context.Queue() for _ in range(workers.count)]
-        self.processes = [context.Process(target=_serve, args=(workers.start, workers.run, setup, self.tasks,
-                                                                self.done), daemon=True) for setup in self.setups]
-        for process, setup in zip(self.processes, self.setups):
-            process.start()
-            setup.put(workers.args)
+        self.tasks: multiprocessing.Queue[Any] = self.context.Queue()
+        self.done: multiprocessing.Queue[Any] = self.context.Queue()
+        # Each worker's setup is sent by a background thread, so that a large tokenizer never blocks this one; the
+        # queues are kept until the workers end (a queue collected too soon takes its semaphores with it).
+        self.setups: list[multiprocessing.Queue[Any]] = [self.context.Queue() for _ in range(count)]
+        self.processes: list[multiprocessing.process.BaseProcess] = []
+        self.capacity = 2 * count
         self.ready = False
         self.sent = 0
         self.finished: dict[int, Any] = {}
+
+    def start(self, workers: Workers[Any, Any]) -> None:
+        for setup in self.setups:
+            process = self.context.Process(target=_serve, args=(workers.start, workers.run, setup, self.tasks,
+                                                                 self.done), daemon=True)
+            process.start()
+            self.processes.append(process)
+            setup.put(workers.args)
 
     def results(self, items: Iterable[Any], here: Callable[[Any], Any]) -> Iterator[Any]:
         position = total = 0  # the next result to yield, and how many items were taken
