@@ -1,17 +1,24 @@
 """tuneterm's data preparation against TRL's own, on the same file with the same tokenizer and chat template.
 
-TRL's SFTTrainer prepares a conversational dataset record by record: `tokenize_fn` calls trl.data_utils._tokenize,
-which is `tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)`, then `build_labels` copies
-the ids into labels (no mask without {% generation %} in the template). The TRL side here reads the JSONL file
-line by line and runs exactly those two steps per record (its own `_tokenize`; the datasets map around them, its
-Arrow writes and cache files are left out, which only flatters TRL). The tuneterm side is the data pass the wizard
-runs and training reuses (read, validate, drop duplicates, render, tokenise, mask the prompt, per-example arrays,
-the prepared store written to disk), with a fresh cache each round so nothing is reused.
+Three sides, each preparing the whole file:
+- TRL: SFTTrainer's own `_prepare_dataset` (TRL's function, called on a trainer holding only what it reads), on the
+  file loaded with `datasets` as a person loads it: `tokenize_fn` (trl.data_utils._tokenize, which is
+  `tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)`) mapped over every record, then
+  `build_labels`, truncation to SFTConfig's default max_length and the filter of fully masked examples. On 2 cores
+  it is given dataset_num_proc=2, its own way to use them.
+- TRL's inner loop: the file read line by line and only `_tokenize` and `build_labels`' expression per record, in
+  this process, without the datasets map around them: the least TRL can do per record (a stricter yardstick than
+  TRL itself).
+- tuneterm: the data pass the wizard runs and training reuses (read, validate, drop duplicates, render, tokenise,
+  mask all but the replies, per-example arrays, the prepared tokens written to the store), with a fresh cache so
+  nothing is reused.
 
 Each round runs in a fresh process pinned to 1 core, then one with 2 cores (os.sched_setaffinity, before anything
-is imported); inside it TRL and tuneterm alternate, the first of the two swapped every round. Printed: records per
-second of each, the ratio tuneterm / TRL per core count (median and spread over the rounds), and tuneterm's
-speed-up from 1 to 2 cores.
+is imported); inside it the three first prepare the file's first 100 records untimed (imports, template
+compilation), then each prepares the whole file, in an order rotated every round. Printed: records per second of
+each, tuneterm's ratio to each (median and spread over the rounds), the CPU time each spends per record (all its
+processes; on a machine shared with other work, wall time swings with the load, CPU time much less), and
+tuneterm's speed-up from 1 to 2 cores.
 
     python bench/data_vs_trl.py [--examples 10000] [--rounds 3] [--kind short|long]
 
@@ -25,15 +32,20 @@ import argparse
 import json
 import os
 import random
+import resource
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+SIDES = ("trl", "trl inner loop", "tuneterm")
 
 
 def short_conversations(path: Path, count: int, rng: random.Random) -> None:
@@ -58,15 +70,32 @@ def demo_tokenizer(directory: Path) -> None:
     build_tokenizer([m["content"] for c in train + evaluation for m in c], CHAT_TEMPLATE).save_pretrained(directory)
 
 
-def trl_preparation(path: Path, tokenizer: object) -> int:
-    """What SFTTrainer's tokenize_fn and build_labels do to each record of a conversational dataset."""
+def trl_preparation(path: Path, tokenizer: Any, cores: int) -> int:
+    """SFTTrainer._prepare_dataset on the file as datasets loads it, with TRL's defaults (dataset_num_proc is None:
+    one process) but on several cores, where it is given one process per core."""
+    from datasets import Dataset, disable_progress_bars
+    from trl import SFTConfig, SFTTrainer
+
+    disable_progress_bars()
+    folder = tempfile.mkdtemp(prefix="trl-bench-")
+    trainer: Any = SFTTrainer.__new__(SFTTrainer)  # what _prepare_dataset reads of the trainer, without a model
+    trainer._tokenizer, trainer.chat_template, trainer.completion_only_loss = tokenizer, None, None
+    args = SFTConfig(output_dir=folder, report_to=[], use_cpu=True, bf16=False,
+                     dataset_num_proc=cores if cores > 1 else None)
+    dataset = Dataset.from_json(str(path), cache_dir=folder)
+    prepared = SFTTrainer._prepare_dataset(trainer, dataset, tokenizer, args, False, None, "train")
+    return len(dataset) if len(prepared) else 0
+
+
+def trl_inner_loop(path: Path, tokenizer: Any, cores: int) -> int:
+    """What SFTTrainer's tokenize_fn and build_labels do to each record of a conversational dataset, alone."""
     from trl.data_utils import _tokenize
 
     records = 0
     with open(path, encoding="utf-8") as handle:
         for line in handle:
             example = json.loads(line)
-            output = _tokenize(tokenizer, example["messages"], return_assistant_tokens_mask=False,  # type: ignore[arg-type]
+            output = _tokenize(tokenizer, example["messages"], return_assistant_tokens_mask=False,
                                chat_template=None, tools=example.get("tools"))
             masks: list[list[int]] = []  # build_labels' mask columns: none without {% generation %}
             labels = [token_id if all(bits) else -100
@@ -75,7 +104,7 @@ def trl_preparation(path: Path, tokenizer: object) -> int:
     return records
 
 
-def tuneterm_preparation(path: Path, tokenizer: object) -> int:
+def tuneterm_preparation(path: Path, tokenizer: Any, cores: int) -> int:
     from tuneterm.data.summary import summarise_source
 
     os.environ["TUNETERM_CACHE_DIR"] = tempfile.mkdtemp(prefix="tuneterm-bench-cache-")
@@ -83,18 +112,35 @@ def tuneterm_preparation(path: Path, tokenizer: object) -> int:
     return summary.read.records
 
 
+PREPARATIONS: dict[str, Callable[[Path, Any, int], int]] = {
+    "trl": trl_preparation, "trl inner loop": trl_inner_loop, "tuneterm": tuneterm_preparation}
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process and of its worker processes that have ended."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
 def one_round(args: argparse.Namespace) -> None:
-    """In a process of its own, pinned to `args.cores` cores: TRL and tuneterm once each, in the order given."""
+    """In a process of its own, pinned to `args.cores` cores: each side once, in the order given; records per
+    second and CPU microseconds per record of each."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
-    sides = {"trl": trl_preparation, "tuneterm": tuneterm_preparation}
-    rates = {}
+    with tempfile.TemporaryDirectory() as folder:  # the libraries' first calls import and compile: not timed
+        head = Path(folder) / "head.jsonl"
+        with open(args.data, encoding="utf-8") as source:
+            head.write_text("".join(line for _, line in zip(range(100), source)), encoding="utf-8")
+        for prepare in PREPARATIONS.values():
+            prepare(head, tokenizer, args.cores)
+    measured = {}
     for side in args.order.split(","):
-        started = time.perf_counter()
-        records = sides[side](Path(args.data), tokenizer)
-        rates[side] = records / (time.perf_counter() - started)
-    print(json.dumps(rates))
+        started, cpu = time.perf_counter(), cpu_seconds()
+        records = PREPARATIONS[side](Path(args.data), tokenizer, args.cores)
+        measured[side] = records / (time.perf_counter() - started)
+        measured[f"{side} cpu"] = (cpu_seconds() - cpu) / records * 1e6
+    print(json.dumps(measured))
 
 
 def main() -> None:
@@ -125,20 +171,25 @@ def main() -> None:
         demo_tokenizer(tokenizer)
         results: dict[int, list[dict[str, float]]] = {1: [], 2: []}
         for index in range(args.rounds):
-            order = "trl,tuneterm" if index % 2 == 0 else "tuneterm,trl"
+            order = ",".join(SIDES[(index + k) % len(SIDES)] for k in range(len(SIDES)))
             for cores in (1, 2):
                 output = subprocess.run([sys.executable, __file__, "--cores", str(cores), "--order", order,
                                          "--data", str(data), "--tokenizer", str(tokenizer)],
                                         check=True, capture_output=True, text=True).stdout
-                results[cores].append(json.loads(output.strip().splitlines()[-1]))
-                rates = results[cores][-1]
-                print(f"round {index + 1}, {cores} core{'s' * (cores > 1)}: TRL {rates['trl']:,.0f}/s, tuneterm "
-                      f"{rates['tuneterm']:,.0f}/s, ratio {rates['tuneterm'] / rates['trl']:.2f}", flush=True)
-        print(f"\n{args.examples:,} {args.kind} conversations, {args.rounds} rounds (median [min-max]):")
+                got = json.loads(output.strip().splitlines()[-1])
+                results[cores].append(got)
+                print(f"round {index + 1}, {cores} core{'s' * (cores > 1)}: " + ", ".join(
+                    f"{side} {got[side]:,.0f}/s ({got[f'{side} cpu']:,.0f} us CPU each)" for side in SIDES),
+                    flush=True)
+        print(f"\n{args.examples:,} {args.kind} conversations ({data.stat().st_size / 1e6:.0f} MB), {args.rounds} "
+              "rounds, median [min-max]:")
         for cores, rounds in results.items():
-            ratios = [r["tuneterm"] / r["trl"] for r in rounds]
-            print(f"  {cores} core{'s' * (cores > 1)}: TRL {spread([r['trl'] for r in rounds])} records/s, tuneterm "
-                  f"{spread([r['tuneterm'] for r in rounds])} records/s; tuneterm / TRL {spread(ratios, '.2f')}")
+            print(f"  {cores} core{'s' * (cores > 1)}: " + ", ".join(
+                f"{side} {spread([r[side] for r in rounds])}/s" for side in SIDES))
+            for other in SIDES[:2]:
+                print(f"    tuneterm / {other}: {spread([r['tuneterm'] / r[other] for r in rounds], '.2f')} (records "
+                      f"per second), {spread([r[f'{other} cpu'] / r['tuneterm cpu'] for r in rounds], '.2f')} "
+                      "(CPU per record)")
         speedups = [two["tuneterm"] / one["tuneterm"] for one, two in zip(results[1], results[2])]
         print(f"  tuneterm's speed-up from 1 to 2 cores: {spread(speedups, '.2f')}")
 

@@ -23,6 +23,7 @@ templates that read that field, so that they render it as they render their own.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from collections.abc import Sequence
@@ -234,11 +235,16 @@ def _render_raw(tokenizer: Any, conversation: Conversation) -> RenderedConversat
 _GENERATION_TAG = re.compile(r"\{%-?\s*generation\s*-?%\}")
 
 
+@functools.lru_cache(maxsize=16)
+def _marks_generation(template: str) -> bool:
+    return bool(_GENERATION_TAG.search(template))
+
+
 def _generation_spans(tokenizer: Any, messages: Conversation, tools: Tools | None, thinking: bool | None,
                       text: str) -> list[tuple[int, int]]:
     """The template's own {% generation %} blocks, where it marks them (most templates do not)."""
     template = tokenizer.chat_template or ""
-    if not isinstance(template, str) or not _GENERATION_TAG.search(template):
+    if not isinstance(template, str) or not _marks_generation(template):
         return []
     from transformers.utils.chat_template_utils import render_jinja_template
 
@@ -272,34 +278,40 @@ def _piece_spans(tokenizer: Any, template: TemplateKey, messages: Conversation, 
     return spans
 
 
+Skeleton = tuple[list[str], list[int]]
+"""A marked rendering split at its markers: the literal texts, and the piece between each two of them."""
 SKELETONS_KEPT = 4096
-_SKELETONS: dict[tuple[Any, ...], str] = {}
+_SKELETONS: dict[tuple[Any, ...], Skeleton] = {}
 
 
 def _skeleton(tokenizer: Any, template: TemplateKey, marked: Conversation, tools: Tools | None,
-              thinking: bool | None) -> str:
+              thinking: bool | None) -> Skeleton:
     """The marked rendering. A template given the same input writes the same text, and the marked conversations of
     a dataset come in few shapes (roles, which pieces hold text, thinking mode; tool calls and tools as they are),
     so each shape is rendered once. A template that writes the time of day (strftime_now) is rendered each time."""
     if "strftime_now" in template[0]:
-        return render(tokenizer, marked, tools=tools, thinking=thinking)
+        return _split(render(tokenizer, marked, tools=tools, thinking=thinking))
     try:
-        key = (template, json.dumps(marked), json.dumps(tools), thinking)
+        key = (template, json.dumps(marked, ensure_ascii=False), json.dumps(tools, ensure_ascii=False), thinking)
     except (TypeError, ValueError):  # values JSON cannot write (a date from Parquet): rendered as they are
-        return render(tokenizer, marked, tools=tools, thinking=thinking)
+        return _split(render(tokenizer, marked, tools=tools, thinking=thinking))
     skeleton = _SKELETONS.get(key)
     if skeleton is None:
-        skeleton = render(tokenizer, marked, tools=tools, thinking=thinking)
+        skeleton = _split(render(tokenizer, marked, tools=tools, thinking=thinking))
         if len(_SKELETONS) >= SKELETONS_KEPT:
             _SKELETONS.clear()
         _SKELETONS[key] = skeleton
     return skeleton
 
 
-def _align(skeleton: str, text: str, originals: dict[int, str]) -> dict[int, tuple[int, int]] | None:
-    """Walk `text` along the skeleton: literal pieces must match exactly, markers take the text between."""
+def _split(skeleton: str) -> Skeleton:
     pieces = _MARK_RE.split(skeleton)  # literal, piece, literal, piece, ..., literal
-    literals, keys = pieces[0::2], [int(i) for i in pieces[1::2]]
+    return pieces[0::2], [int(i) for i in pieces[1::2]]
+
+
+def _align(skeleton: Skeleton, text: str, originals: dict[int, str]) -> dict[int, tuple[int, int]] | None:
+    """Walk `text` along the skeleton: literal pieces must match exactly, markers take the text between."""
+    literals, keys = skeleton
     if not text.startswith(literals[0]):
         return None
     position = len(literals[0])
@@ -315,6 +327,8 @@ def _align(skeleton: str, text: str, originals: dict[int, str]) -> dict[int, tup
 
 def _rendered_length(text: str, position: int, content: str, following: str) -> int | None:
     """How many characters of `text` at `position` the template made out of `content` (as is, or trimmed)."""
+    if text.startswith(content, position) and text.startswith(following, position + len(content)):
+        return len(content)  # as is: most templates write the content unchanged
     for candidate in dict.fromkeys((content, content.strip(), content.rstrip(), content.lstrip(), content.strip("\n"))):
         if text.startswith(candidate + following, position):
             return len(candidate)
@@ -340,5 +354,5 @@ def _search(text: str, messages: Conversation) -> dict[int, tuple[int, int]] | N
     return spans
 
 
-def _ends_with_special(text: str, end: int, special: Sequence[str]) -> bool:
-    return any(text.startswith(token, end - len(token)) for token in special if end >= len(token))
+def _ends_with_special(text: str, end: int, special: tuple[str, ...]) -> bool:
+    return text.endswith(special, 0, end)
