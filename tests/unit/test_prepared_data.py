@@ -241,6 +241,51 @@ def test_a_worker_that_dies_stops_the_work_and_says_so() -> None:
                                             "memory?)")
 
 
+def test_the_workers_end_when_the_process_that_started_them_is_killed() -> None:
+    """kill -9 of the app (or of a run) leaves nothing to terminate the workers: they see it and end."""
+    import psutil
+
+    script = ("import multiprocessing, time\n"
+              "from tests.helpers import doubled, doubled_slowly, no_setup\n"
+              "from tuneterm.data.parallel import Workers, in_order\n"
+              "from tuneterm.work import Work\n"
+              "def items():\n"
+              "    yield from range(300)\n"
+              "    print(*[p.pid for p in multiprocessing.active_children()], flush=True)\n"
+              "    time.sleep(600)\n"
+              "if __name__ == '__main__':\n"
+              "    for _ in in_order(items(), doubled_slowly, Workers(2, no_setup, (), doubled), Work()):\n"
+              "        pass\n")
+    parent = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert parent.stdout is not None
+        pids = [int(pid) for pid in parent.stdout.readline().split()]
+        assert len(pids) == 2
+        workers = [psutil.Process(pid) for pid in pids]
+        assert all(w.is_running() and w.status() != psutil.STATUS_ZOMBIE for w in workers)
+    finally:
+        parent.kill()
+        parent.wait()
+    deadline = time.monotonic() + 10
+    try:
+        while any(_alive(worker) for worker in workers):
+            assert time.monotonic() < deadline, "a worker outlived the process that started it"
+            time.sleep(0.1)
+    finally:
+        for worker in workers:
+            if _alive(worker):
+                worker.kill()
+
+
+def _alive(process: Any) -> bool:
+    import psutil
+
+    try:
+        return bool(process.status() != psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return False
+
+
 def test_a_pass_spread_over_a_worker_prepares_what_one_process_prepares(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import random

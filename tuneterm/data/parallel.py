@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import pickle
 import queue
 import sys
 import traceback
@@ -33,7 +34,9 @@ MAX_WORKERS = 8
 """Beyond this the reading, checking and merging in this process is the limit, and each worker holds its own copy
 of the tokenizer."""
 WAIT_SECONDS = 0.1
+"""How often waiting for a worker looks at the cancel flag and at the workers."""
 STOP_SECONDS = 1.0
+"""How long a terminated worker is given to end before it is killed; how often an idle worker looks for its parent."""
 
 
 class WorkerDied(TuneTermError):
@@ -104,7 +107,8 @@ class _Team:
             total = index + 1
             self.collect(block=False)
             if self.ready and self.sent < self.capacity:
-                self.tasks.put((index, item))
+                # Pickled here, so that what cannot be sent fails here (a queue's own thread would drop it unsaid).
+                self.tasks.put(pickle.dumps((index, item), protocol=pickle.HIGHEST_PROTOCOL))
                 self.sent += 1
             else:
                 self.finished[index] = here(item)
@@ -194,24 +198,40 @@ def _start_resource_tracker() -> None:
 
 def _serve(start: Callable[..., Any], run: Callable[[Any, Any], Any], setup: multiprocessing.Queue[Any],
            tasks: multiprocessing.Queue[Any], done: multiprocessing.Queue[Any]) -> None:
-    """A worker process: silent, set up, then one chunk after another until terminated."""
+    """A worker process: silent, set up, then one chunk after another until terminated, or until the process that
+    started it is gone (killed: nothing terminates the workers then)."""
     silent = os.open(os.devnull, os.O_WRONLY)
     os.dup2(silent, 1)
     os.dup2(silent, 2)
-    state = start(*setup.get())
+    parent = os.getppid()
+    # Nothing reads what is left unsent once the parent is gone: the worker does not wait to send it as it ends.
+    done.cancel_join_thread()
+    args = _take(setup, parent)
+    if args is None:
+        return
+    state = start(*args)
     done.put(None)
-    while True:
-        index, item = tasks.get()
+    while (task := _take(tasks, parent)) is not None:
+        index, item = pickle.loads(task)
         try:
             done.put((index, run(state, item), None))
         except Exception as exc:  # noqa: BLE001 - any failure goes back to the process that waits for it
             done.put((index, None, _sendable(exc)))
 
 
+def _take(channel: multiprocessing.Queue[Any], parent: int) -> Any:
+    """The next message on `channel`, or None once the process that started this one has ended (its orphans are
+    adopted by another: their parent changes)."""
+    while True:
+        try:
+            return channel.get(timeout=STOP_SECONDS)
+        except queue.Empty:
+            if os.getppid() != parent:
+                return None
+
+
 def _sendable(exc: Exception) -> Exception:
     """The exception itself when it survives pickling, else its traceback as a RuntimeError."""
-    import pickle
-
     try:
         pickle.loads(pickle.dumps(exc))
         return exc
