@@ -229,6 +229,68 @@ def test_a_cancel_ends_every_worker_within_a_second() -> None:
     assert not multiprocessing.active_children()
 
 
+def test_a_cancelled_pass_ends_its_workers_within_a_second_and_keeps_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real data pass spread over a worker, cancelled while the worker holds chunks."""
+    import random
+
+    from tuneterm.data import parallel
+    from tuneterm.data import summary as summaries
+    from tuneterm.data.summary import summarise_source
+    from tuneterm.demo import CHAT_TEMPLATE, build_tokenizer, conversations
+
+    train, _ = conversations(random.Random(5))
+    tokenizer = build_tokenizer([m["content"] for c in train for m in c], CHAT_TEMPLATE, vocab_size=300)
+    path = tmp_path / "chat.jsonl"
+    with open(path, "w", encoding="utf-8") as handle:  # minutes of work on two cores
+        for index in range(100_000):
+            messages = train[index % len(train)]
+            handle.write(json.dumps({"messages": [{**messages[0], "content": f"{messages[0]['content']} ({index})"},
+                                                  *messages[1:]]}) + "\n")
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("TUNETERM_CACHE_DIR", str(cache))
+    monkeypatch.setattr(summaries, "PARALLEL_BYTES", 0)
+    teams: list[Any] = []
+    busy = threading.Event()
+
+    class Watched(parallel._Team):
+        """The pass's team of workers, said to be busy once a worker holds a chunk."""
+
+        def __init__(self, *args: Any) -> None:
+            super().__init__(*args)
+            teams.append(self)
+
+        def collect(self, block: bool) -> None:
+            super().collect(block)
+            if self.ready and self.sent:
+                busy.set()
+
+    monkeypatch.setattr(parallel, "_Team", Watched)
+    work = Work(cores=2)
+    outcome: dict[str, Any] = {}
+
+    def summarise() -> None:
+        try:
+            summarise_source(str(path), tokenizer, work=work)
+        except BaseException as exc:  # noqa: BLE001 - the test looks at it
+            outcome["error"], outcome["at"] = exc, time.monotonic()
+
+    thread = threading.Thread(target=summarise)
+    thread.start()
+    assert busy.wait(60), "the worker never took a chunk"
+    [team] = teams
+    workers = list(team.processes)
+    assert len(workers) == 1 and workers[0].is_alive()
+    cancelled = time.monotonic()
+    work.cancel()
+    thread.join(10)
+    assert isinstance(outcome.get("error"), Cancelled), outcome
+    assert outcome["at"] - cancelled < 1.0
+    assert all(worker.exitcode is not None for worker in workers), "every worker has ended"
+    assert not multiprocessing.active_children()
+    assert not any((cache / "prepared").iterdir()), "nothing half-prepared is kept"
+
+
 def test_a_worker_that_dies_stops_the_work_and_says_so() -> None:
     endless = _Endless(Work(), workers=1)
     [worker] = endless.workers_busy(1)
