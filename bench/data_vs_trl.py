@@ -18,9 +18,14 @@ is imported); inside it the three first prepare the file's first 100 records unt
 compilation), then each prepares the whole file, in an order rotated every round. Printed: records per second of
 each, tuneterm's ratio to each (median and spread over the rounds), the CPU time each spends per record (all its
 processes; on a machine shared with other work, wall time swings with the load, CPU time much less), and
-tuneterm's speed-up from 1 to 2 cores.
+tuneterm's speed-up from 1 to 2 cores. Beside it, the machine's own: what two processes of plain Python arithmetic
+get done together against one alone, measured in each 2-core round. No program gains more from a second core than
+that; on a machine whose cores other work shares, it is well below 2.
 
-    python bench/data_vs_trl.py [--examples 10000] [--rounds 3] [--kind short|long]
+    python bench/data_vs_trl.py [--examples 30000] [--rounds 3] [--kind short|long]
+
+The default file (about 9 MB) is over the size from which tuneterm spreads a pass over worker processes
+(summary.PARALLEL_BYTES); a file under it is prepared in one process on any number of cores.
 
 `short`: conversations like the demo's (its questions, one to three turns, a third with a system prompt) with the
 demo's tokenizer. `long`: bench/data_throughput.py's longer conversations (sentences of 5 to 120 words).
@@ -46,6 +51,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 SIDES = ("trl", "trl inner loop", "tuneterm")
+SPIN = 10_000_000
 
 
 def short_conversations(path: Path, count: int, rng: random.Random) -> None:
@@ -122,6 +128,25 @@ def cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
+def spin(count: int = SPIN) -> float:
+    """Seconds of plain Python arithmetic."""
+    started, total = time.perf_counter(), 0
+    for value in range(count):
+        total += value
+    return time.perf_counter() - started
+
+
+def machine_speedup(cores: int) -> float:
+    """What `cores` processes spinning at once get done against one alone (workers started and warm first)."""
+    import multiprocessing
+
+    alone = spin()
+    with multiprocessing.get_context("spawn").Pool(cores) as pool:
+        pool.map(spin, [1] * cores)
+        together = max(pool.map(spin, [SPIN] * cores, chunksize=1))
+    return cores * alone / together
+
+
 def one_round(args: argparse.Namespace) -> None:
     """In a process of its own, pinned to `args.cores` cores: each side once, in the order given; records per
     second and CPU microseconds per record of each."""
@@ -134,7 +159,7 @@ def one_round(args: argparse.Namespace) -> None:
             head.write_text("".join(line for _, line in zip(range(100), source)), encoding="utf-8")
         for prepare in PREPARATIONS.values():
             prepare(head, tokenizer, args.cores)
-    measured = {}
+    measured = {"machine": machine_speedup(args.cores)} if args.cores > 1 else {}
     for side in args.order.split(","):
         started, cpu = time.perf_counter(), cpu_seconds()
         records = PREPARATIONS[side](Path(args.data), tokenizer, args.cores)
@@ -145,7 +170,7 @@ def one_round(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--examples", type=int, default=10_000)
+    parser.add_argument("--examples", type=int, default=30_000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--kind", choices=("short", "long"), default="short")
     parser.add_argument("--cores", type=int, help=argparse.SUPPRESS)
@@ -179,8 +204,8 @@ def main() -> None:
                 got = json.loads(output.strip().splitlines()[-1])
                 results[cores].append(got)
                 print(f"round {index + 1}, {cores} core{'s' * (cores > 1)}: " + ", ".join(
-                    f"{side} {got[side]:,.0f}/s ({got[f'{side} cpu']:,.0f} us CPU each)" for side in SIDES),
-                    flush=True)
+                    f"{side} {got[side]:,.0f}/s ({got[f'{side} cpu']:,.0f} us CPU each)" for side in SIDES)
+                    + (f"; the machine's own speed-up {got['machine']:.2f}" if "machine" in got else ""), flush=True)
         print(f"\n{args.examples:,} {args.kind} conversations ({data.stat().st_size / 1e6:.0f} MB), {args.rounds} "
               "rounds, median [min-max]:")
         for cores, rounds in results.items():
@@ -191,7 +216,8 @@ def main() -> None:
                       f"per second), {spread([r[f'{other} cpu'] / r['tuneterm cpu'] for r in rounds], '.2f')} "
                       "(CPU per record)")
         speedups = [two["tuneterm"] / one["tuneterm"] for one, two in zip(results[1], results[2])]
-        print(f"  tuneterm's speed-up from 1 to 2 cores: {spread(speedups, '.2f')}")
+        print(f"  tuneterm's speed-up from 1 to 2 cores: {spread(speedups, '.2f')}; the machine's own (two processes "
+              f"of plain Python against one): {spread([r['machine'] for r in results[2]], '.2f')}")
 
 
 def spread(values: list[float], form: str = ",.0f") -> str:
