@@ -62,7 +62,8 @@ class Work:
         self.on_progress = on_progress
         self.interval = interval
         self.cores = cores
-        """How many cores the work may use; None: every core this process may run on."""
+        """How many cores the work may use; None: the cores this process may run on that other work does not keep
+        busy."""
         self._stage, self._started = "", 0.0
         self._last_report = 0.0
 

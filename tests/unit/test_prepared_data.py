@@ -155,6 +155,23 @@ def test_prepared_examples_are_those_of_the_pass_and_a_changed_setting_prepares_
 # Worker processes
 
 
+def test_a_pass_starts_workers_only_on_cores_that_other_work_leaves_free(monkeypatch: pytest.MonkeyPatch) -> None:
+    import psutil
+
+    from tuneterm.data import parallel
+
+    monkeypatch.setattr(parallel, "usable_cores", lambda: [0, 1, 2, 3])
+    monkeypatch.setattr("tuneterm.hardware.usable_cores", lambda: [0, 1, 2, 3])
+    load = {"percent": [5.0, 3.0, 0.0, 1.0]}
+    monkeypatch.setattr(psutil, "cpu_percent", lambda interval, percpu: load["percent"])
+    assert parallel.worker_count() == 3, "a worker on each other core"
+    load["percent"] = [5.0, 97.0, 88.0, 1.0]  # two cores busy with other work
+    assert parallel.worker_count() == 1
+    load["percent"] = [100.0, 97.0, 88.0, 60.0]
+    assert parallel.worker_count() == 0, "this process alone: nothing is free"
+    assert parallel.worker_count(cores=4) == 3, "the cores given are used whatever their load"
+
+
 def test_results_come_in_order_from_the_workers_and_this_process() -> None:
     results = list(in_order(range(400), doubled_slowly, Workers(2, no_setup, (), doubled), Work()))
     assert [value for value, _ in results] == [2 * i for i in range(400)]

@@ -1,4 +1,4 @@
-"""A stream of chunks worked through on every core, the results in the stream's order, cancellable.
+"""A stream of chunks worked through on every core other work leaves free, the results in order, cancellable.
 
 Rendering chat templates, and the Python around tokenising, hold the interpreter's lock: a thread cannot use another
 core, a process can. `in_order` applies a function to each chunk of a stream and yields the results in order. It
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from tuneterm.errors import TuneTermError
-from tuneterm.hardware import usable_cores
+from tuneterm.hardware import busy_cores, usable_cores
 from tuneterm.work import Work
 
 Item = TypeVar("Item")
@@ -33,6 +33,8 @@ Result = TypeVar("Result")
 MAX_WORKERS = 8
 """Beyond this the reading, checking and merging in this process is the limit, and each worker holds its own copy
 of the tokenizer."""
+SAMPLE_SECONDS = 0.2
+"""How long the cores' load is looked at before a pass chooses its workers."""
 WAIT_SECONDS = 0.1
 """How often waiting for a worker looks at the cancel flag and at the workers."""
 STOP_SECONDS = 1.0
@@ -55,8 +57,10 @@ class Workers(Generic[Item, Result]):
 
 
 def worker_count(cores: int | None = None) -> int:
-    """Workers beside this process on `cores` cores (all it may use when None): one per other core."""
-    available = cores if cores is not None else len(usable_cores())
+    """Workers beside this process: one per other core of `cores`, or when None, of the cores it may use that other
+    work does not keep busy now (a worker on a busy core takes its time from this process and that work, and costs
+    its start besides: on a machine shared with other work, a second process is slower than none)."""
+    available = cores if cores is not None else len(usable_cores()) - len(busy_cores(SAMPLE_SECONDS))
     return max(0, min(available - 1, MAX_WORKERS))
 
 

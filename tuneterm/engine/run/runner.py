@@ -221,9 +221,10 @@ class _Run:
         self.warn(warnings)
         self.phase("preparing data", config.get("data.train"))
         # Cancelling half-way is for a run alone: processes of a distributed run stop together, at the next phase.
-        # The processes of a run on this machine share its cores.
+        # The processes of a run on this machine share its cores; a run alone uses those free of other work.
+        processes = distributed.local_world_size()
         work = Work(threading.Event() if distributed.launched() else self.control.stop_event, self.progress,
-                    interval=0.5, cores=max(1, len(usable_cores()) // distributed.local_world_size()))
+                    interval=0.5, cores=max(1, len(usable_cores()) // processes) if processes > 1 else None)
         # What the wizard (or an earlier pass with the same data and settings) prepared is trained as it is.
         summary = data_summary(config, work, (tokenizer, warnings))
         data = prepare(config, tokenizer, model_facts(config).context_length, work, summary)
