@@ -11,7 +11,8 @@ Three sides, each preparing the whole file:
   TRL itself).
 - tuneterm: the data pass the wizard runs and training reuses (read, validate, drop duplicates, render, tokenise,
   mask all but the replies, per-example arrays, the prepared tokens written to the store), with a fresh cache so
-  nothing is reused.
+  nothing is reused; with worker processes on the cores other work leaves free, as the app prepares.
+- tuneterm every core: the same with a worker on each other core it is given, busy or not.
 
 Each round runs in a fresh process pinned to 1 core, then one with 2 cores (os.sched_setaffinity, before anything
 is imported); inside it the three first prepare the file's first 100 records untimed (imports, template
@@ -50,7 +51,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-SIDES = ("trl", "trl inner loop", "tuneterm")
+SIDES = ("trl", "trl inner loop", "tuneterm", "tuneterm every core")
 SPIN = 10_000_000
 
 
@@ -111,6 +112,7 @@ def trl_inner_loop(path: Path, tokenizer: Any, cores: int) -> int:
 
 
 def tuneterm_preparation(path: Path, tokenizer: Any, cores: int) -> int:
+    """As the app prepares: workers on the cores that other work leaves free."""
     from tuneterm.data.summary import summarise_source
 
     os.environ["TUNETERM_CACHE_DIR"] = tempfile.mkdtemp(prefix="tuneterm-bench-cache-")
@@ -118,8 +120,19 @@ def tuneterm_preparation(path: Path, tokenizer: Any, cores: int) -> int:
     return summary.read.records
 
 
+def tuneterm_on_every_core(path: Path, tokenizer: Any, cores: int) -> int:
+    """A worker on each other core, busy or not."""
+    from tuneterm.data.summary import summarise_source
+    from tuneterm.work import Work
+
+    os.environ["TUNETERM_CACHE_DIR"] = tempfile.mkdtemp(prefix="tuneterm-bench-cache-")
+    summary = summarise_source(str(path), tokenizer, work=Work(cores=cores))
+    return summary.read.records
+
+
 PREPARATIONS: dict[str, Callable[[Path, Any, int], int]] = {
-    "trl": trl_preparation, "trl inner loop": trl_inner_loop, "tuneterm": tuneterm_preparation}
+    "trl": trl_preparation, "trl inner loop": trl_inner_loop, "tuneterm": tuneterm_preparation,
+    "tuneterm every core": tuneterm_on_every_core}
 
 
 def cpu_seconds() -> float:
@@ -211,13 +224,16 @@ def main() -> None:
         for cores, rounds in results.items():
             print(f"  {cores} core{'s' * (cores > 1)}: " + ", ".join(
                 f"{side} {spread([r[side] for r in rounds])}/s" for side in SIDES))
-            for other in SIDES[:2]:
-                print(f"    tuneterm / {other}: {spread([r['tuneterm'] / r[other] for r in rounds], '.2f')} (records "
-                      f"per second), {spread([r[f'{other} cpu'] / r['tuneterm cpu'] for r in rounds], '.2f')} "
-                      "(CPU per record)")
-        speedups = [two["tuneterm"] / one["tuneterm"] for one, two in zip(results[1], results[2])]
-        print(f"  tuneterm's speed-up from 1 to 2 cores: {spread(speedups, '.2f')}; the machine's own (two processes "
-              f"of plain Python against one): {spread([r['machine'] for r in results[2]], '.2f')}")
+            for mine in SIDES[2:] if cores > 1 else SIDES[2:3]:
+                for other in SIDES[:2]:
+                    print(f"    {mine} / {other}: {spread([r[mine] / r[other] for r in rounds], '.2f')} (records per "
+                          f"second), {spread([r[f'{other} cpu'] / r[f'{mine} cpu'] for r in rounds], '.2f')} (CPU "
+                          "per record)")
+        for side in SIDES[2:]:
+            speedups = [two[side] / one[side] for one, two in zip(results[1], results[2])]
+            print(f"  {side}: speed-up from 1 to 2 cores {spread(speedups, '.2f')}")
+        print(f"  the machine's own speed-up (two processes of plain Python against one): "
+              f"{spread([r['machine'] for r in results[2]], '.2f')}")
 
 
 def spread(values: list[float], form: str = ",.0f") -> str:
