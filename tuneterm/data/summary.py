@@ -7,7 +7,8 @@ goes, and training takes them from there (prepare.py), so the numbers shown are 
 not prepare its data again. What a later change of max length, held-out share, seed or sample cap does to the
 numbers is derived from small per-example arrays (token length, trained tokens, the runs of trained tokens) in
 milliseconds, without reading the file again. The pass streams: memory grows by a few integers per example, never
-by the text. It works through the data in chunks, on every core for a file large enough to gain (parallel.py).
+by the text. It works through the data in chunks, for a file large enough to gain on every core that other work
+leaves free (parallel.py).
 """
 
 from __future__ import annotations
