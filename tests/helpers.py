@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import copy
 import json
+import os
 import random
+import time
 from pathlib import Path
 
 
@@ -123,3 +125,26 @@ class Terminal:
         import os
 
         os.close(self.master)
+
+
+# Work for worker processes (tuneterm.data.parallel), at module level so that a spawned process imports it.
+
+def no_setup() -> None:
+    return None
+
+
+def doubled(state: None, item: int) -> tuple[int, int]:
+    """A worker's result, and the process it came from."""
+    return item * 2, os.getpid()
+
+
+def forever(state: None, item: int) -> int:
+    """A worker that never returns its item."""
+    while True:
+        time.sleep(0.01)
+
+
+def doubled_slowly(item: int) -> tuple[int, int]:
+    """The same in the process that hands out the work, slow enough that the workers get some of it."""
+    time.sleep(0.02)
+    return item * 2, os.getpid()

@@ -172,6 +172,14 @@ def tool_conversations(rng: random.Random) -> list[dict[str, Any]]:
 
 def conversations(rng: random.Random) -> tuple[list[list[dict[str, str]]], list[list[dict[str, str]]]]:
     """Question-and-answer turns from five families; the eval file holds questions the training file lacks."""
+    questions = demo_questions()
+    rng.shuffle(questions)
+    held_out = len(questions) // 10
+    return _dialogues(questions[held_out:], rng, 700), _dialogues(questions[:held_out], rng, 80)
+
+
+def demo_questions() -> list[tuple[str, str]]:
+    """The demo's questions and answers, five families of them."""
     questions = []
     for a in range(1, 40):
         for b in (3, 7, 12, 25):
@@ -184,9 +192,7 @@ def conversations(rng: random.Random) -> tuple[list[list[dict[str, str]]], list[
     for metres in range(1, 30):
         questions.append((f"How many centimetres are in {metres} metres?",
                           f"{metres} metres is {metres * 100} centimetres."))
-    rng.shuffle(questions)
-    held_out = len(questions) // 10
-    return _dialogues(questions[held_out:], rng, 700), _dialogues(questions[:held_out], rng, 80)
+    return questions
 
 
 def _dialogues(questions: list[tuple[str, str]], rng: random.Random, count: int) -> list[list[dict[str, str]]]:

@@ -217,6 +217,19 @@ def resolve_precision(setting: str, device: Device) -> tuple[str, str]:
 BUSY_CORE_PERCENT = 50.0
 
 
+def usable_cores() -> list[int]:
+    """The cores this process may run on (its affinity, where the system has one)."""
+    return sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+
+
+def busy_cores(sample_seconds: float = 0.3) -> list[int]:
+    """The cores this process may run on that are busy now (over BUSY_CORE_PERCENT for `sample_seconds`)."""
+    import psutil
+
+    busy_by_core = psutil.cpu_percent(interval=sample_seconds, percpu=True)
+    return [core for core in usable_cores() if core < len(busy_by_core) and busy_by_core[core] >= BUSY_CORE_PERCENT]
+
+
 def choose_cpu_threads(setting: int | str, sample_seconds: float = 0.3, processes: int = 1) -> tuple[int, str]:
     """Threads for training on the CPU, and why: a number given in the config, or one per core that is free now;
     with several processes of one run on this machine, an equal share of the cores each.
@@ -224,16 +237,13 @@ def choose_cpu_threads(setting: int | str, sample_seconds: float = 0.3, processe
     PyTorch starts one thread per core and its threads wait for each other at every operation: when another
     process holds a core, every step waits for the slowest thread (bench/cpu_threads.py measures it).
     """
-    import psutil
-
     if setting != "auto":
         return int(setting), "set in the config"
-    usable = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else list(range(os.cpu_count() or 1))
+    usable = usable_cores()
     if processes > 1:  # the other processes are busy starting too: their cores are not someone else's work
         share = max(1, len(usable) // processes)
         return share, f"auto: {len(usable)} cores shared by the {processes} processes of this run on this machine"
-    busy_by_core = psutil.cpu_percent(interval=sample_seconds, percpu=True)
-    busy = [core for core in usable if core < len(busy_by_core) and busy_by_core[core] >= BUSY_CORE_PERCENT]
+    busy = busy_cores(sample_seconds)
     threads = max(1, len(usable) - len(busy))
     if not busy:
         return threads, f"auto: one per core ({len(usable)} cores, none busy when the run started)"

@@ -83,7 +83,9 @@ def test_the_stop_check_flags_a_model_trained_with_its_end_of_turn_masked(silent
     # Labels that stop before the end-of-turn token, as a collator that masks EOS (or a template mismatch) makes.
     monkeypatch.setattr(chat, "special_after", lambda text, end, special: None)
     monkeypatch.setattr(chat, "_ends_with_special", lambda text, end, special: False)
-    run_dir, check = _stop_checked(silent_base, chat_data, tmp_path)
+    # Data of its own: the same files, prepared unmasked by another test, would be trained as they were prepared.
+    own = {name: Path(shutil.copy(path, tmp_path / f"masked-{name}.jsonl")) for name, path in chat_data.items()}
+    run_dir, check = _stop_checked(silent_base, own, tmp_path)
     assert check is not None and not check["passed"]
     assert len(check["runaway"]) >= 4
     assert "masked out of the labels" in check["causes"][0]

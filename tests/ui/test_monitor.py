@@ -7,7 +7,9 @@ from __future__ import annotations
 import re
 import shutil
 from pathlib import Path
+from typing import Any
 
+import pytest
 from textual.pilot import Pilot
 from textual.widgets import Input
 
@@ -77,6 +79,46 @@ async def test_a_run_launched_from_the_wizard_fills_the_monitor_until_early_stop
         await wait_until(pilot, lambda: isinstance(app.screen, SummaryScreen), what="the summary")
         await pilot.press("l")
         await wait_until(pilot, lambda: app.screen is monitor, what="back to the monitor")
+
+
+async def test_a_run_launched_from_the_wizard_trains_on_the_data_the_wizard_prepared(
+        tiny_model: Path, chat_data: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The data step's pass is the run's: the run renders no conversation again (it is stopped once its data is
+    prepared: training itself is the test above)."""
+    from tuneterm.data import chat, template
+    from tuneterm.engine.events import RunFailed
+    from tuneterm.engine.run import runner
+
+    rendered: list[int] = []
+    render = template.render
+
+    def counted(*args: Any, **kwargs: Any) -> str:
+        rendered.append(1)
+        return render(*args, **kwargs)
+
+    prepared_when_the_model_loads: list[int] = []
+
+    def load_model(*args: Any, **kwargs: Any) -> None:
+        prepared_when_the_model_loads.append(len(rendered))
+        raise RuntimeError("stopped once the data is prepared")
+
+    monkeypatch.setattr(chat, "render", counted)
+    monkeypatch.setattr(runner, "load_model", load_model)
+    train = shutil.copy(chat_data["train"], tmp_path / "train.jsonl")  # a file no earlier pass prepared
+    draft = Draft.from_mapping({"model": {"path": str(tiny_model)}, "data": {"train": str(train)}})
+    app = make_app(make_services(tmp_path / "runs"), Opening("wizard", draft, "review"))
+    async with app.run_test(size=(100, 30)) as pilot:
+        wizard = screen_of(app, WizardScreen)
+        await wait_until(pilot, lambda: wizard.planning.plan is not None and wizard.planning.plan.data is not None,
+                         what="the plan")
+        assert wizard.planning.summary is not None
+        by_the_wizard = len(rendered)
+        assert by_the_wizard >= wizard.planning.summary.train.examples > 100
+        monitor = await launch(pilot)
+        await wait_until(pilot, lambda: monitor.view.result is not None, timeout=120, what="the run's end")
+        result = monitor.view.result
+        assert isinstance(result, RunFailed) and "stopped once the data is prepared" in result.reason, result
+    assert prepared_when_the_model_loads == [by_the_wizard], "the run prepared its data again"
 
 
 async def test_evaluate_now_and_stop_from_the_monitor(tiny_model: Path, chat_data: dict, tmp_path: Path) -> None:

@@ -23,17 +23,20 @@ templates that read that field, so that they render it as they render their own.
 
 from __future__ import annotations
 
+import functools
+import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from tuneterm.data.formats import Conversation, Message, Tools
 from tuneterm.data.template import (
     TemplateError,
+    TemplateKey,
     TemplateTraits,
     render,
     special_after,
-    special_tokens,
     template_traits,
 )
 
@@ -117,8 +120,8 @@ def render_for_training(tokenizer: Any, conversation: Conversation, train_on: st
         text = render(tokenizer, messages, tools=tools, thinking=thinking)
     if train_on == "all":
         return RenderedConversation(text, [(0, len(text))], True, (), folded, thinking=thinking)
-    pieces = _piece_spans(tokenizer, messages, tools, thinking, text)
-    special = special_tokens(tokenizer)
+    pieces = _piece_spans(tokenizer, traits.key, messages, tools, thinking, text)
+    special = traits.special
     regions: dict[int, tuple[int, int]] = {}
     parts: list[tuple[str, int, int]] = []
     all_ended = True
@@ -166,7 +169,7 @@ def render_for_training(tokenizer: Any, conversation: Conversation, train_on: st
 
 
 def _body_start(text: str, cursor: int, first: int | None, traits: TemplateTraits, thinking: bool | None,
-                limit: int, special: list[str]) -> int | None:
+                limit: int, special: Sequence[str]) -> int | None:
     """Where an assistant turn's own text starts, after the end of the message before it (`cursor`): after the
     generation prompt the template writes for it (the one for this conversation's thinking mode first); else at
     its first piece of text; else, for a turn with no text of its own (a tool call) in a template that writes no
@@ -232,11 +235,16 @@ def _render_raw(tokenizer: Any, conversation: Conversation) -> RenderedConversat
 _GENERATION_TAG = re.compile(r"\{%-?\s*generation\s*-?%\}")
 
 
+@functools.lru_cache(maxsize=16)
+def _marks_generation(template: str) -> bool:
+    return bool(_GENERATION_TAG.search(template))
+
+
 def _generation_spans(tokenizer: Any, messages: Conversation, tools: Tools | None, thinking: bool | None,
                       text: str) -> list[tuple[int, int]]:
     """The template's own {% generation %} blocks, where it marks them (most templates do not)."""
     template = tokenizer.chat_template or ""
-    if not isinstance(template, str) or not _GENERATION_TAG.search(template):
+    if not isinstance(template, str) or not _marks_generation(template):
         return []
     from transformers.utils.chat_template_utils import render_jinja_template
 
@@ -249,8 +257,8 @@ def _generation_spans(tokenizer: Any, messages: Conversation, tools: Tools | Non
     return [(int(start), int(end)) for start, end in masks[0]] if rendered[0] == text else []
 
 
-def _piece_spans(tokenizer: Any, messages: Conversation, tools: Tools | None, thinking: bool | None,
-                 text: str) -> dict[int, tuple[int, int]]:
+def _piece_spans(tokenizer: Any, template: TemplateKey, messages: Conversation, tools: Tools | None,
+                 thinking: bool | None, text: str) -> dict[int, tuple[int, int]]:
     """Piece -> (start, end) in `text`: piece 2i is message i's content, 2i + 1 its reasoning."""
     marked: Conversation = []
     originals: dict[int, str] = {}
@@ -260,8 +268,7 @@ def _piece_spans(tokenizer: Any, messages: Conversation, tools: Tools | None, th
             if isinstance(message.get(key), str) and message[key]:
                 originals[piece], copy[key] = message[key], _MARK.format(piece)
         marked.append(copy)
-    skeleton = render(tokenizer, marked, tools=tools, thinking=thinking)
-    spans = _align(skeleton, text, originals)
+    spans = _align(_skeleton(tokenizer, template, marked, tools, thinking), text, originals)
     plain = not any(m.get("tool_calls") or m.get("reasoning_content") for m in messages)
     if spans is None and plain:
         spans = _search(text, messages)
@@ -271,10 +278,40 @@ def _piece_spans(tokenizer: Any, messages: Conversation, tools: Tools | None, th
     return spans
 
 
-def _align(skeleton: str, text: str, originals: dict[int, str]) -> dict[int, tuple[int, int]] | None:
-    """Walk `text` along the skeleton: literal pieces must match exactly, markers take the text between."""
+Skeleton = tuple[list[str], list[int]]
+"""A marked rendering split at its markers: the literal texts, and the piece between each two of them."""
+SKELETONS_KEPT = 4096
+_SKELETONS: dict[tuple[Any, ...], Skeleton] = {}
+
+
+def _skeleton(tokenizer: Any, template: TemplateKey, marked: Conversation, tools: Tools | None,
+              thinking: bool | None) -> Skeleton:
+    """The marked rendering. A template given the same input writes the same text, and the marked conversations of
+    a dataset come in few shapes (roles, which pieces hold text, thinking mode; tool calls and tools as they are),
+    so each shape is rendered once. A template that writes the time of day (strftime_now) is rendered each time."""
+    if "strftime_now" in template[0]:
+        return _split(render(tokenizer, marked, tools=tools, thinking=thinking))
+    try:
+        key = (template, json.dumps(marked, ensure_ascii=False), json.dumps(tools, ensure_ascii=False), thinking)
+    except (TypeError, ValueError):  # values JSON cannot write (a date from Parquet): rendered as they are
+        return _split(render(tokenizer, marked, tools=tools, thinking=thinking))
+    skeleton = _SKELETONS.get(key)
+    if skeleton is None:
+        skeleton = _split(render(tokenizer, marked, tools=tools, thinking=thinking))
+        if len(_SKELETONS) >= SKELETONS_KEPT:
+            _SKELETONS.clear()
+        _SKELETONS[key] = skeleton
+    return skeleton
+
+
+def _split(skeleton: str) -> Skeleton:
     pieces = _MARK_RE.split(skeleton)  # literal, piece, literal, piece, ..., literal
-    literals, keys = pieces[0::2], [int(i) for i in pieces[1::2]]
+    return pieces[0::2], [int(i) for i in pieces[1::2]]
+
+
+def _align(skeleton: Skeleton, text: str, originals: dict[int, str]) -> dict[int, tuple[int, int]] | None:
+    """Walk `text` along the skeleton: literal pieces must match exactly, markers take the text between."""
+    literals, keys = skeleton
     if not text.startswith(literals[0]):
         return None
     position = len(literals[0])
@@ -290,6 +327,8 @@ def _align(skeleton: str, text: str, originals: dict[int, str]) -> dict[int, tup
 
 def _rendered_length(text: str, position: int, content: str, following: str) -> int | None:
     """How many characters of `text` at `position` the template made out of `content` (as is, or trimmed)."""
+    if text.startswith(content, position) and text.startswith(following, position + len(content)):
+        return len(content)  # as is: most templates write the content unchanged
     for candidate in dict.fromkeys((content, content.strip(), content.rstrip(), content.lstrip(), content.strip("\n"))):
         if text.startswith(candidate + following, position):
             return len(candidate)
@@ -315,5 +354,5 @@ def _search(text: str, messages: Conversation) -> dict[int, tuple[int, int]] | N
     return spans
 
 
-def _ends_with_special(text: str, end: int, special: list[str]) -> bool:
-    return any(text.startswith(token, end - len(token)) for token in special if end >= len(token))
+def _ends_with_special(text: str, end: int, special: tuple[str, ...]) -> bool:
+    return text.endswith(special, 0, end)

@@ -12,7 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from tuneterm.data.summary import DataSummary, DataView, Preview, SourceSummary, summarise_source
+from tuneterm.data.pipeline import Preview
+from tuneterm.data.summary import DataSummary, DataView, SourceSummary, summarise_source
 from tuneterm.errors import Problem
 from tuneterm.work import Work
 

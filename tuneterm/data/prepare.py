@@ -1,10 +1,12 @@
 """From the data named in a run config to the tokenised train and eval datasets SFTTrainer trains on.
 
-The same single pass as the data summary (summary.py), keeping the encoded examples this time: read and
-validate (strict: stop with every problem and its line; lenient: leave them out and say which), render and label,
-hold out the eval split, set max_length from the data when the config says "auto", and stop on the findings that
-would make a run train on the wrong tokens or on nothing. What `tuneterm plan` and the app show is computed by the
-same functions from the same numbers.
+The data summary's pass (summary.py) already prepared every example and wrote its tokens to the store: preparing
+for training takes them from there, so a run started after the wizard read its data (or `tuneterm inspect`, or an
+earlier run, with the same data, tokenizer and settings) does not read, render or tokenise it again. On top of
+the summary: validate (strict: stop with every problem and its line; lenient: leave them out and say which), hold
+out the eval split, set max_length from the data when the config says "auto", and stop on the findings that would
+make a run train on the wrong tokens or on nothing. What `tuneterm plan` and the app show is computed by the same
+functions from the same numbers.
 """
 
 from __future__ import annotations
@@ -12,9 +14,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from tuneterm.config import RunConfig
 from tuneterm.data.formats import Detection
-from tuneterm.data.pipeline import EncodedExample
+from tuneterm.data.store import EncodedExample
 from tuneterm.data.summary import DataSummary, DataView, first_error, summarise_source
 from tuneterm.errors import DataError
 from tuneterm.work import Work
@@ -64,15 +68,13 @@ def _dataset(split: Split) -> Any:
                               "labels": [e.labels for e in split.examples]})
 
 
-def summarise(config: RunConfig, tokenizer: Any, work: Work | None = None, template_warnings: list[str] | None = None,
-              keep: tuple[list[EncodedExample], list[EncodedExample]] | None = None) -> DataSummary:
-    """The data summary of a config's training (and eval) data; `keep` collects the encoded examples."""
+def summarise(config: RunConfig, tokenizer: Any, work: Work | None = None,
+              template_warnings: list[str] | None = None) -> DataSummary:
+    """The data summary of a config's training (and eval) data."""
     options = {"fmt": config.get("data.format"), "columns": config.get("data.columns"),
                "train_on": config.get("data.train_on"), "reasoning": config.get("data.reasoning"), "work": work}
-    train = summarise_source(config.get("data.train"), tokenizer, key="data.train",
-                             keep=keep[0] if keep else None, **options)
-    evaluation = (summarise_source(config.get("data.eval"), tokenizer, key="data.eval",
-                                   keep=keep[1] if keep else None, **options)
+    train = summarise_source(config.get("data.train"), tokenizer, key="data.train", **options)
+    evaluation = (summarise_source(config.get("data.eval"), tokenizer, key="data.eval", **options)
                   if config.get("data.eval") else None)
     return DataSummary(train, evaluation, list(template_warnings or []))
 
@@ -91,18 +93,19 @@ def refuse_blocking(view: DataView) -> None:
         raise DataError(str(blocking), blocking.details)
 
 
-def prepare(config: RunConfig, tokenizer: Any, context_length: int | None, work: Work | None = None) -> PreparedData:
-    """The examples to train and evaluate on, cut to max_length; DataError on anything that blocks a run."""
-    kept_train: list[EncodedExample] = []
-    kept_eval: list[EncodedExample] = []
-    summary = summarise(config, tokenizer, work, keep=(kept_train, kept_eval))
+def prepare(config: RunConfig, tokenizer: Any, context_length: int | None, work: Work | None = None,
+            summary: DataSummary | None = None) -> PreparedData:
+    """The examples to train and evaluate on, cut to max_length; DataError on anything that blocks a run. `summary`
+    is the config's data summary when one is at hand (the app's, for a run started from the wizard)."""
+    if summary is None or not all(source.stored for source in (summary.train, summary.eval) if source is not None):
+        summary = summarise(config, tokenizer, work, summary.template_warnings if summary else None)
     view = view_of(summary, config, context_length)
     refuse_blocking(view)
+    train = summary.train.encoded(view.train_indices)
     if summary.eval is not None:
-        held_out = kept_eval
+        held_out = summary.eval.encoded(np.arange(summary.eval.examples), notes=True)
     else:
-        held_out = [kept_train[i] for i in view.eval_indices] if view.eval_indices is not None else []
-    train = [kept_train[i] for i in view.train_indices]
+        held_out = summary.train.encoded(view.eval_indices, notes=True) if view.eval_indices is not None else []
     return PreparedData(summary, view, _cut("train", train, view.max_length),
                         _cut("eval", held_out, view.max_length) if held_out else None,
                         [str(f) for f in view.findings if f.level == "warning"])

@@ -1,35 +1,48 @@
-"""What a dataset is to a model, from one streaming pass: the numbers shown while a person picks settings.
+"""What a dataset is to a model, from one streaming pass: the numbers shown while a person picks settings, and
+the tokens training trains on.
 
-Reading, validating, rendering and tokenising a dataset is the slow part of planning (seconds for 100k
-examples). It happens once per data settings and tokenizer. What a later change of max length, held-out share,
-seed or sample cap does to the numbers is derived from small per-example arrays (token length, trained tokens,
-the runs of trained tokens) in milliseconds, without reading the file again. The pass streams: memory grows by a
-few integers per example, never by the text. Training prepares its data through the same functions (prepare.py),
-so the numbers shown are the numbers trained.
+Reading, validating, rendering and tokenising a dataset is the slow part of planning. It happens once per data
+settings and tokenizer: the pass writes every usable example's tokens to the prepared-data store (store.py) as it
+goes, and training takes them from there (prepare.py), so the numbers shown are the numbers trained and a run does
+not prepare its data again. What a later change of max length, held-out share, seed or sample cap does to the
+numbers is derived from small per-example arrays (token length, trained tokens, the runs of trained tokens) in
+milliseconds, without reading the file again. The pass streams: memory grows by a few integers per example, never
+by the text. It works through the data in chunks, for a file large enough to gain on every core that other work
+leaves free (parallel.py).
 """
 
 from __future__ import annotations
 
 import array
+import itertools
 import math
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from tuneterm.data import store
 from tuneterm.data.formats import Detection
+from tuneterm.data.parallel import Workers, in_order, worker_count
 from tuneterm.data.pipeline import (
+    CHUNK,
+    PREVIEWS,
     UNTRAINABLE_WITHOUT,
-    EncodedExample,
+    ChunkEncoder,
+    EncodedChunk,
     EncodeReport,
+    Example,
+    Preview,
     ProblemList,
     ReadReport,
-    encode_examples,
+    encode_in_worker,
     read_examples,
+    start_encoder,
 )
 from tuneterm.data.stats import Truncation, histogram, percentiles, suggest_max_length
-from tuneterm.data.tokenize import IGNORE_INDEX, encode_batch
+from tuneterm.data.store import EncodedExample, stored_examples
 from tuneterm.errors import Level, Location, Problem
 from tuneterm.work import Work
 
@@ -38,27 +51,9 @@ FULLY_TRUNCATED_LIMIT = 0.10
 LENIENT_INVALID_LIMIT = 0.5
 """Share of invalid records above which even `data.strict: false` stops: such a file is the wrong file or the
 wrong format, and training on what is left would quietly train on a sliver of the data."""
-PREVIEWS = 20
-
-
-@dataclass(frozen=True)
-class Preview:
-    """One example as the model sees it: the rendered text in pieces, each trained or masked."""
-
-    location: Location
-    segments: list[tuple[str, bool, str]]
-    """The rendered text in order: each piece, whether it is trained, and the part it belongs to ("reasoning",
-    "tool call", "tool result", or "" for the rest)."""
-    trained_segments: list[str]
-    """The decoded text of each run of trained tokens."""
-    trained_tokens: int
-    total_tokens: int
-    token_ends: list[int]
-    """Character offset where each token ends, so a screen can show where a max length cuts."""
-
-    def cut_at(self, max_length: int) -> int | None:
-        """The character offset max_length cuts the text at, or None when the example fits."""
-        return self.token_ends[max_length - 1] if max_length < self.total_tokens else None
+PARALLEL_BYTES = 4_000_000
+"""Sources smaller than this are prepared in this process alone: starting a worker (it imports the tokenizer's
+libraries) costs about what a few seconds of preparing saves."""
 
 
 @dataclass
@@ -80,10 +75,22 @@ class SourceSummary:
     run_start: np.ndarray
     run_end: np.ndarray
     previews: list[Preview]
+    store: Path | None = None
+    """Where the examples' tokens are (store.py)."""
 
     @property
     def examples(self) -> int:
         return len(self.lengths)
+
+    @property
+    def stored(self) -> bool:
+        """The examples' tokens are still on disk (the store may have been removed since, to make room)."""
+        return self.store is not None and (self.store / store.SUMMARY).is_file()
+
+    def encoded(self, indices: np.ndarray, notes: bool = False) -> list[EncodedExample]:
+        """The examples at `indices` (file order) as training takes them, with their notes when asked."""
+        assert self.store is not None
+        return stored_examples(self.store, self.lengths, self.run_owner, self.run_start, self.run_end, indices, notes)
 
     @property
     def invalid(self) -> ProblemList:
@@ -190,24 +197,30 @@ class SourceSummary:
 
 
 class _Builder:
-    """Collects the per-example arrays from a stream of encoded examples."""
+    """Collects the per-example arrays and the previews from the chunks of a pass."""
 
-    def __init__(self, tokenizer: Any, previews: int):
-        self.tokenizer, self.preview_count = tokenizer, previews
+    def __init__(self, previews: int):
+        self.wanted = previews
         self.lengths, self.trained = array.array("i"), array.array("i")
         self.run_owner, self.run_start, self.run_end = array.array("i"), array.array("i"), array.array("i")
         self.previews: list[Preview] = []
 
-    def add(self, example: EncodedExample) -> None:
-        index = len(self.lengths)
-        self.lengths.append(example.length)
-        self.trained.append(example.trained_tokens)
-        for start, end in example.trained_runs:
-            self.run_owner.append(index)
-            self.run_start.append(start)
-            self.run_end.append(end)
-        if len(self.previews) < self.preview_count:
-            self.previews.append(preview_of(self.tokenizer, example))
+    def add(self, chunk: EncodedChunk) -> None:
+        first = len(self.lengths)
+        self.lengths.frombytes(chunk.lengths.tobytes())
+        self.trained.frombytes(np.bincount(chunk.run_owner, weights=chunk.run_end - chunk.run_start,
+                                           minlength=len(chunk.lengths)).astype(np.int32).tobytes())
+        self.run_owner.frombytes((chunk.run_owner + first).astype(np.int32).tobytes())
+        self.run_start.frombytes(chunk.run_start.tobytes())
+        self.run_end.frombytes(chunk.run_end.tobytes())
+        self.previews += chunk.previews[:self.wanted - len(self.previews)]
+
+    def chunks(self, examples: Iterable[Example]) -> Iterator[tuple[list[Example], int]]:
+        """The examples in chunks, each with the previews still wanted when it is taken (the chunks before it may
+        not have returned yet: a chunk makes at most that many, the builder keeps the first that arrive in order)."""
+        stream = iter(examples)
+        while chunk := list(itertools.islice(stream, CHUNK)):
+            yield chunk, self.wanted - len(self.previews)
 
     def arrays(self) -> tuple[np.ndarray, ...]:
         return tuple(np.frombuffer(a, dtype=np.int32) if len(a) else np.zeros(0, dtype=np.int32)
@@ -216,49 +229,50 @@ class _Builder:
 
 def summarise_source(source: str, tokenizer: Any, *, fmt: str = "auto", columns: dict[str, str] | None = None,
                      train_on: str = "responses", reasoning: str = "auto", key: str = "data.train",
-                     work: Work | None = None, previews: int = PREVIEWS,
-                     keep: list[EncodedExample] | None = None) -> SourceSummary:
-    """Read, validate, render and tokenise one source in a single pass. `keep` collects the encoded examples
-    (training needs them; a summary does not). Raises DataError, or Cancelled when `work` is cancelled."""
+                     work: Work | None = None, previews: int = PREVIEWS) -> SourceSummary:
+    """Read, validate, render and tokenise one source in a single pass, its tokens written to the store; or the
+    summary of an earlier pass with the same source, tokenizer and settings. Raises DataError, or Cancelled when
+    `work` is cancelled."""
+    work = work or Work()
+    wanted = max(previews, PREVIEWS)
+    identity = store.identity(source, tokenizer, {"format": fmt, "columns": columns, "train_on": train_on,
+                                                  "reasoning": reasoning, "key": key, "previews": wanted})
+    summary = store.load(identity)
+    if summary is not None:
+        work.step(f"prepared before: {Path(source).name}", summary.read.records, fraction=1.0, force=True)
+    else:
+        summary = _pass(source, tokenizer, fmt, columns, train_on, reasoning, key, work, wanted, identity)
+    return replace(summary, previews=summary.previews[:previews])
+
+
+def _pass(source: str, tokenizer: Any, fmt: str, columns: dict[str, str] | None, train_on: str, reasoning: str,
+          key: str, work: Work, previews: int, identity: str | None) -> SourceSummary:
     read, stream = read_examples(source, fmt, columns, work=work, key=key)
     if read.detection.format == "text":
         train_on = "all"
     encode = EncodeReport()
-    builder = _Builder(tokenizer, previews)
-    for example in encode_examples(tokenizer, stream, train_on, encode, reasoning):
-        builder.add(example)
-        if keep is not None:
-            keep.append(example)
-    lengths, trained, owner, start, end = builder.arrays()
-    return SourceSummary(source, key, read.detection, read, encode, lengths, trained, owner, start, end,
-                         builder.previews)
+    builder = _Builder(previews)
+    here = ChunkEncoder(tokenizer, train_on, reasoning, check=work.check)
+    count = worker_count(work.cores) if _size(source) >= PARALLEL_BYTES else 0
+    workers = Workers(count, start_encoder, (tokenizer, train_on, reasoning), encode_in_worker)
+    with store.Writer(identity) as writer:
+        for chunk in in_order(builder.chunks(stream), here, workers, work):
+            encode.extend(chunk.report)
+            builder.add(chunk)
+            writer.add(chunk)
+        lengths, trained, owner, start, end = builder.arrays()
+        summary = SourceSummary(source, key, read.detection, read, encode, lengths, trained, owner, start, end,
+                                builder.previews)
+        writer.publish(summary)
+    return summary
 
 
-def preview_of(tokenizer: Any, example: EncodedExample) -> Preview:
-    text, parts = example.rendered.text, example.rendered.parts
-    [encoded] = encode_batch(tokenizer, [example.rendered])
-    segments: list[tuple[str, bool, str]] = []
-
-    def add(piece: str, is_trained: bool, part: str) -> None:
-        if segments and segments[-1][1:] == (is_trained, part):
-            segments[-1] = (segments[-1][0] + piece, is_trained, part)
-        else:
-            segments.append((piece, is_trained, part))
-
-    position = 0
-    for (start, end), label in zip(encoded.offsets.tolist(), encoded.labels.tolist()):
-        start = max(start, position)
-        if start > position:  # characters no token covers (rare) count as masked
-            add(text[position:start], False, "")
-        if end > start:
-            part = next((kind for kind, low, high in parts if low < end and start < high), "")
-            add(text[start:end], bool(label != IGNORE_INDEX), part)
-        position = max(position, end)
-    if position < len(text):
-        add(text[position:], False, "")
-    decoded = [tokenizer.decode(example.input_ids[s:e].tolist()) for s, e in example.trained_runs]
-    return Preview(example.location, segments, decoded, example.trained_tokens, example.length,
-                   [int(end) for _, end in encoded.offsets.tolist()])
+def _size(source: str) -> int:
+    """Bytes of the source's files (0 for a hub dataset)."""
+    path = Path(source)
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return path.stat().st_size if path.is_file() else 0
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ the same arguments, so a conversation is rendered the same way for training and 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,6 +27,8 @@ DEFAULT_CHAT_TEMPLATE = (
 
 _PROBE_ANSWER, _PROBE_REASONING = "\ue002", "\ue003"
 
+TemplateKey = tuple[str, str, int]
+
 
 class TemplateError(ValueError):
     """The chat template cannot render this conversation, or its output cannot be aligned with the messages."""
@@ -34,16 +37,26 @@ class TemplateError(ValueError):
 def render(tokenizer: Any, conversation: list[dict[str, Any]], *, tools: list[dict[str, Any]] | None = None,
            thinking: bool | None = None, generation_prompt: bool = False) -> str:
     """The conversation as the template writes it; `thinking` is passed as `enable_thinking` when it is set (only
-    for templates with the switch: see TemplateTraits)."""
-    extra: dict[str, Any] = {} if thinking is None else {"enable_thinking": thinking}
-    if tools:
-        extra["tools"] = tools
+    for templates with the switch: see TemplateTraits).
+
+    What `tokenizer.apply_chat_template(conversation, tokenize=False, ...)` returns, rendered by the function it
+    calls: the messages here are plain dicts already, so its conversion of message objects (a deep copy, 40% of
+    its time) has nothing to do; keys set to None are dropped as it drops them."""
+    from transformers.utils.chat_template_utils import render_jinja_template
+
+    variables: dict[str, Any] = dict(tokenizer.special_tokens_map)
+    if thinking is not None:
+        variables["enable_thinking"] = thinking
+    messages = [{key: value for key, value in message.items() if value is not None} for message in conversation]
+    schemas: Any = tools or None
     try:
-        text: str = tokenizer.apply_chat_template(conversation, tokenize=False,
-                                                  add_generation_prompt=generation_prompt, **extra)
-        return text
+        result: Any = render_jinja_template(conversations=[messages], tools=schemas,
+                                            chat_template=tokenizer.get_chat_template(None, schemas),
+                                            add_generation_prompt=generation_prompt, **variables)
     except Exception as exc:  # jinja raises its own errors, and templates call raise_exception()
         raise TemplateError(f"the chat template cannot render this conversation: {exc}") from None
+    text: str = result[0][0]
+    return text
 
 
 def special_tokens(tokenizer: Any) -> list[str]:
@@ -54,7 +67,7 @@ def special_tokens(tokenizer: Any) -> list[str]:
     return sorted((t for t in tokens if t), key=len, reverse=True)
 
 
-def special_after(text: str, position: int, special: list[str]) -> int | None:
+def special_after(text: str, position: int, special: Sequence[str]) -> int | None:
     """End of the special token that follows `position` (after optional whitespace), if one does."""
     start = position
     while start < len(text) and text[start].isspace():
@@ -95,6 +108,10 @@ class TemplateTraits:
     (None alone without a switch): the text before the assistant's own; "" for templates that write none."""
     closing: tuple[str, ...]
     """The special tokens that end an assistant turn (its end of turn and EOS)."""
+    special: tuple[str, ...] = ()
+    """The tokenizer's special tokens, longest first (special_tokens)."""
+    key: TemplateKey = ("", "", 0)
+    """The template and tokens probed (template_key)."""
 
     def thinking_for(self, choice: str, has_reasoning: bool) -> bool | None:
         """`enable_thinking` for a conversation under data.reasoning (None: the template has no switch)."""
@@ -103,18 +120,24 @@ class TemplateTraits:
         return {"keep": True, "drop": False}.get(choice, has_reasoning)
 
 
-_TRAITS: dict[tuple[str, str], TemplateTraits] = {}
+_TRAITS: dict[TemplateKey, TemplateTraits] = {}
+
+
+def template_key(tokenizer: Any) -> TemplateKey:
+    """What a rendering depends on besides the conversation: the template, the special tokens it can write, and
+    how many tokens the tokenizer has (a token added changes what is special)."""
+    return str(tokenizer.chat_template), repr(sorted(tokenizer.special_tokens_map.items())), len(tokenizer)
 
 
 def template_traits(tokenizer: Any) -> TemplateTraits:
-    """The traits of the tokenizer's chat template, probed once per template and special tokens."""
-    key = (str(tokenizer.chat_template), repr(sorted(tokenizer.special_tokens_map.items())))
+    """The traits of the tokenizer's chat template, probed once per template and tokens."""
+    key = template_key(tokenizer)
     if key not in _TRAITS:
-        _TRAITS[key] = _probe(tokenizer)
+        _TRAITS[key] = _probe(tokenizer, key)
     return _TRAITS[key]
 
 
-def _probe(tokenizer: Any) -> TemplateTraits:
+def _probe(tokenizer: Any, key: TemplateKey) -> TemplateTraits:
     source = str(tokenizer.chat_template or "")
     question = [{"role": "user", "content": "Hi"}]
     answered = [*question, {"role": "assistant", "content": _PROBE_ANSWER, "reasoning_content": _PROBE_REASONING}]
@@ -128,7 +151,8 @@ def _probe(tokenizer: Any) -> TemplateTraits:
         if on != off:
             prompts = {True: on, False: off}
     closing = [token for token in (end_of_turn_token(tokenizer), tokenizer.eos_token) if token]
-    return TemplateTraits(renders_reasoning, len(prompts) > 1, prompts, tuple(dict.fromkeys(closing)))
+    return TemplateTraits(renders_reasoning, len(prompts) > 1, prompts, tuple(dict.fromkeys(closing)),
+                          tuple(special_tokens(tokenizer)), key)
 
 
 def _generation_prompt(tokenizer: Any, question: list[dict[str, Any]], thinking: bool | None) -> str:

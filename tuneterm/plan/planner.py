@@ -2,8 +2,9 @@
 
 1. Model facts (plan/model.py): config.json on the meta device, cached per model path and revision.
 2. The data summary (data/summary.py): one streaming pass over the data with the model's tokenizer and chat
-   template, cached per data settings, tokenizer and the files' size and modification time; cancellable, with
-   progress. Changing max_length, val_size, the seed or max_samples afterwards reuses it.
+   template, cached per data settings, tokenizer and the files' size and modification time (in memory here, and
+   on disk with the prepared tokens: data/store.py); cancellable, with progress. Changing max_length, val_size,
+   the seed or max_samples afterwards reuses it, and so does the run started from these settings.
 3. plan_run: resolve, schedule, memory estimate and advice from facts + summary + settings: pure arithmetic,
    well under a millisecond (bench/plan_latency.py), run on every keystroke.
 
@@ -125,14 +126,16 @@ def data_key(config: RunConfig) -> tuple[Any, ...]:
             _file_state(config.get("data.train")), _file_state(config.get("data.eval")))
 
 
-def data_summary(config: RunConfig, work: Work | None = None) -> DataSummary:
-    """Stage 2, cached per data_key. Raises DataError or LoadError, or Cancelled when `work` is cancelled."""
+def data_summary(config: RunConfig, work: Work | None = None,
+                 loaded: tuple[Any, list[str]] | None = None) -> DataSummary:
+    """Stage 2, cached per data_key (and on disk by the data pass itself: data/store.py). Raises DataError or
+    LoadError, or Cancelled when `work` is cancelled. `loaded`: what load_tokenizer returned, when it was called."""
     key = data_key(config)
     with _SUMMARIES_LOCK:
         if key in _SUMMARIES:
             _SUMMARIES.move_to_end(key)
             return _SUMMARIES[key]
-    tokenizer, template_warnings = load_tokenizer(config)
+    tokenizer, template_warnings = loaded or load_tokenizer(config)
     summary = summarise(config, tokenizer, work, template_warnings)
     with _SUMMARIES_LOCK:
         _SUMMARIES[key] = summary

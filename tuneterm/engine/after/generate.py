@@ -99,14 +99,12 @@ def eval_samples_of(examples: list[Any], tokenizer: Any, count: int = EVAL_SAMPL
         if not example.trained_runs or example.trained_runs[-1][0] == 0:
             continue  # plain text: nothing is a prompt
         start, end = example.trained_runs[-1]
-        rendered = example.rendered
-        results = {(low, high) for part, low, high in rendered.parts if part == "tool result"}
-        asked = [span for span in rendered.prompt if span not in results]  # the person's words, not a tool's
-        question = rendered.text[slice(*asked[-1])] if asked else tokenizer.decode(example.input_ids[:start].tolist())
-        where = Path(example.location.where()).name  # "eval.jsonl:12": the file's folder is in the run's config
+        note = example.note
+        question = note.question or tokenizer.decode(example.input_ids[:start].tolist())
+        where = Path(note.where).name  # "eval.jsonl:12": the file's folder is in the run's config
         samples.append(EvalSample(where, question.strip(), example.input_ids[:start].tolist(),
                                   tokenizer.decode(example.input_ids[start:end].tolist(), skip_special_tokens=True),
-                                  rendered.end_of_turn_trained))
+                                  note.ends_turn))
     return samples
 
 

@@ -54,10 +54,10 @@ from tuneterm.engine.run.verify import compare_saved, fingerprint_trainable
 from tuneterm.engine.rundir import fingerprint
 from tuneterm.engine.rundir.layout import CONFIG_FILE, holding_run_lock
 from tuneterm.errors import Cancelled, TuneTermError, first_sentence
-from tuneterm.hardware import CPU, Device, choose_cpu_threads, peak_flops
+from tuneterm.hardware import CPU, Device, choose_cpu_threads, peak_flops, usable_cores
 from tuneterm.plan.flops import mean_context, training_flops_per_token
 from tuneterm.plan.memory import SHARDED_WEIGHTS, estimate_memory
-from tuneterm.plan.planner import lora_shape, memory_setup, model_facts
+from tuneterm.plan.planner import data_summary, lora_shape, memory_setup, model_facts
 from tuneterm.plan.resolve import flattens_rows, resolve, schedule_of, tokens_of
 from tuneterm.work import Progress, Work, import_training_libraries
 
@@ -221,9 +221,13 @@ class _Run:
         self.warn(warnings)
         self.phase("preparing data", config.get("data.train"))
         # Cancelling half-way is for a run alone: processes of a distributed run stop together, at the next phase.
+        # The processes of a run on this machine share its cores; a run alone uses those free of other work.
+        processes = distributed.local_world_size()
         work = Work(threading.Event() if distributed.launched() else self.control.stop_event, self.progress,
-                    interval=0.5)
-        data = prepare(config, tokenizer, model_facts(config).context_length, work)
+                    interval=0.5, cores=max(1, len(usable_cores()) // processes) if processes > 1 else None)
+        # What the wizard (or an earlier pass with the same data and settings) prepared is trained as it is.
+        summary = data_summary(config, work, (tokenizer, warnings))
+        data = prepare(config, tokenizer, model_facts(config).context_length, work, summary)
         self.warn(data.warnings)
         device = CPU if config.get("training.use_cpu") else detect_device()
         lengths = np.array([len(example.input_ids) for example in data.train.examples], dtype=np.int64)

@@ -23,7 +23,9 @@ from textual.widgets import Button, Checkbox, Input, Label, ProgressBar, Select,
 from tuneterm.data.columns import FIELD_HELP
 from tuneterm.data.formats import FIELDS, FORMATS, FormatUnknown
 from tuneterm.data.inspect import holdings_line, thinking_line
-from tuneterm.data.summary import DataView, Preview, SourceSummary
+from tuneterm.data.pipeline import Preview
+from tuneterm.data.summary import DataView, SourceSummary
+from tuneterm.engine.after.report import clock
 from tuneterm.errors import Problem, TuneTermError
 from tuneterm.ui.state.planning import ColumnMapper
 from tuneterm.ui.widgets.fields import parse
@@ -115,6 +117,16 @@ def _style(markup: str, masked: bool, part: str) -> str:
 HELD_OUT_PLACEHOLDER = "0.1 (default: 10% for the eval loss)"
 
 
+def progress_text(progress: Progress) -> str:
+    """"reading train.jsonl: 12,288 records, 2,310/s, 0:00:08 left" (the pace once it can be told)."""
+    text = f"{progress.stage}: {progress.done:,} records"
+    if progress.rate is not None:
+        text += f", {progress.rate:,.0f}/s"
+    if progress.seconds_left is not None:
+        text += f", {clock(progress.seconds_left)} left"
+    return text
+
+
 class DataStep(VerticalScroll):
     def __init__(self, id: str | None = None):
         super().__init__(id=id)
@@ -149,10 +161,11 @@ class DataStep(VerticalScroll):
                           ("drop: train without reasoning", "drop")], value="auto", allow_blank=False,
                          id="reasoning", compact=True,
                          tooltip="data.reasoning. The preview below shows what the choice renders")
-        with Horizontal(id="reading"):
-            yield ProgressBar(id="data-progress", show_eta=False)
+        with Vertical(id="reading"):
+            with Horizontal(id="reading-bar"):
+                yield ProgressBar(id="data-progress", show_eta=False)
+                yield Button("Cancel", id="cancel-data", compact=True)
             yield Static(id="data-progress-text")
-            yield Button("Cancel", id="cancel-data", compact=True)
         yield Static(id="data-report")
         with Vertical(id="column-mapper"):
             yield Static("Columns: which of your columns holds what", classes="group-title")
@@ -202,7 +215,7 @@ class DataStep(VerticalScroll):
         bar = self.query_one("#data-progress", ProgressBar)
         share = progress.share
         bar.update(total=100 if share is not None else None, progress=round(100 * share) if share else 0)
-        self.query_one("#data-progress-text", Static).update(f" {progress.stage}: {progress.done:,} records")
+        self.query_one("#data-progress-text", Static).update(progress_text(progress))
 
     def show_mapper(self, mapper: ColumnMapper | None) -> None:
         """The column mapper, while the data's format is not told by its column names: a column for each field of
