@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 
+from textual.app import App
+from textual.pilot import Pilot
 from textual.widgets import Checkbox, DataTable, Input
 
 from tests.helpers import DATA
@@ -32,18 +35,23 @@ from tuneterm.ui.screens.wizard import WizardScreen
 from tuneterm.ui.state.draft import Draft
 
 
+async def experiment_dialog(app: App[Any], pilot: Pilot[Any]) -> ExperimentSetup:
+    """The experiment's dialog, opened with ctrl+e from the review step once the model and data are read."""
+    wizard = screen_of(app, WizardScreen)
+    await wait_until(pilot, lambda: wizard.planning.plan is not None and wizard.planning.plan.data is not None,
+                     what="the plan")
+    await pilot.press("ctrl+e")
+    await wait_until(pilot, lambda: isinstance(app.screen, ExperimentSetup), what="the experiment's dialog")
+    return screen_of(app, ExperimentSetup)
+
+
 async def test_an_experiment_launched_from_the_review_step_fills_its_table_stops_and_goes_on(
         tiny_model: Path, chat_data: dict, tmp_path: Path) -> None:
     config = {"model": {"path": str(tiny_model)}, "data": {"train": str(chat_data["train"])}}
     services = make_services(tmp_path / "runs", train_run=RecordedRunner(seconds_per_step=0.02))
     app = make_app(services, Opening("wizard", Draft.from_mapping(config), "review"))
     async with app.run_test(size=(100, 30), notifications=True) as pilot:
-        wizard = screen_of(app, WizardScreen)
-        await wait_until(pilot, lambda: wizard.planning.plan is not None and wizard.planning.plan.data is not None,
-                         what="the plan")
-        await pilot.press("ctrl+e")
-        await wait_until(pilot, lambda: isinstance(app.screen, ExperimentSetup), what="the experiment's dialog")
-        setup = screen_of(app, ExperimentSetup)
+        setup = await experiment_dialog(app, pilot)
         assert setup.query_one("#values-0", Input).value == "8, 16, 32", "rank, alpha following it"
         assert setup.query_one("#values-1", Input).value == "1e-4, 2e-4, 4e-4", \
             "half and twice the config's rate: the guides' rates are not for a model this small"
@@ -94,12 +102,7 @@ async def test_the_experiment_dialogs_plan_keeps_a_line_a_variation_and_scrolls_
     config = {"model": {"path": str(tiny_model)}, "data": {"train": str(chat_data["train"])}}
     app = make_app(make_services(tmp_path / "runs"), Opening("wizard", Draft.from_mapping(config), "review"))
     async with app.run_test(size=(80, 24)) as pilot:
-        wizard = screen_of(app, WizardScreen)
-        await wait_until(pilot, lambda: wizard.planning.plan is not None and wizard.planning.plan.data is not None,
-                         what="the plan")
-        await pilot.press("ctrl+e")
-        await wait_until(pilot, lambda: isinstance(app.screen, ExperimentSetup), what="the experiment's dialog")
-        setup = screen_of(app, ExperimentSetup)
+        setup = await experiment_dialog(app, pilot)
         setup.query_one("#vary-2", Checkbox).value = True
         await wait_until(pilot, lambda: "27 of 27 variations" in text_of(setup, "#experiment-plan"), what="the plan")
         await wait_until_drawn(pilot)
