@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from textual import on
 from textual.app import ComposeResult
@@ -15,6 +15,21 @@ from textual.widgets import Button, Input, Label, OptionList, Select, Static
 from textual.widgets.option_list import Option
 
 from tuneterm.ui.widgets.paths import PathInput
+
+Answer = TypeVar("Answer")
+
+
+class Dialog(ModalScreen[Answer]):
+    """A dialog whose escape key and Cancel button (id "cancel", where it has one) answer None."""
+
+    BINDINGS = [Binding("escape", "cancel", "Cancel")]
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)
+
+    @on(Button.Pressed, "#cancel")
+    def _cancelled(self) -> None:
+        self.dismiss(None)
 
 
 class Confirm(ModalScreen[bool]):
@@ -45,10 +60,8 @@ class Confirm(ModalScreen[bool]):
         self.dismiss(event.button.id == "yes")
 
 
-class AskPath(ModalScreen["Path | None"]):
+class AskPath(Dialog["Path | None"]):
     """A file path to write; an existing file is only replaced after asking."""
-
-    BINDINGS = [Binding("escape", "cancel", "Cancel")]
 
     def __init__(self, title: str, suggested: Path):
         super().__init__()
@@ -62,13 +75,6 @@ class AskPath(ModalScreen["Path | None"]):
             with Horizontal(classes="dialog-buttons"):
                 yield Button("Save", id="save", variant="primary")
                 yield Button("Cancel", id="cancel")
-
-    def action_cancel(self) -> None:
-        self.dismiss(None)
-
-    @on(Button.Pressed, "#cancel")
-    def _cancelled(self) -> None:
-        self.dismiss(None)
 
     @on(Input.Submitted, "#path")
     @on(Button.Pressed, "#save")
@@ -92,10 +98,8 @@ class AskPath(ModalScreen["Path | None"]):
         self.app.push_screen(Confirm(f"{path} exists. Replace it?", yes="Replace"), replace)
 
 
-class AskNumber(ModalScreen["int | None"]):
+class AskNumber(Dialog["int | None"]):
     """A positive whole number."""
-
-    BINDINGS = [Binding("escape", "cancel", "Cancel")]
 
     def __init__(self, question: str, current: int):
         super().__init__()
@@ -106,9 +110,6 @@ class AskNumber(ModalScreen["int | None"]):
             yield Label(self.question)
             yield Input(str(self.current), id="number", type="integer")
             yield Static(id="number-problem")
-
-    def action_cancel(self) -> None:
-        self.dismiss(None)
 
     @on(Input.Submitted, "#number")
     def _chosen(self, event: Input.Submitted) -> None:
@@ -122,10 +123,8 @@ class AskNumber(ModalScreen["int | None"]):
         self.dismiss(number)
 
 
-class Choose(ModalScreen[Any]):
+class Choose(Dialog[Any]):
     """One of a few options, or none (escape)."""
-
-    BINDINGS = [Binding("escape", "cancel", "Cancel")]
 
     def __init__(self, title: str, options: list[tuple[str, Any]]):
         super().__init__()
@@ -137,18 +136,13 @@ class Choose(ModalScreen[Any]):
             yield OptionList(*(Option(label, id=str(index)) for index, (label, _) in enumerate(self.options)),
                              id="choices")
 
-    def action_cancel(self) -> None:
-        self.dismiss(None)
-
     @on(OptionList.OptionSelected, "#choices")
     def _chosen(self, event: OptionList.OptionSelected) -> None:
         self.dismiss(self.options[int(event.option.id or 0)][1])
 
 
-class AskMerge(ModalScreen["tuple[Path, float] | None"]):
+class AskMerge(Dialog["tuple[Path, float] | None"]):
     """Where to write a merged model, and at what strength of the adapter."""
-
-    BINDINGS = [Binding("escape", "cancel", "Cancel")]
 
     def __init__(self, suggested: Path, problem_of: Any):
         super().__init__()
@@ -171,13 +165,6 @@ class AskMerge(ModalScreen["tuple[Path, float] | None"]):
         path = self.query_one("#merge-path", Input)
         path.focus()
         path.cursor_position = len(path.value)
-
-    def action_cancel(self) -> None:
-        self.dismiss(None)
-
-    @on(Button.Pressed, "#cancel")
-    def _cancelled(self) -> None:
-        self.dismiss(None)
 
     @on(Input.Submitted)
     @on(Button.Pressed, "#merge")
@@ -206,10 +193,9 @@ def _path_and_scale(dialog: ModalScreen[Any], name: str, problem_of: Any) -> tup
     return path, scale
 
 
-class AskExport(ModalScreen["tuple[str, str | None, Path, float] | None"]):
+class AskExport(Dialog["tuple[str, str | None, Path, float] | None"]):
     """What to export (format and GGUF type), where to, and at what strength of the adapter."""
 
-    BINDINGS = [Binding("escape", "cancel", "Cancel")]
     FORMATS = (("GGUF (llama.cpp, LM Studio)", "gguf"), ("GGUF + Ollama Modelfile", "ollama"),
                ("adapter GGUF (llama.cpp --lora)", "adapter-gguf"), ("merged model (transformers)", "merged"))
 
@@ -250,13 +236,6 @@ class AskExport(ModalScreen["tuple[str, str | None, Path, float] | None"]):
         path = self.query_one("#export-path", Input)
         if path.value in {str(self._suggested(value)) for _, value in self.FORMATS}:
             path.value = str(self._suggested(str(event.value)))
-
-    def action_cancel(self) -> None:
-        self.dismiss(None)
-
-    @on(Button.Pressed, "#cancel")
-    def _cancelled(self) -> None:
-        self.dismiss(None)
 
     @on(Input.Submitted)
     @on(Button.Pressed, "#export")

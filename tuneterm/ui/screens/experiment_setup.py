@@ -18,7 +18,6 @@ from textual.binding import Binding
 from textual.containers import Horizontal, HorizontalScroll, Vertical, VerticalScroll
 from textual.markup import escape
 from textual.message import Message
-from textual.screen import ModalScreen
 from textual.widgets import Button, Checkbox, Input, Label, Static
 
 from tuneterm.config import RunConfig
@@ -30,6 +29,7 @@ from tuneterm.engine.experiment.plan import (
     plan_parts,
 )
 from tuneterm.plan.planner import Plan
+from tuneterm.ui.screens.dialogs import Dialog
 from tuneterm.ui.state.experiment_choice import ExperimentChoice
 
 
@@ -39,11 +39,10 @@ class RateMeasured(Message):
         self.rate = rate
 
 
-class ExperimentSetup(ModalScreen["ExperimentPlan | None"]):
+class ExperimentSetup(Dialog["ExperimentPlan | None"]):
     """Returns the experiment's plan to launch, or None."""
 
-    BINDINGS = [Binding("escape", "cancel", "Cancel"),
-                Binding("ctrl+r", "launch", "Launch", priority=True)]
+    BINDINGS = [Binding("ctrl+r", "launch", "Launch", priority=True)]
 
     def __init__(self, choice: ExperimentChoice, plan_of: Callable[[RunConfig], Plan], device: str,
                  runs_dir: Path):
@@ -116,13 +115,6 @@ class ExperimentSetup(ModalScreen["ExperimentPlan | None"]):
         self.query_one("#experiment-plan-table", Static).update(escape("\n".join(table)))
         self.query_one("#experiment-plan-notes", Static).update(escape("\n".join(notes)))
         self.query_one("#launch", Button).disabled = self.plan is None or not self.plan.runnable
-
-    def action_cancel(self) -> None:
-        self.dismiss(None)
-
-    @on(Button.Pressed, "#cancel")
-    def _cancelled(self) -> None:
-        self.dismiss(None)
 
     @on(Button.Pressed, "#launch")
     def action_launch(self) -> None:
