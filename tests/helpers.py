@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import copy
+import fcntl
 import json
 import os
 import random
+import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
+
+import pytest
 
 
 def wait_for(condition, timeout: float = 120.0, what: str = "") -> None:  # noqa: ANN001
@@ -24,6 +29,28 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
     return path
+
+
+def shared_by_the_workers(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The base directory of this test session, shared by its worker processes (pytest-xdist gives each worker a
+    directory of its own inside it)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
+def built_once(directory: Path, build: Callable[[Path], None]) -> Path:
+    """`directory`, filled by `build` once however many processes ask for it at the same time: the first builds it
+    under a lock beside it, the others wait, then take what it built. For files the tests only read."""
+    built = directory.with_name(f"{directory.name}.built")
+    with open(directory.with_name(f"{directory.name}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not built.is_file():
+            shutil.rmtree(directory, ignore_errors=True)  # a build that failed half-way
+            directory.mkdir(parents=True)
+            build(directory)
+            built.touch()
+    return directory
+
 
 TESTS = Path(__file__).parent
 DATA = TESTS / "data"
