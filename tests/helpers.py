@@ -102,11 +102,25 @@ def two_recorded_runs(runs: Path) -> tuple[Path, Path]:
     return first, second
 
 
+SLOW_STEPS = """
+import time, transformers
+_step = transformers.Trainer.training_step
+def _slow_step(self, *args, **kwargs):
+    time.sleep(0.4)
+    return _step(self, *args, **kwargs)
+transformers.Trainer.training_step = _slow_step
+"""
+"""A patch for a child process that trains (tests/faults/conftest.py start_training, Terminal): each step takes
+0.4 s more, so that a test acts while the run trains, and a run of a few dozen steps outlasts a busy machine's
+delays without costing the test more than those steps."""
+
+
 class Terminal:
     """tuneterm started in a pseudo-terminal of `rows` x `columns`, as a person's terminal runs it (not over SSH):
-    everything it writes is read as it comes (a terminal that stops reading would block the app), into `screen`."""
+    everything it writes is read as it comes (a terminal that stops reading would block the app), into `screen`.
+    `patch`: Python run in the process first (SLOW_STEPS)."""
 
-    def __init__(self, arguments: list[str], rows: int = 30, columns: int = 100):
+    def __init__(self, arguments: list[str], rows: int = 30, columns: int = 100, patch: str = ""):
         import fcntl
         import os
         import pty
@@ -121,8 +135,9 @@ class Terminal:
         environment = {**os.environ, "TERM": "xterm-256color", "PYTHONPATH": str(ROOT)}
         environment.pop("SSH_CONNECTION", None)
         environment.pop("SSH_TTY", None)
-        self.process = subprocess.Popen([sys.executable, "-m", "tuneterm", *arguments], stdin=slave, stdout=slave,
-                                        stderr=slave, env=environment, close_fds=True, start_new_session=True)
+        code = f"{patch}\nfrom tuneterm.cli import main\nraise SystemExit(main({arguments!r}))"
+        self.process = subprocess.Popen([sys.executable, "-c", code], stdin=slave, stdout=slave, stderr=slave,
+                                        env=environment, close_fds=True, start_new_session=True)
         os.close(slave)
         self.screen = bytearray()
         threading.Thread(target=self._read, daemon=True).start()

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.helpers import Terminal, wait_for
+from tests.helpers import SLOW_STEPS, Terminal, wait_for, with_changes
 from tuneterm.cli import main
 from tuneterm.engine.after.report import report_of
 from tuneterm.engine.events import RunFinished, StepLogged, read_events
@@ -83,11 +83,12 @@ def test_tuneterm_stop_stops_a_detached_run_with_a_checkpoint_that_resumes(
 
 def test_an_in_app_run_whose_terminal_hangs_up_stops_with_a_checkpoint_that_resumes(base_config: dict,
                                                                                     tmp_path: Path) -> None:
-    config = long_run(base_config)
+    config = with_changes(long_run(base_config), training={"max_steps": 60})  # slow steps: 24 s or more
     run_dir = Path(config["training"]["output_dir"])
-    terminal = Terminal([str(write_config(tmp_path, config))])
-    wait_for(lambda: terminal.shows(b"Ready to launch"), what="the review step")
-    time.sleep(0.5)
+    terminal = Terminal([str(write_config(tmp_path, config))], patch=SLOW_STEPS)
+    # The schedule is shown once the data is read: the plan is whole and ctrl+r launches.
+    wait_for(lambda: terminal.shows(b"Ready to launch") and terminal.shows(b"eval examples"),
+             what="the review step with the data read")
     terminal.type(b"\x12")  # ctrl+r: launch, in the app (not over SSH, so not detached)
     wait_for(lambda: logged_step(run_dir) >= 3, what="three steps")
     assert is_live(run_dir)

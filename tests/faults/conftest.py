@@ -30,16 +30,6 @@ def write_config(path: Path, config: dict) -> Path:
 
 # Child-process patches --------------------------------------------------------------------------------------------
 
-SLOW_STEPS = """
-import time, transformers
-_step = transformers.Trainer.training_step
-def _slow_step(self, *args, **kwargs):
-    time.sleep(0.4)
-    return _step(self, *args, **kwargs)
-transformers.Trainer.training_step = _slow_step
-"""
-
-
 def hang_when(function: str, condition: str, flag: str) -> str:
     """Patch `module.name` so that when `condition` holds (names: path, calls) it writes the flag file and hangs."""
     module, name = function.rsplit(".", 1)

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from tests.faults.conftest import (
-    SLOW_STEPS,
     events_of,
     hang_when,
     kill,
@@ -18,7 +17,7 @@ from tests.faults.conftest import (
     wait_for,
     write_config,
 )
-from tests.helpers import noise_chat, with_changes
+from tests.helpers import SLOW_STEPS, noise_chat, with_changes
 from tuneterm.engine.events import RunFinished, RunStarted
 from tuneterm.engine.run.plans import resume_run
 from tuneterm.engine.run.runner import run
