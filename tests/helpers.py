@@ -14,21 +14,34 @@ from pathlib import Path
 
 import pytest
 
-
-def wait_for(condition, timeout: float = 120.0, what: str = "") -> None:  # noqa: ANN001
-    """Wait (polling) until `condition()` holds: for a process of its own (a detached run, an experiment)."""
-    import time
-
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
+from tuneterm.engine.events import EVENTS_FILE, Event, StepLogged, read_events
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
     return path
+
+
+def wait_for(condition: Callable[[], object], timeout: float = 120.0, what: str = "") -> None:
+    """Poll `condition` until it holds (for a process of its own: a detached run, an experiment); fail naming `what`
+    after `timeout` seconds (the UI tests' wait_until waits on the app the same way)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what or condition}")
+        time.sleep(0.1)
+
+
+def events_of(run_dir: Path) -> list[Event]:
+    """The events a run has written so far (none before its events.jsonl exists)."""
+    return read_events(run_dir / EVENTS_FILE) if (run_dir / EVENTS_FILE).is_file() else []
+
+
+def logged_step(run_dir: Path) -> int:
+    """The last step the run logged, 0 before its first."""
+    steps = [e.step for e in events_of(run_dir) if isinstance(e, StepLogged)]
+    return steps[-1] if steps else 0
 
 
 def shared_by_the_workers(tmp_path_factory: pytest.TempPathFactory) -> Path:

@@ -5,16 +5,15 @@ from __future__ import annotations
 
 import copy
 import signal
-import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.helpers import SLOW_STEPS, Terminal, wait_for, with_changes
+from tests.helpers import SLOW_STEPS, Terminal, logged_step, wait_for, with_changes
 from tuneterm.cli import main
 from tuneterm.engine.after.report import report_of
-from tuneterm.engine.events import RunFinished, StepLogged, read_events
+from tuneterm.engine.events import RunFinished
 from tuneterm.engine.run.plans import resume_run
 from tuneterm.engine.run.runner import run
 from tuneterm.engine.rundir.layout import MARKER_FILE, is_live
@@ -25,12 +24,6 @@ def write_config(tmp_path: Path, config: dict) -> Path:
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
-
-
-def logged_step(run_dir: Path) -> int:
-    path = run_dir / "events.jsonl"
-    steps = [e.step for e in read_events(path) if isinstance(e, StepLogged)] if path.exists() else []
-    return steps[-1] if steps else 0
 
 
 def long_run(base_config: dict) -> dict:

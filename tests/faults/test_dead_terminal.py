@@ -12,16 +12,8 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 
-from tests.faults.conftest import (
-    events_of,
-    kill,
-    logged_step,
-    start_training,
-    steps_after_the_last_start,
-    wait_for,
-    write_config,
-)
-from tests.helpers import SLOW_STEPS
+from tests.faults.conftest import kill, start_training, steps_after_the_last_start, write_config
+from tests.helpers import SLOW_STEPS, events_of, logged_step, wait_for
 from tuneterm.engine.events import SINK_ERROR_LOG, RunFailed, RunFinished
 from tuneterm.engine.run.plans import resume_run
 from tuneterm.engine.run.runner import ERROR_LOG, run

@@ -7,17 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.conftest import (
-    events_of,
-    hang_when,
-    kill,
-    logged_step,
-    start_training,
-    steps_after_the_last_start,
-    wait_for,
-    write_config,
-)
-from tests.helpers import SLOW_STEPS, noise_chat, with_changes
+from tests.faults.conftest import hang_when, kill, start_training, steps_after_the_last_start, write_config
+from tests.helpers import SLOW_STEPS, events_of, logged_step, noise_chat, wait_for, with_changes
 from tuneterm.engine.events import RunFinished, RunStarted
 from tuneterm.engine.run.plans import resume_run
 from tuneterm.engine.run.runner import run
