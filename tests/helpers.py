@@ -146,8 +146,9 @@ class Terminal:
         self.master, slave = pty.openpty()
         fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
         environment = {**os.environ, "TERM": "xterm-256color", "PYTHONPATH": str(ROOT)}
-        environment.pop("SSH_CONNECTION", None)
-        environment.pop("SSH_TTY", None)
+        # COLUMNS and LINES would override the terminal's size (pytest-xdist's workers have them, at 80x24).
+        for name in ("SSH_CONNECTION", "SSH_TTY", "COLUMNS", "LINES"):
+            environment.pop(name, None)
         code = f"{patch}\nfrom tuneterm.cli import main\nraise SystemExit(main({arguments!r}))"
         self.process = subprocess.Popen([sys.executable, "-c", code], stdin=slave, stdout=slave, stderr=slave,
                                         env=environment, close_fds=True, start_new_session=True)

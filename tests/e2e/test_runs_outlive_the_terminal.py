@@ -81,7 +81,7 @@ def test_an_in_app_run_whose_terminal_hangs_up_stops_with_a_checkpoint_that_resu
     terminal = Terminal([str(write_config(tmp_path, config))], patch=SLOW_STEPS)
     # The schedule is shown once the data is read: the plan is whole and ctrl+r launches.
     wait_for(lambda: terminal.shows(b"Ready to launch") and terminal.shows(b"eval examples"),
-             timeout=300, what="the review step with the data read")  # the app imports and plans first
+             what="the review step with the data read")
     terminal.type(b"\x12")  # ctrl+r: launch, in the app (not over SSH, so not detached)
     wait_for(lambda: logged_step(run_dir) >= 3, what="three steps")
     assert is_live(run_dir)
