@@ -131,7 +131,8 @@ delays without costing the test more than those steps."""
 class Terminal:
     """tuneterm started in a pseudo-terminal of `rows` x `columns`, as a person's terminal runs it (not over SSH):
     everything it writes is read as it comes (a terminal that stops reading would block the app), into `screen`.
-    `patch`: Python run in the process first (SLOW_STEPS)."""
+    `patch`: Python run in the process first (SLOW_STEPS). As a context manager, it kills the app at its end if the
+    app is still running (a test that failed), then closes the terminal."""
 
     def __init__(self, arguments: list[str], rows: int = 30, columns: int = 100, patch: str = ""):
         import fcntl
@@ -181,6 +182,15 @@ class Terminal:
         import os
 
         os.close(self.master)
+
+    def __enter__(self) -> Terminal:
+        return self
+
+    def __exit__(self, *exception: object) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self.close()
 
 
 # Work for worker processes (tuneterm.data.parallel), at module level so that a spawned process imports it.

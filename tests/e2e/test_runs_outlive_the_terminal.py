@@ -78,16 +78,15 @@ def test_an_in_app_run_whose_terminal_hangs_up_stops_with_a_checkpoint_that_resu
                                                                                     tmp_path: Path) -> None:
     config = with_changes(long_run(base_config), training={"max_steps": 60})  # slow steps: 24 s or more
     run_dir = Path(config["training"]["output_dir"])
-    terminal = Terminal([str(write_config(tmp_path, config))], patch=SLOW_STEPS)
-    # The schedule is shown once the data is read: the plan is whole and ctrl+r launches.
-    wait_for(lambda: terminal.shows(b"Ready to launch") and terminal.shows(b"eval examples"),
-             what="the review step with the data read")
-    terminal.type(b"\x12")  # ctrl+r: launch, in the app (not over SSH, so not detached)
-    wait_for(lambda: logged_step(run_dir) >= 3, what="three steps")
-    assert is_live(run_dir)
-    terminal.process.send_signal(signal.SIGHUP)
-    terminal.process.wait(120)
-    terminal.close()
+    with Terminal([str(write_config(tmp_path, config))], patch=SLOW_STEPS) as terminal:
+        # The schedule is shown once the data is read: the plan is whole and ctrl+r launches.
+        wait_for(lambda: terminal.shows(b"Ready to launch") and terminal.shows(b"eval examples"),
+                 what="the review step with the data read")
+        terminal.type(b"\x12")  # ctrl+r: launch, in the app (not over SSH, so not detached)
+        wait_for(lambda: logged_step(run_dir) >= 3, what="three steps")
+        assert is_live(run_dir)
+        terminal.process.send_signal(signal.SIGHUP)
+        terminal.process.wait(120)
     summary = summarise_run(run_dir)
     assert summary is not None and summary.status == "stopped", summary
     assert (run_dir / f"checkpoint-{summary.step}" / MARKER_FILE).is_file()

@@ -125,10 +125,10 @@ def test_a_killed_app_gives_the_terminal_back(tmp_path: Path) -> None:
     with no `reset` needed; the exit status says a signal ended it."""
     from tests.helpers import Terminal
 
-    terminal = Terminal(["runs", "--runs-dir", str(tmp_path / "runs")], rows=24, columns=80)
-    wait_for(lambda: terminal.shows(b"No runs yet"), what="the start screen")
-    drawn = len(terminal.screen)
-    terminal.process.send_signal(signal.SIGTERM)
-    assert terminal.process.wait(60) == 128 + signal.SIGTERM
-    wait_for(lambda: b"\x1b[?1049l" in terminal.screen[drawn:], timeout=10, what="the terminal's own screen back")
-    terminal.close()
+    with Terminal(["runs", "--runs-dir", str(tmp_path / "runs")], rows=24, columns=80) as terminal:
+        wait_for(lambda: terminal.shows(b"No runs yet"), what="the start screen")
+        drawn = len(terminal.screen)
+        terminal.process.send_signal(signal.SIGTERM)
+        assert terminal.process.wait(60) == 128 + signal.SIGTERM
+        wait_for(lambda: b"\x1b[?1049l" in terminal.screen[drawn:], timeout=10,
+                 what="the terminal's own screen back")
