@@ -1,5 +1,9 @@
 """Shared fixtures: tiny models and datasets built offline, once per test session.
 
+Once per session, not once per worker: the tests run in parallel processes (pytest-xdist), and what they only read
+(the data, the tiny model, a finished run) is built by the first worker that needs it, into a directory all
+workers share (`built_once`), while the others wait for it.
+
 No test reaches the network, whatever the developer's environment says: the Hugging Face offline switches are
 forced on, the Hugging Face home is a fresh directory (no cached models, no login token), and any connection to
 an address outside this machine fails. The model is a small Llama-architecture model with a byte-level BPE
@@ -13,6 +17,7 @@ import copy
 import ipaddress
 import json
 import os
+import pickle
 import random
 import socket
 import tempfile
@@ -22,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import write_jsonl
+from tests.helpers import built_once, shared_by_the_workers, write_jsonl
 
 # The tests run in parallel, one process per core (pytest-xdist), so torch gets one thread each: two processes
 # each spinning a thread per core on the same cores made the tiny model's build 2.4 times slower (14 s against 6).
@@ -60,26 +65,28 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytes
 @pytest.fixture(scope="session")
 def chat_data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A messages-format train file and a held-out eval file with questions the train file lacks."""
-    from tuneterm.demo import conversations
+    def build(root: Path) -> None:
+        from tuneterm.demo import conversations
 
-    train, evaluation = conversations(random.Random(7))
-    root = tmp_path_factory.mktemp("chat-data")
-    return {
-        "train": write_jsonl(root / "train.jsonl", [{"messages": m} for m in train[:160]]),
-        "eval": write_jsonl(root / "eval.jsonl", [{"messages": m} for m in evaluation[:32]]),
-    }
+        train, evaluation = conversations(random.Random(7))
+        write_jsonl(root / "train.jsonl", [{"messages": m} for m in train[:160]])
+        write_jsonl(root / "eval.jsonl", [{"messages": m} for m in evaluation[:32]])
+
+    root = built_once(shared_by_the_workers(tmp_path_factory) / "chat-data", build)
+    return {"train": root / "train.jsonl", "eval": root / "eval.jsonl"}
 
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory, chat_data: dict[str, Path]) -> Path:
-    from tuneterm.demo import CHAT_TEMPLATE, build_model, build_tokenizer
+    def build(directory: Path) -> None:
+        from tuneterm.demo import CHAT_TEMPLATE, build_model, build_tokenizer
 
-    corpus = [m["content"] for path in chat_data.values()
-              for line in path.read_text().splitlines() for m in json.loads(line)["messages"]]
-    directory = tmp_path_factory.mktemp("tiny-model")
-    tokenizer = build_tokenizer(corpus, CHAT_TEMPLATE, vocab_size=400)
-    build_model(tokenizer, corpus, directory, hidden_size=64, layers=2, steps=150)
-    return directory
+        corpus = [m["content"] for path in chat_data.values()
+                  for line in path.read_text().splitlines() for m in json.loads(line)["messages"]]
+        tokenizer = build_tokenizer(corpus, CHAT_TEMPLATE, vocab_size=400)
+        build_model(tokenizer, corpus, directory, hidden_size=64, layers=2, steps=150)
+
+    return built_once(shared_by_the_workers(tmp_path_factory) / "tiny-model", build)
 
 
 @pytest.fixture
@@ -114,16 +121,23 @@ class FinishedRun:
 
 @pytest.fixture(scope="session")
 def finished_run(tiny_model: Path, chat_data: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> FinishedRun:
-    from tuneterm.config import config_from_mapping
-    from tuneterm.engine.run.plans import new_run
-    from tuneterm.engine.run.runner import run
-
     config = {"method": "lora", "model": {"path": str(tiny_model)},
               "data": {"train": str(chat_data["train"]), "eval": str(chat_data["eval"])},
               "lora": {"r": 8, "lora_alpha": 16},
               "training": {"learning_rate": 3e-3, "num_train_epochs": 2, "per_device_train_batch_size": 8,
                            "gradient_accumulation_steps": 2, "gradient_checkpointing": False, "eval_steps": 5}}
-    plan = new_run(config_from_mapping(copy.deepcopy(config)), tmp_path_factory.mktemp("finished-runs"))
-    events: list = []
-    result = run(plan, events.append)
-    return FinishedRun(plan.run_dir, events, result, config)
+
+    def train(directory: Path) -> None:
+        from tuneterm.config import config_from_mapping
+        from tuneterm.engine.run.plans import new_run
+        from tuneterm.engine.run.runner import run
+
+        plan = new_run(config_from_mapping(copy.deepcopy(config)), directory / "runs")
+        events: list = []
+        result = run(plan, events.append)
+        # What the sink received, for the workers that did not train the run.
+        (directory / "received.pickle").write_bytes(pickle.dumps((plan.run_dir, events, result)))
+
+    directory = built_once(shared_by_the_workers(tmp_path_factory) / "finished-run", train)
+    run_dir, events, result = pickle.loads((directory / "received.pickle").read_bytes())
+    return FinishedRun(run_dir, events, result, config)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import DATA
+from tests.helpers import DATA, built_once, shared_by_the_workers
 from tuneterm.cli import main
 
 
@@ -43,14 +43,15 @@ def test_chat_cli_answers_one_prompt_with_both_models(finished_run, chat_data, c
 @pytest.fixture(scope="session")
 def silent_base(tmp_path_factory: pytest.TempPathFactory, chat_data: dict) -> Path:
     """A base model that never saw an end token in pretraining: only fine-tuning can teach it to stop."""
-    from tuneterm.demo import CHAT_TEMPLATE, build_model, build_tokenizer
+    def build(directory: Path) -> None:
+        from tuneterm.demo import CHAT_TEMPLATE, build_model, build_tokenizer
 
-    corpus = [m["content"] for path in chat_data.values()
-              for line in path.read_text().splitlines() for m in json.loads(line)["messages"]]
-    directory = tmp_path_factory.mktemp("silent-base")
-    build_model(build_tokenizer(corpus, CHAT_TEMPLATE, vocab_size=400), corpus, directory, hidden_size=64, layers=2,
-                steps=150, ends_text=False)
-    return directory
+        corpus = [m["content"] for path in chat_data.values()
+                  for line in path.read_text().splitlines() for m in json.loads(line)["messages"]]
+        build_model(build_tokenizer(corpus, CHAT_TEMPLATE, vocab_size=400), corpus, directory, hidden_size=64,
+                    layers=2, steps=150, ends_text=False)
+
+    return built_once(shared_by_the_workers(tmp_path_factory) / "silent-base", build)
 
 
 def _stop_checked(silent_base: Path, chat_data: dict, tmp_path: Path):

@@ -17,8 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.e2e.test_runs_outlive_the_terminal import logged_step, wait_for
-from tests.helpers import ROOT, with_changes
+from tests.helpers import ROOT, logged_step, wait_for, with_changes
 from tuneterm.cli import main
 from tuneterm.config import config_from_mapping
 from tuneterm.engine.events import CheckpointSaved, RunFailed, RunFinished, RunStarted, StepLogged, read_events

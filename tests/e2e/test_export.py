@@ -193,3 +193,44 @@ def test_an_architecture_llama_cpp_cannot_convert_is_named_before_any_work(run, 
     with pytest.raises(ExportError, match="OPTForCausalLM, is not one llama.cpp's converter .* converts"):
         prepare(other, tmp_path / "out", "gguf")
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.partial-*"))
+
+
+# The app: the summary exports the run as a person would.
+async def test_export_from_the_summary_shows_progress_is_cancelled_with_x_and_then_writes_a_checked_gguf(
+        finished_run, tmp_path: Path) -> None:
+    from textual.widgets import Input, Static
+
+    from tests.ui.conftest import make_services, screen_of, wait_until
+    from tuneterm.ui.app import Opening, make_app
+    from tuneterm.ui.screens.dialogs import AskExport
+    from tuneterm.ui.screens.summary import SummaryScreen
+
+    tuned = tmp_path / "runs" / finished_run.run_dir.name  # a copy of its own: the export is recorded in it
+    shutil.copytree(finished_run.run_dir, tuned)
+    app = make_app(make_services(tmp_path / "runs"), Opening("monitor", run_dir=tuned))
+    async with app.run_test(size=(80, 24)) as pilot:
+        await wait_until(pilot, lambda: isinstance(app.screen, SummaryScreen) and app.screen.report is not None,
+                         what="the summary")
+        summary = screen_of(app, SummaryScreen)
+        status = summary.query_one("#summary-status", Static)
+        out = tmp_path / "runs" / f"{tuned.name}-gguf"
+        for cancelled in (True, False):
+            await pilot.press("e")
+            await wait_until(pilot, lambda: isinstance(app.screen, AskExport), what="the export dialog")
+            app.screen.query_one("#export-path", Input).focus()
+            await pilot.press("enter")
+            await wait_until(pilot, lambda: "Export: converting" in str(status.render()) or not summary.busy,
+                             timeout=120, what="the conversion under way")
+            if cancelled:
+                assert summary.check_action("cancel_export", ())
+                await pilot.press("x")
+            await wait_until(pilot, lambda: not summary.busy, timeout=180, what="the export's end")
+            text = str(status.render())
+            if cancelled:
+                assert "cancelled: nothing was written" in text
+                assert not out.exists() and not list(out.parent.glob(f".{out.name}.partial-*"))
+        assert "Checked in llama.cpp: KL divergence" in text and "Next: llama-cli -m" in text
+        assert list(out.glob("*-q8_0.gguf"))
+        await wait_until(pilot, lambda: any("round trip passed" in str(row.render())
+                                            for row in summary.query("#summary-rows Static").results(Static)),
+                         what="the export in the summary")

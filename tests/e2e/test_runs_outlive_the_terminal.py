@@ -5,16 +5,15 @@ from __future__ import annotations
 
 import copy
 import signal
-import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.helpers import Terminal, wait_for
+from tests.helpers import SLOW_STEPS, Terminal, logged_step, wait_for, with_changes
 from tuneterm.cli import main
 from tuneterm.engine.after.report import report_of
-from tuneterm.engine.events import RunFinished, StepLogged, read_events
+from tuneterm.engine.events import RunFinished
 from tuneterm.engine.run.plans import resume_run
 from tuneterm.engine.run.runner import run
 from tuneterm.engine.rundir.layout import MARKER_FILE, is_live
@@ -25,12 +24,6 @@ def write_config(tmp_path: Path, config: dict) -> Path:
     path = tmp_path / "run.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
-
-
-def logged_step(run_dir: Path) -> int:
-    path = run_dir / "events.jsonl"
-    steps = [e.step for e in read_events(path) if isinstance(e, StepLogged)] if path.exists() else []
-    return steps[-1] if steps else 0
 
 
 def long_run(base_config: dict) -> dict:
@@ -83,17 +76,17 @@ def test_tuneterm_stop_stops_a_detached_run_with_a_checkpoint_that_resumes(
 
 def test_an_in_app_run_whose_terminal_hangs_up_stops_with_a_checkpoint_that_resumes(base_config: dict,
                                                                                     tmp_path: Path) -> None:
-    config = long_run(base_config)
+    config = with_changes(long_run(base_config), training={"max_steps": 60})  # slow steps: 24 s or more
     run_dir = Path(config["training"]["output_dir"])
-    terminal = Terminal([str(write_config(tmp_path, config))])
-    wait_for(lambda: terminal.shows(b"Ready to launch"), what="the review step")
-    time.sleep(0.5)
-    terminal.type(b"\x12")  # ctrl+r: launch, in the app (not over SSH, so not detached)
-    wait_for(lambda: logged_step(run_dir) >= 3, what="three steps")
-    assert is_live(run_dir)
-    terminal.process.send_signal(signal.SIGHUP)
-    terminal.process.wait(120)
-    terminal.close()
+    with Terminal([str(write_config(tmp_path, config))], patch=SLOW_STEPS) as terminal:
+        # The schedule is shown once the data is read: the plan is whole and ctrl+r launches.
+        wait_for(lambda: terminal.shows(b"Ready to launch") and terminal.shows(b"eval examples"),
+                 what="the review step with the data read")
+        terminal.type(b"\x12")  # ctrl+r: launch, in the app (not over SSH, so not detached)
+        wait_for(lambda: logged_step(run_dir) >= 3, what="three steps")
+        assert is_live(run_dir)
+        terminal.process.send_signal(signal.SIGHUP)
+        terminal.process.wait(120)
     summary = summarise_run(run_dir)
     assert summary is not None and summary.status == "stopped", summary
     assert (run_dir / f"checkpoint-{summary.step}" / MARKER_FILE).is_file()

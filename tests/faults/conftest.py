@@ -12,15 +12,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import yaml
 
-from tests.helpers import ROOT, with_changes
-from tuneterm.engine.events import Event, RunStarted, StepLogged, read_events
+from tests.helpers import ROOT, events_of, with_changes
+from tuneterm.engine.events import RunStarted, StepLogged
 
 
 def write_config(path: Path, config: dict) -> Path:
@@ -29,16 +27,6 @@ def write_config(path: Path, config: dict) -> Path:
 
 
 # Child-process patches --------------------------------------------------------------------------------------------
-
-SLOW_STEPS = """
-import time, transformers
-_step = transformers.Trainer.training_step
-def _slow_step(self, *args, **kwargs):
-    time.sleep(0.4)
-    return _step(self, *args, **kwargs)
-transformers.Trainer.training_step = _slow_step
-"""
-
 
 def hang_when(function: str, condition: str, flag: str) -> str:
     """Patch `module.name` so that when `condition` holds (names: path, calls) it writes the flag file and hangs."""
@@ -66,28 +54,11 @@ def start_training(config: Path, patch: str = "", *arguments: str) -> subprocess
                             text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, start_new_session=True)
 
 
-def wait_for(condition: Callable[[], object], timeout: float = 120.0, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
-
-
-def events_of(run_dir: Path) -> list[Event]:
-    return read_events(run_dir / "events.jsonl") if (run_dir / "events.jsonl").is_file() else []
-
-
 def steps_after_the_last_start(run_dir: Path) -> list[int]:
     """The steps the run logged since it last started (a resume included): what it trained after that start."""
     log = events_of(run_dir)
     start = max(i for i, e in enumerate(log) if isinstance(e, RunStarted))
     return [e.step for e in log[start:] if isinstance(e, StepLogged)]
-
-
-def logged_step(run_dir: Path) -> int:
-    steps = [e.step for e in events_of(run_dir) if isinstance(e, StepLogged)]
-    return steps[-1] if steps else 0
 
 
 def kill(process: subprocess.Popen[str], signum: int = signal.SIGKILL) -> None:

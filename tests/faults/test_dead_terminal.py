@@ -9,23 +9,11 @@ where the interpreter swallows any exception raised from it: raised, the abort n
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
-from tests.faults.conftest import (
-    SLOW_STEPS,
-    events_of,
-    kill,
-    logged_step,
-    start_training,
-    steps_after_the_last_start,
-    wait_for,
-    write_config,
-)
-from tests.helpers import ROOT
+from tests.faults.conftest import kill, start_training, steps_after_the_last_start, write_config
+from tests.helpers import SLOW_STEPS, events_of, logged_step, wait_for
 from tuneterm.engine.events import SINK_ERROR_LOG, RunFailed, RunFinished
 from tuneterm.engine.run.plans import resume_run
 from tuneterm.engine.run.runner import ERROR_LOG, run
@@ -65,12 +53,9 @@ def test_sighup_after_the_terminal_is_gone_stops_with_a_checkpoint_that_resumes(
     assert not (run_dir / SINK_ERROR_LOG).exists(), "a progress line that cannot be written is dropped quietly"
     assert not (run_dir / ERROR_LOG).exists()
 
-    resumed = subprocess.run([sys.executable, "-m", "tuneterm", "train", "--resume", str(run_dir)], cwd=ROOT,
-                             capture_output=True, text=True, timeout=300,
-                             env={**os.environ, "PYTHONPATH": str(ROOT)})
-    assert resumed.returncode == 0, resumed.stderr
-    result = events_of(run_dir)[-1]
+    result = run(resume_run(run_dir))
     assert isinstance(result, RunFinished) and result.status == "completed", result
+    assert events_of(run_dir)[-1] == result
     assert steps_after_the_last_start(run_dir)[0] == stopped_at + 1
 
 

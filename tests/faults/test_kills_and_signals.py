@@ -7,18 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.conftest import (
-    SLOW_STEPS,
-    events_of,
-    hang_when,
-    kill,
-    logged_step,
-    start_training,
-    steps_after_the_last_start,
-    wait_for,
-    write_config,
-)
-from tests.helpers import noise_chat, with_changes
+from tests.faults.conftest import hang_when, kill, start_training, steps_after_the_last_start, write_config
+from tests.helpers import SLOW_STEPS, events_of, logged_step, noise_chat, wait_for, with_changes
 from tuneterm.engine.events import RunFinished, RunStarted
 from tuneterm.engine.run.plans import resume_run
 from tuneterm.engine.run.runner import run
@@ -135,10 +125,10 @@ def test_a_killed_app_gives_the_terminal_back(tmp_path: Path) -> None:
     with no `reset` needed; the exit status says a signal ended it."""
     from tests.helpers import Terminal
 
-    terminal = Terminal(["runs", "--runs-dir", str(tmp_path / "runs")], rows=24, columns=80)
-    wait_for(lambda: terminal.shows(b"No runs yet"), what="the start screen")
-    drawn = len(terminal.screen)
-    terminal.process.send_signal(signal.SIGTERM)
-    assert terminal.process.wait(60) == 128 + signal.SIGTERM
-    wait_for(lambda: b"\x1b[?1049l" in terminal.screen[drawn:], timeout=10, what="the terminal's own screen back")
-    terminal.close()
+    with Terminal(["runs", "--runs-dir", str(tmp_path / "runs")], rows=24, columns=80) as terminal:
+        wait_for(lambda: terminal.shows(b"No runs yet"), what="the start screen")
+        drawn = len(terminal.screen)
+        terminal.process.send_signal(signal.SIGTERM)
+        assert terminal.process.wait(60) == 128 + signal.SIGTERM
+        wait_for(lambda: b"\x1b[?1049l" in terminal.screen[drawn:], timeout=10,
+                 what="the terminal's own screen back")

@@ -4,7 +4,9 @@ paths that are truly not files.
 An injected OSError(ENOSPC) carries the errno a real full disk often loses (torch.save's C++ writer reports
 "unexpected pos" instead), and a patched loader never meets a file cut in half. So the disk here is a small
 tmpfs that a checkpoint of the tiny model overflows, the adapter is a trained run's file truncated or overwritten
-in place, and the data is a named pipe or /dev/zero; each is met through the command a person would run.
+in place, and the data is a named pipe or /dev/zero; each is met through the command a person would run: its
+`main`, in this process, or in a process of its own with a time limit where a command that read the path would
+never return (a pipe nobody writes, a device without end).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import pytest
 from tests.conftest import FinishedRun
 from tests.faults.conftest import write_config
 from tests.helpers import ROOT, with_changes
+from tuneterm.cli import main
 from tuneterm.config import config_from_mapping
 from tuneterm.engine.after.generate import ADAPTER_FILE
 from tuneterm.engine.events import RunFailed
@@ -37,9 +40,25 @@ CHECKPOINT_OVERFLOW_KB = 500
 the second one writes its optimizer state through torch.save, the writer that loses the errno."""
 
 
-def tuneterm(*arguments: str, timeout: float = COMMAND_TIMEOUT) -> subprocess.CompletedProcess[str]:
+Command = Callable[..., subprocess.CompletedProcess[str]]
+
+
+@pytest.fixture
+def tuneterm(capsys: pytest.CaptureFixture[str]) -> Command:
+    """tuneterm(ARGUMENTS...): the command run in this process, its exit status and what it printed."""
+    def command(*arguments: str) -> subprocess.CompletedProcess[str]:
+        capsys.readouterr()
+        code = main(list(arguments))
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(["tuneterm", *arguments], code, out, err)
+
+    return command
+
+
+def in_a_process(*arguments: str) -> subprocess.CompletedProcess[str]:
+    """The command in a process of its own, given COMMAND_TIMEOUT seconds."""
     return subprocess.run([sys.executable, "-m", "tuneterm", *arguments], cwd=ROOT, capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, "PYTHONPATH": str(ROOT)})
+                          timeout=COMMAND_TIMEOUT, env={**os.environ, "PYTHONPATH": str(ROOT)})
 
 
 def _mount(*arguments: str) -> subprocess.CompletedProcess[str]:
@@ -69,7 +88,8 @@ def small_disk(tmp_path: Path) -> Iterator[Callable[[int], Path]]:
 
 
 def test_a_disk_that_fills_up_during_a_checkpoint_is_said_and_the_run_resumes_once_space_is_freed(
-        tiny_run: dict, small_disk: Callable[[int], Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        tiny_run: dict, small_disk: Callable[[int], Path], tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        tuneterm: Command) -> None:
     disk = small_disk(CHECKPOINT_OVERFLOW_KB)
     config = with_changes(tiny_run, training={"output_dir": str(disk / "run")})
     plan = new_run(config_from_mapping(config))
@@ -123,7 +143,7 @@ def _one_line_naming(done: subprocess.CompletedProcess[str], damaged: Path) -> s
 
 @pytest.mark.parametrize("damage", [_truncate, _overwrite_header], ids=["truncated", "overwritten"])
 def test_chat_on_a_damaged_adapter_names_the_file_and_the_intact_copy_that_replaces_it(
-        trained_copy: Path, damage: Callable[[Path], None]) -> None:
+        trained_copy: Path, damage: Callable[[Path], None], tuneterm: Command) -> None:
     adapter = trained_copy / ADAPTER_FILE
     damage(adapter)
     said = _one_line_naming(tuneterm("chat", str(trained_copy), "--prompt", "What is the capital of France?"),
@@ -135,7 +155,8 @@ def test_chat_on_a_damaged_adapter_names_the_file_and_the_intact_copy_that_repla
     assert answered.returncode == 0, answered.stderr
 
 
-def test_the_stop_check_and_merge_on_a_damaged_adapter_name_the_file(trained_copy: Path, tmp_path: Path) -> None:
+def test_the_stop_check_and_merge_on_a_damaged_adapter_name_the_file(trained_copy: Path, tmp_path: Path,
+                                                                      tuneterm: Command) -> None:
     adapter = trained_copy / ADAPTER_FILE
     _truncate(adapter)
     _one_line_naming(tuneterm("chat", str(trained_copy), "--stop-check"), adapter)
@@ -144,7 +165,8 @@ def test_the_stop_check_and_merge_on_a_damaged_adapter_name_the_file(trained_cop
 
 
 def test_merge_refuses_a_disk_too_small_in_a_unit_that_shows_the_sizes(finished_run: FinishedRun,
-                                                                        small_disk: Callable[[int], Path]) -> None:
+                                                                        small_disk: Callable[[int], Path],
+                                                                        tuneterm: Command) -> None:
     disk = small_disk(64)
     done = tuneterm("merge", str(finished_run.run_dir), str(disk / "merged"))
     assert done.returncode != 0
@@ -163,7 +185,7 @@ def named_pipe(tmp_path: Path) -> Path:
 def test_inspect_refuses_data_that_is_not_a_file_by_what_it_is(kind: str, named_pipe: Path, tiny_model: Path) -> None:
     data, what = (named_pipe, "a named pipe (FIFO)") if kind == "named pipe" else (Path("/dev/zero"),
                                                                                   "a character device")
-    done = tuneterm("inspect", str(data), "--model", str(tiny_model))
+    done = in_a_process("inspect", str(data), "--model", str(tiny_model))
     assert done.returncode != 0
     assert f"data.train: {data}: {what}, not a regular file: the data must be a .jsonl, .json, .csv, .parquet file " \
            "or a directory of them" in done.stderr, done.stderr
@@ -172,6 +194,6 @@ def test_inspect_refuses_data_that_is_not_a_file_by_what_it_is(kind: str, named_
 
 def test_train_refuses_a_named_pipe_as_its_data(named_pipe: Path, tiny_run: dict, tmp_path: Path) -> None:
     config = write_config(tmp_path / "run.yaml", with_changes(tiny_run, data={"train": str(named_pipe)}))
-    done = tuneterm("train", str(config))
+    done = in_a_process("train", str(config))
     assert done.returncode != 0
     assert f"data.train: {named_pipe}: a named pipe (FIFO), not a regular file" in done.stdout + done.stderr

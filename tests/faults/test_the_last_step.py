@@ -14,16 +14,8 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from tests.faults.conftest import (
-    events_of,
-    hang_when,
-    kill,
-    start_training,
-    steps_after_the_last_start,
-    wait_for,
-    write_config,
-)
-from tests.helpers import noise_chat, with_changes
+from tests.faults.conftest import hang_when, kill, start_training, steps_after_the_last_start, write_config
+from tests.helpers import events_of, noise_chat, wait_for, with_changes
 from tuneterm.config import config_from_mapping
 from tuneterm.engine.control import RunControl
 from tuneterm.engine.events import (

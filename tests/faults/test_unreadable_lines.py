@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.conftest import events_of, logged_step, wait_for, write_config
+from tests.faults.conftest import write_config
+from tests.helpers import events_of, logged_step, wait_for
 from tests.ui.conftest import RECORDED_RUN, make_services, screen_of, wait_until
 from tuneterm.cli import main
 from tuneterm.config import config_from_mapping

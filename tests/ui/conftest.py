@@ -8,6 +8,7 @@ import dataclasses
 import json
 import os
 import re
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -117,22 +118,55 @@ class RecordedRunner:
     for is written at the end of the step in progress, a new patience is PatienceChanged, an evaluation asked
     for is one more EvalFinished at the current step, and a stop ends the run at the current step
     (StopRequested, a complete checkpoint to resume from, RunFinished "stopped"). A resumed plan replays the steps
-    after its checkpoint's. Checkpoints hold placeholder files, enough for resuming to accept them."""
+    after its checkpoint's. Checkpoints hold placeholder files, enough for resuming to accept them.
 
-    def __init__(self, seconds_per_step: float = 0.05):
+    With `steps`, it replays the steps up to that one and then waits, as a run whose next step lasts until the
+    test lets it end (`allow`) or stops the run: the test, not the machine's speed, decides how far the run has
+    gone when it acts. Still waiting after `HOLD_LIMIT` seconds, it replays the rest of the run, so that a test that
+    failed while the run waited ends too."""
+
+    HOLD_LIMIT = 120.0
+
+    def __init__(self, seconds_per_step: float = 0.05, steps: int | None = None):
         self.seconds_per_step = seconds_per_step
+        self._steps = steps
+        self._allowed = threading.Condition()
+
+    def allow(self, steps: int = 1) -> None:
+        """Let the run replay `steps` more steps."""
+        with self._allowed:
+            assert self._steps is not None, "a runner without `steps` replays every step"
+            self._steps += steps
+            self._allowed.notify_all()
+
+    def _may_replay(self, step: int, control: RunControl) -> bool:
+        """Wait until `step` may be replayed: True then, False when the run is asked to stop first."""
+        deadline = time.monotonic() + self.HOLD_LIMIT
+        with self._allowed:
+            while self._steps is not None and step > self._steps:
+                if control.stop_requested:
+                    return False
+                if time.monotonic() > deadline:
+                    self._steps = None  # the rest of the run goes on at its pace
+                self._allowed.wait(0.05)
+        return True
 
     def __call__(self, plan: RunPlan, sink: EventSink, control: RunControl) -> Event:
         resumed_at = int(plan.resume_from.name.split("-")[-1]) if plan.resume_from is not None else 0
         latest_eval: EvalFinished | None = None
         control.training_from(resumed_at)
         with holding_run_lock(plan.run_dir), EventLog(plan.run_dir / EVENTS_FILE, sink) as emit:
+            last_step = resumed_at
             for recorded in recorded_events(plan.run_dir):
                 event = dataclasses.replace(recorded, time=time.time())
                 if isinstance(event, EvalFinished):
                     latest_eval = event
                 if isinstance(event, (StepLogged, EvalFinished, CheckpointSaved)) and event.step <= resumed_at:
                     continue
+                if isinstance(event, StepLogged):
+                    if not self._may_replay(event.step, control):
+                        return stopped_at(last_step, plan.run_dir, latest_eval, control.stop_reason, emit)
+                    last_step = event.step
                 if isinstance(event, RunStarted) and plan.resume_from is not None:
                     event = dataclasses.replace(event, resumed_from=str(plan.resume_from))
                 if isinstance(event, CheckpointSaved):

@@ -125,12 +125,14 @@ async def test_evaluate_now_and_stop_from_the_monitor(tiny_model: Path, chat_dat
     """On the recorded run replayed: what a stop leaves on disk is the quitting test's, on a real run."""
     config = {"model": {"path": str(tiny_model)}, "data": {"train": str(chat_data["train"])}}
     scheduled = {event.step for event in recorded_events(tmp_path) if isinstance(event, EvalFinished)}
-    services = make_services(tmp_path / "runs", train_run=RecordedRunner())
+    runner = RecordedRunner(steps=3)
+    services = make_services(tmp_path / "runs", train_run=runner)
     app = make_app(services, Opening("wizard", Draft.from_mapping(config), "review"))
     async with app.run_test(size=(100, 30), notifications=True) as pilot:
         monitor = await launch(pilot)
         await wait_until(pilot, lambda: monitor.view.step >= 3, what="three steps")
         await pilot.press("e")
+        runner.allow()  # the step in progress ends
 
         def evaluated_on_request() -> bool:
             """One more evaluation than the recorded run's: at a step of its own, or at a scheduled step (where the
@@ -145,6 +147,7 @@ async def test_evaluate_now_and_stop_from_the_monitor(tiny_model: Path, chat_dat
         assert isinstance(result, RunFinished) and result.status == "stopped"
         assert any("Stopping after the current step" in n.message for n in app._notifications)
         assert not monitor.check_action("stop", ()), "a finished run cannot be stopped again"
+        runner.allow()
         await pilot.press("r")
         await wait_until(pilot, lambda: isinstance(app.screen, MonitorScreen) and app.screen is not monitor
                          and app.screen.view.started is not None and app.screen.view.step > result.global_step,
@@ -164,6 +167,7 @@ async def test_evaluate_now_and_stop_from_the_monitor(tiny_model: Path, chat_dat
         text = text_of(app.screen, "#summary-body")
         assert "Stopped by the monitor's stop key, with a checkpoint to resume from" in text
         assert f"tuneterm train --resume {resumed.run_dir}" in text
+        runner.allow()
         await pilot.press("r")
         await wait_until(pilot, lambda: isinstance(app.screen, MonitorScreen) and app.screen.view.started is not None
                          and app.screen.view.step > second.global_step, what="the run resumed from its summary")
@@ -177,7 +181,7 @@ async def test_quitting_during_an_in_app_run_stops_it_with_a_checkpoint(tiny_mod
     """Quitting asks the run of the app to stop and waits for it: it ends with a complete checkpoint to resume
     from (a real run's stop: tests/e2e/test_runs_outlive_the_terminal.py, whose terminal hangs up)."""
     config = {"model": {"path": str(tiny_model)}, "data": {"train": str(chat_data["train"])}}
-    services = make_services(tmp_path / "runs", train_run=RecordedRunner(seconds_per_step=0.2))
+    services = make_services(tmp_path / "runs", train_run=RecordedRunner(steps=2))
     app = make_app(services, Opening("wizard", Draft.from_mapping(config), "review"))
     async with app.run_test(size=(100, 30)) as pilot:
         monitor = await launch(pilot)
@@ -258,7 +262,8 @@ async def test_save_now_and_patience_from_the_monitor(tiny_model: Path, chat_dat
     """`c` names the step its checkpoint is written at, `p` takes the patience typed while the run trains, and a
     patience dialog left open goes away when the run ends (the engine's side of both: tests/e2e/test_engine.py)."""
     config = {"model": {"path": str(tiny_model)}, "data": {"train": str(chat_data["train"])}}
-    services = make_services(tmp_path / "runs", train_run=RecordedRunner(seconds_per_step=0.5))
+    runner = RecordedRunner(steps=2)
+    services = make_services(tmp_path / "runs", train_run=runner)
     app = make_app(services, Opening("wizard", Draft.from_mapping(config), "review"))
     async with app.run_test(size=(100, 30), notifications=True) as pilot:
         monitor = await launch(pilot)
@@ -267,6 +272,7 @@ async def test_save_now_and_patience_from_the_monitor(tiny_model: Path, chat_dat
         named = [int(m.group(1)) for n in app._notifications
                  if (m := re.match(r"checkpoint-(\d+) is saved at the end of step \1\b", n.message))]
         assert named, [n.message for n in app._notifications]
+        runner.allow()  # the step in progress ends
         await wait_until(pilot, lambda: any(c.step == named[0] for c in monitor.view.checkpoints),
                          what="the checkpoint named")
         await pilot.press("p")
@@ -274,8 +280,10 @@ async def test_save_now_and_patience_from_the_monitor(tiny_model: Path, chat_dat
         await wait_until(pilot, lambda: isinstance(app.screen, AskNumber) and isinstance(app.focused, Input)
                          and app.focused.selected_text == app.focused.value, what="the patience dialog")
         await pilot.press("7", "enter")
+        await wait_until(pilot, lambda: any(n.message.startswith("Patience 7 from the next step")
+                                            for n in app._notifications), what="the patience typed, said")
+        runner.allow()  # the next step, from which it counts
         await wait_until(pilot, lambda: monitor.view.patience == 7, what="the patience typed, applied")
-        assert any(n.message.startswith("Patience 7 from the next step") for n in app._notifications)
         await pilot.press("p")
         await wait_until(pilot, lambda: isinstance(app.screen, AskNumber), what="the patience dialog again")
         monitor.handle.stop("the test")  # the run ends while the dialog is open

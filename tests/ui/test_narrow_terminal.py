@@ -77,7 +77,7 @@ async def test_the_wizards_data_step(tmp_path: Path, tiny_model: Path, chat_data
 
 async def test_a_run_training_and_its_summary_once_stopped(tmp_path: Path, tiny_model: Path, chat_data: dict) -> None:
     draft = Draft.from_mapping({"model": {"path": str(tiny_model)}, "data": {"train": str(chat_data["train"])}})
-    services = make_services(tmp_path / "runs", train_run=RecordedRunner(seconds_per_step=0.2))
+    services = make_services(tmp_path / "runs", train_run=RecordedRunner(steps=2))
     app = make_app(services, Opening("wizard", draft, "review"))
     async with app.run_test(size=NARROW) as pilot:
         wizard = screen_of(app, WizardScreen)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import write_jsonl
+from tests.helpers import built_once, write_jsonl
 from tests.ui.conftest import NOW, assert_snapshot, make_services, screen_of, wait_until, wait_until_drawn
 from tuneterm.ui.app import Opening, make_app
 from tuneterm.ui.screens.wizard import WizardScreen
@@ -26,18 +26,17 @@ FIXED = Path("/tmp/tuneterm-ui-snapshots-v1")
 @pytest.fixture(scope="session")
 def fixed_files() -> Path:
     """A tiny model and chat data at a fixed path, built once per machine."""
-    from tuneterm.demo import CHAT_TEMPLATE, build_model, build_tokenizer, conversations
+    def build(directory: Path) -> None:
+        from tuneterm.demo import CHAT_TEMPLATE, build_model, build_tokenizer, conversations
 
-    if not (FIXED / "model" / "config.json").is_file():
         train, _ = conversations(random.Random(11))
         rows = [{"messages": messages} for messages in train[:120]]
-        write_jsonl(FIXED / "data" / "train.jsonl", rows)
+        write_jsonl(directory / "data" / "train.jsonl", rows)
         corpus = [m["content"] for row in rows for m in row["messages"]]
-        staging = FIXED / "model-staging"
-        build_model(build_tokenizer(corpus, CHAT_TEMPLATE, vocab_size=300), corpus, staging, hidden_size=32,
-                    layers=1, steps=5)
-        staging.rename(FIXED / "model")
-    return FIXED
+        build_model(build_tokenizer(corpus, CHAT_TEMPLATE, vocab_size=300), corpus, directory / "model",
+                    hidden_size=32, layers=1, steps=5)
+
+    return built_once(FIXED, build)
 
 
 def _finished_run(runs: Path, name: str, status: str, best: float | None, step: int) -> None:
@@ -50,8 +49,8 @@ def _finished_run(runs: Path, name: str, status: str, best: float | None, step: 
     (run / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
 
 
-async def test_start_screen() -> None:
-    runs = FIXED / "runs"  # its path is on screen
+async def test_start_screen(fixed_files: Path) -> None:
+    runs = fixed_files / "runs"  # its path is on screen
     shutil.rmtree(runs, ignore_errors=True)
     _finished_run(runs, "20261122-101500-model-lora", "completed", 1.4213, 132)
     _finished_run(runs, "20261122-111500-model-lora", "stopped", None, 40)

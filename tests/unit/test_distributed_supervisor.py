@@ -10,10 +10,9 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
-from tests.helpers import ROOT
+from tests.helpers import ROOT, wait_for
 from tuneterm.engine.events import RunFailed, RunFinished, read_events
 from tuneterm.engine.launch.supervisor import LAUNCH_FAILED, supervise
 from tuneterm.engine.rundir.layout import is_live
@@ -106,10 +105,7 @@ def test_what_the_command_leaves_running_is_ended(tmp_path: Path) -> None:
 def start_supervisor(run_dir: Path, script: str) -> subprocess.Popen[bytes]:
     process = subprocess.Popen([sys.executable, "-m", "tuneterm.engine.launch.supervisor", str(run_dir), "--",
                                 *stand_in(script)], cwd=ROOT, env={**os.environ, "RUN": str(run_dir)})
-    deadline = time.monotonic() + 30
-    while not (run_dir / "started").exists():
-        assert time.monotonic() < deadline, "the command did not start"
-        time.sleep(0.05)
+    wait_for((run_dir / "started").exists, 30, "the command's start")
     return process
 
 
@@ -144,7 +140,8 @@ def test_a_second_signal_aborts_the_whole_launch(tmp_path: Path) -> None:
     """
     supervisor = start_supervisor(tmp_path, script)
     supervisor.send_signal(signal.SIGTERM)
-    time.sleep(0.3)
+    control = tmp_path / "control.jsonl"
+    wait_for(lambda: control.exists() and b'"stop"' in control.read_bytes(), 30, "the first signal, taken")
     supervisor.send_signal(signal.SIGTERM)
     assert supervisor.wait(30) == 128 + signal.SIGKILL
     assert last_event(tmp_path).reason.startswith("aborted by a second signal")
