@@ -31,6 +31,7 @@ from tuneterm.engine.experiment.plan import (
 from tuneterm.plan.planner import Plan
 from tuneterm.ui.screens.dialogs import Dialog
 from tuneterm.ui.state.experiment_choice import ExperimentChoice
+from tuneterm.ui.widgets.tick import Tick
 
 
 class RateMeasured(Message):
@@ -60,7 +61,7 @@ class ExperimentSetup(Dialog["ExperimentPlan | None"]):
                 yield Input(placeholder="from the settings varied", id="experiment-name", compact=True)
             for index, choice in enumerate(self.choice.choices):
                 with Horizontal(classes="setting-row"):
-                    yield Checkbox(choice.range.label, choice.chosen, id=f"vary-{index}", compact=True,
+                    yield Tick(choice.range.label, choice.chosen, id=f"vary-{index}", compact=True,
                                    classes="experiment-vary", tooltip=f"Why these values: {choice.range.source}")
                     yield Input(choice.text, id=f"values-{index}", compact=True)
                 yield Static(f"[$text-muted]{escape(choice.range.why)}[/]", classes="experiment-why")

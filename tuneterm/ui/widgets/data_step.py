@@ -30,6 +30,7 @@ from tuneterm.errors import Problem, TuneTermError
 from tuneterm.ui.state.planning import ColumnMapper
 from tuneterm.ui.widgets.fields import parse
 from tuneterm.ui.widgets.paths import PathInput, PathSuggester, is_data_file
+from tuneterm.ui.widgets.tick import Tick
 from tuneterm.work import Progress
 
 UNMAPPED = "(not in the data)"
@@ -152,7 +153,7 @@ class DataStep(VerticalScroll):
                          compact=True)
         with Horizontal(classes="setting-row"):
             yield Label("invalid records", classes="setting-label")
-            yield Checkbox("skip them, say which", id="leave-out-invalid", compact=True,
+            yield Tick("skip them, say which", id="leave-out-invalid", compact=True,
                            tooltip="data.strict: false. Train on the valid records and name each one left out, "
                                    "instead of stopping")
         with Horizontal(classes="setting-row", id="reasoning-row"):

@@ -21,6 +21,7 @@ from textual.widgets import Checkbox, Input, Label, Select, Static
 
 from tuneterm.config import AUTO, OPTION_BY_KEY, check_value, yaml_value
 from tuneterm.plan.advice import Advice
+from tuneterm.ui.widgets.tick import Tick
 
 
 @dataclass(frozen=True)
@@ -75,7 +76,7 @@ class SettingField(Vertical):
         with Horizontal(classes="setting-row"):
             yield Label(self.spec.label, classes="setting-label")
             if self.spec.boolean:
-                yield Checkbox(id="control", compact=True)
+                yield Tick(id="control", compact=True)
             elif self.spec.choices:
                 yield Select([(str(c), c) for c in self.spec.choices], allow_blank=False, id="control", compact=True)
             else:

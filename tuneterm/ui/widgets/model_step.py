@@ -18,6 +18,7 @@ from tuneterm.plan.catalog import ModelDescription, ModelEntry
 from tuneterm.plan.memory import size
 from tuneterm.plan.model import ModelFacts, count
 from tuneterm.ui.widgets.paths import PathInput, PathSuggester
+from tuneterm.ui.widgets.tick import Tick
 
 NO_TEMPLATE = ("no chat template: tuneterm renders conversations with its default instruction template "
                "(### Instruction / ### Response), each reply ended by the EOS token, so the model learns to stop")
@@ -59,7 +60,7 @@ class ModelStep(VerticalScroll):
                     suggester=PathSuggester(lambda: [e.path for e in self.entries]))
         yield Static(id="model-details")
         with Horizontal(id="remote-code-row"):
-            yield Checkbox("allow it", id="remote-code", compact=True)
+            yield Tick("allow it", id="remote-code", compact=True)
             yield Static(REMOTE_CODE, id="remote-code-why")
         yield Static("Models at hand (enter to choose)", classes="group-title")
         table: DataTable[str] = DataTable(id="model-list", cursor_type="row", zebra_stripes=True)

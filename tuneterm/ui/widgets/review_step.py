@@ -15,6 +15,7 @@ from textual.widgets import Button, Checkbox, Static
 
 from tuneterm.config import RunConfig
 from tuneterm.errors import Problem
+from tuneterm.ui.widgets.tick import Tick
 
 
 @dataclass
@@ -66,7 +67,7 @@ class ReviewStep(VerticalScroll):
             yield Button("Launch (ctrl+r)", id="launch", variant="primary", compact=True)
         yield Button("Run as an experiment (ctrl+e)", id="experiment", compact=True,
                      tooltip="Variations of this config (rank, learning rate...), each a run, compared at the end")
-        yield Checkbox("Run detached (outlives this terminal)", self.detached_by_default, id="detached",
+        yield Tick("Run detached (outlives this terminal)", self.detached_by_default, id="detached",
                        compact=True, tooltip="The run gets its own process: closing this terminal or losing the SSH "
                                              "connection does not stop it. Watch it again with tuneterm monitor.")
         yield Static("Resolved config: [b]bold[/b] is yours, [$text-muted]dim[/] tuneterm's default, "
