@@ -38,6 +38,7 @@ from tuneterm.engine.events import (
 from tuneterm.engine.run.plans import RunPlan
 from tuneterm.engine.rundir.layout import holding_run_lock, mark_complete
 from tuneterm.hardware import GpuReading, GpuSurvey, HostReading
+from tuneterm.ui.screens.wizard import WizardScreen
 from tuneterm.ui.services import Services
 from tuneterm.ui.widgets.chart import LineChart
 
@@ -98,6 +99,14 @@ def text_of(screen: Screen[Any], selector: str) -> str:
 
 
 ScreenType = TypeVar("ScreenType", bound=Screen[Any])
+
+
+async def wait_for_plan(pilot: Pilot[Any]) -> WizardScreen:
+    """The wizard on top, once its plan holds the data read (the model and the data both read)."""
+    wizard = screen_of(pilot.app, WizardScreen)
+    await wait_until(pilot, lambda: wizard.planning.plan is not None and wizard.planning.plan.data is not None,
+                     what="the plan")
+    return wizard
 
 
 def screen_of(app: App[Any], kind: type[ScreenType]) -> ScreenType:

@@ -38,23 +38,18 @@ class Asking(App[None]):
         self.push_screen(self.dialog, self.answers.append)
 
 
-@pytest.mark.parametrize("kind", DIALOGS)
-async def test_escape_answers_none(kind: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("kind", "how"), [*((kind, "escape") for kind in DIALOGS),
+                                           *((kind, "the Cancel button") for kind in ("path", "merge", "export"))])
+async def test_escape_and_the_cancel_button_answer_none(kind: str, how: str, tmp_path: Path) -> None:
     app = Asking(DIALOGS[kind](tmp_path))
     async with app.run_test(size=(100, 30)) as pilot:
         await wait_until(pilot, lambda: app.screen is app.dialog, what="the dialog")
-        await pilot.press("escape")
+        if how == "escape":
+            await pilot.press("escape")
+        else:
+            await pilot.click("#cancel")
         await wait_until(pilot, lambda: app.answers == [None], what="the answer")
         assert app.screen is not app.dialog
-
-
-@pytest.mark.parametrize("kind", ["path", "merge", "export"])
-async def test_the_cancel_button_answers_none(kind: str, tmp_path: Path) -> None:
-    app = Asking(DIALOGS[kind](tmp_path))
-    async with app.run_test(size=(100, 30)) as pilot:
-        await wait_until(pilot, lambda: app.screen is app.dialog, what="the dialog")
-        await pilot.click("#cancel")
-        await wait_until(pilot, lambda: app.answers == [None], what="the answer")
 
 
 async def test_a_dialogs_own_answer_comes_back(tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ from tests.ui.conftest import (
     make_services,
     screen_of,
     text_of,
+    wait_for_plan,
     wait_until,
     wait_until_drawn,
 )
@@ -31,15 +32,12 @@ from tuneterm.ui.screens.experiment import ExperimentScreen
 from tuneterm.ui.screens.experiment_setup import ExperimentSetup
 from tuneterm.ui.screens.start import StartScreen
 from tuneterm.ui.screens.summary import SummaryScreen
-from tuneterm.ui.screens.wizard import WizardScreen
 from tuneterm.ui.state.draft import Draft
 
 
 async def experiment_dialog(app: App[Any], pilot: Pilot[Any]) -> ExperimentSetup:
     """The experiment's dialog, opened with ctrl+e from the review step once the model and data are read."""
-    wizard = screen_of(app, WizardScreen)
-    await wait_until(pilot, lambda: wizard.planning.plan is not None and wizard.planning.plan.data is not None,
-                     what="the plan")
+    await wait_for_plan(pilot)
     await pilot.press("ctrl+e")
     await wait_until(pilot, lambda: isinstance(app.screen, ExperimentSetup), what="the experiment's dialog")
     return screen_of(app, ExperimentSetup)

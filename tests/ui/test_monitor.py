@@ -21,6 +21,7 @@ from tests.ui.conftest import (
     recorded_events,
     screen_of,
     text_of,
+    wait_for_plan,
     wait_until,
     wait_until_drawn,
 )
@@ -29,7 +30,6 @@ from tuneterm.ui.app import Opening, make_app
 from tuneterm.ui.screens.dialogs import AskNumber
 from tuneterm.ui.screens.monitor import MonitorScreen
 from tuneterm.ui.screens.summary import SummaryScreen
-from tuneterm.ui.screens.wizard import WizardScreen
 from tuneterm.ui.state.draft import Draft
 from tuneterm.ui.widgets.chart import LineChart
 
@@ -45,9 +45,7 @@ def noise_run(tiny_model: Path, tmp_path: Path) -> dict:
 async def launch(pilot: Pilot[None]) -> MonitorScreen:
     """From the wizard's review step: launched in the app once the plan is ready; its monitor."""
     app = pilot.app
-    wizard = screen_of(app, WizardScreen)
-    await wait_until(pilot, lambda: wizard.planning.plan is not None and wizard.planning.plan.data is not None,
-                     what="the plan")
+    await wait_for_plan(pilot)
     await pilot.press("ctrl+r")
     await wait_until(pilot, lambda: isinstance(app.screen, MonitorScreen), what="the monitor")
     return screen_of(app, MonitorScreen)
@@ -108,9 +106,7 @@ async def test_a_run_launched_from_the_wizard_trains_on_the_data_the_wizard_prep
     draft = Draft.from_mapping({"model": {"path": str(tiny_model)}, "data": {"train": str(train)}})
     app = make_app(make_services(tmp_path / "runs"), Opening("wizard", draft, "review"))
     async with app.run_test(size=(100, 30)) as pilot:
-        wizard = screen_of(app, WizardScreen)
-        await wait_until(pilot, lambda: wizard.planning.plan is not None and wizard.planning.plan.data is not None,
-                         what="the plan")
+        wizard = await wait_for_plan(pilot)
         assert wizard.planning.summary is not None
         by_the_wizard = len(rendered)
         assert by_the_wizard >= wizard.planning.summary.train.examples > 100

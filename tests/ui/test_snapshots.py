@@ -15,9 +15,8 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import built_once, write_jsonl
-from tests.ui.conftest import NOW, assert_snapshot, make_services, screen_of, wait_until, wait_until_drawn
+from tests.ui.conftest import NOW, assert_snapshot, make_services, wait_for_plan, wait_until, wait_until_drawn
 from tuneterm.ui.app import Opening, make_app
-from tuneterm.ui.screens.wizard import WizardScreen
 from tuneterm.ui.state.draft import Draft
 
 FIXED = Path("/tmp/tuneterm-ui-snapshots-v1")
@@ -68,8 +67,7 @@ async def _wizard_at(fixed_files: Path, tmp_path: Path, step: str, size: tuple[i
                                 "training": {"learning_rate": 1e-3}})
     app = make_app(make_services(tmp_path / "runs"), Opening("wizard", draft, step))
     async with app.run_test(size=size) as pilot:
-        wizard = screen_of(app, WizardScreen)
-        await wait_until(pilot, lambda: wizard.planning.plan is not None and wizard.planning.plan.data is not None)
+        await wait_for_plan(pilot)
         await wait_until_drawn(pilot)
         assert_snapshot(app, name)
 

@@ -13,7 +13,7 @@ from textual.app import App
 from textual.command import CommandList
 from textual.widgets import DataTable, Input, Select
 
-from tests.ui.conftest import make_services, screen_of, wait_until
+from tests.ui.conftest import make_services, screen_of, wait_for_plan, wait_until
 from tuneterm.config import load_config
 from tuneterm.ui.app import Opening, make_app
 from tuneterm.ui.screens.wizard import WizardScreen
@@ -263,8 +263,7 @@ async def test_a_config_file_opens_at_the_review_step(services, tiny_model: Path
     assert opening.draft.values["training.learning_rate"] == 1e-4 and opening.draft.source == path
     app = make_app(services, opening)
     async with app.run_test(size=(100, 30)) as pilot:
-        wizard = screen_of(app, WizardScreen)
-        await wait_until(pilot, lambda: wizard.planning.plan is not None and wizard.planning.plan.data is not None)
+        wizard = await wait_for_plan(pilot)
         assert wizard.step == "review" and not wizard.draft.dirty
         assert wizard.draft.command_line() == f"tuneterm train {path}"
         assert "Ready to launch" in str(wizard.query_one("#review-status").render())
@@ -332,7 +331,7 @@ async def test_two_gpus_and_fsdp_plan_memory_per_gpu_and_show_the_launch_command
     app = make_app(make_services(tmp_path / "runs", read_gpus=lambda: two), Opening("wizard", Draft()))
     async with app.run_test(size=(100, 30)) as pilot:
         wizard = await model_then_data(pilot, tiny_model, chat_data["train"])
-        await wait_until(pilot, lambda: wizard.planning.plan is not None and wizard.planning.plan.data is not None)
+        await wait_for_plan(pilot)
         single = wizard.planning.plan.memory.total_bytes
         wizard.show_step("settings")
         await pilot.pause()
@@ -389,8 +388,7 @@ async def test_a_value_that_stops_the_launch_says_why_at_its_field_and_steps_kee
                                 "training": {"max_length": 8}})
     app = make_app(services, Opening("wizard", draft))
     async with app.run_test(size=(100, 30)) as pilot:
-        wizard = screen_of(app, WizardScreen)
-        await wait_until(pilot, lambda: wizard.planning.plan is not None and wizard.planning.plan.data is not None)
+        wizard = await wait_for_plan(pilot)
 
         def rail() -> str:
             return str(wizard.query_one("#step-rail").render())
@@ -432,8 +430,7 @@ async def test_path_fields_show_the_end_of_a_path_whole(tiny_model: Path, chat_d
                                                                               "eval": str(folder / "eval.jsonl")}})
     app = make_app(make_services(tmp_path / "runs"), Opening("wizard", draft, "data"))
     async with app.run_test(size=size) as pilot:
-        wizard = screen_of(app, WizardScreen)
-        await wait_until(pilot, lambda: wizard.planning.plan is not None and wizard.planning.plan.data is not None)
+        wizard = await wait_for_plan(pilot)
         await pilot.pause()
 
         def shown(selector: str) -> str:
